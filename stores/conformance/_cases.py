@@ -342,7 +342,8 @@ def case_queues(ctx: Context) -> None:
     s = ctx.store
     expect_equal(s.queue_len("q"), 0, "unknown queue has length 0")
     expect(not s.check(["q"]), "empty queue does not exist")
-    for v in ["1", "2", b"3"]:
+    values: list[str | bytes] = ["1", "2", b"3"]
+    for v in values:
         s.queue_push("q", v)
     expect_equal(s.queue_len("q"), 3, "length after pushes")
     expect(s.check(["q"]), "non-empty queue exists")

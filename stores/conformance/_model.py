@@ -6,6 +6,7 @@ given the same history.  Blocking calls are modelled only where they would retur
 
 from __future__ import annotations
 
+import builtins
 from collections import deque
 
 from .._types import parse_counter, wrap_int64
@@ -59,7 +60,7 @@ class ReferenceModel:
     def num_keys(self) -> int:
         return len(self.data)
 
-    def list_keys(self) -> set[str]:
+    def list_keys(self) -> builtins.set[str]:
         return set(self.data)
 
     def queue_push(self, key: str, value: bytes) -> None:
