@@ -1,0 +1,137 @@
+"""Latency of set/get/add/check on HashStore and FileStore, beside torch's, in one run.
+
+    python benchmarks/local_stores.py [--ops 20000] [--rounds 7] [--dir DIR] [--json FILE]
+
+Rounds alternate ours and torch's so that drift on a noisy machine hits both alike; each figure
+is the median over rounds of the mean µs/op within a round.  Ratios are ours / torch (lower is
+better).  Without torch installed, only our figures are printed.  Targets (issue 2): FileStore
+set/get within 2x of torch's, HashStore within 5x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from stores import FileStore, HashStore
+
+OPS = ("set", "get", "add", "check")
+TARGETS = {"hash": 5.0, "file": 2.0}
+
+
+def make_ops(store: Any, n: int) -> dict[str, Callable[[], None]]:
+    keys = [f"key{i % 100}" for i in range(n)]
+    value = b"v" * 32
+    store.set("present", value)
+    store.set("counter", "0")
+
+    def do_set() -> None:
+        s = store.set
+        for k in keys:
+            s(k, value)
+
+    def do_get() -> None:
+        g = store.get
+        for _ in keys:
+            g("present")
+
+    def do_add() -> None:
+        a = store.add
+        for _ in keys:
+            a("counter", 1)
+
+    def do_check() -> None:
+        c = store.check
+        probe = ["present"]
+        for _ in keys:
+            c(probe)
+
+    return {"set": do_set, "get": do_get, "add": do_add, "check": do_check}
+
+
+def measure(store: Any, n: int) -> dict[str, float]:
+    ops = make_ops(store, n)
+    out = {}
+    for name in OPS:
+        start = time.perf_counter()
+        ops[name]()
+        out[name] = (time.perf_counter() - start) / n * 1e6
+    return out
+
+
+def factories(tmp: str) -> dict[str, dict[str, Callable[[int], Any]]]:
+    result: dict[str, dict[str, Callable[[int], Any]]] = {
+        "hash": {"ours": lambda i: HashStore()},
+        "file": {"ours": lambda i: FileStore(f"{tmp}/ours-{i}")},
+    }
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return result
+    result["hash"]["torch"] = lambda i: dist.HashStore()
+    result["file"]["torch"] = lambda i: dist.FileStore(f"{tmp}/torch-{i}", -1)
+    return result
+
+
+def run(n: int, rounds: int, tmp: str) -> dict[str, Any]:
+    table: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for kind, impls in factories(tmp).items():
+        table[kind] = {impl: {op: [] for op in OPS} for impl in impls}
+        for r in range(rounds):
+            for impl, make in impls.items():
+                store = make(r)
+                for op, us in measure(store, n).items():
+                    table[kind][impl][op].append(us)
+                del store
+    medians = {
+        kind: {
+            impl: {op: statistics.median(v) for op, v in ops.items()} for impl, ops in impls.items()
+        }
+        for kind, impls in table.items()
+    }
+    return {"ops_per_round": n, "rounds": rounds, "median_us_per_op": medians}
+
+
+def report(result: dict[str, Any]) -> str:
+    lines = [
+        f"median µs/op over {result['rounds']} rounds of {result['ops_per_round']} ops "
+        "(ratio = ours/torch, lower is better)",
+        "",
+        f"{'store':<6} {'op':<6} {'ours':>9} {'torch':>9} {'ratio':>7} {'target':>7}",
+    ]
+    for kind, impls in result["median_us_per_op"].items():
+        for op in OPS:
+            ours = impls["ours"][op]
+            torch_us = impls.get("torch", {}).get(op)
+            ratio = "" if torch_us is None else f"{ours / torch_us:.2f}x"
+            target = f"{TARGETS[kind]:.0f}x" if op in ("set", "get") or kind == "hash" else ""
+            shown = "-" if torch_us is None else f"{torch_us:.2f}"
+            lines.append(f"{kind:<6} {op:<6} {ours:>9.2f} {shown:>9} {ratio:>7} {target:>7}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ops", type=int, default=20000, help="operations per round (20000)")
+    parser.add_argument("--rounds", type=int, default=7, help="rounds per store (7)")
+    parser.add_argument("--dir", help="where FileStore files go (default: a new temp dir)")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        result = run(args.ops, args.rounds, tmp)
+    print(report(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
