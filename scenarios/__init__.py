@@ -1,0 +1,1 @@
+"""The scenario library: scenario files only (see harness for how they run)."""
