@@ -24,7 +24,9 @@ __all__ = [
     "as_keys",
     "as_seconds",
     "as_value",
+    "compare_set_outcome",
     "deadline_after",
+    "next_counter",
     "parse_counter",
     "remaining",
     "wrap_int64",
@@ -153,6 +155,20 @@ def check_amount(amount: object, key: str) -> int:
     if not _INT64_MIN <= amount <= _INT64_MAX:
         raise TypeError(f"add({key!r}) amount {amount} does not fit in int64")
     return amount
+
+
+def next_counter(old: bytes | None, amount: int, key: str) -> int:
+    """The value ``add(key, amount)`` leaves when ``key`` held ``old`` (``None``: absent)."""
+    return amount if old is None else wrap_int64(parse_counter(old, key) + amount)
+
+
+def compare_set_outcome(
+    current: bytes | None, expected: bytes, desired: bytes
+) -> tuple[bool, bytes]:
+    """torch's four compare_set cases: ``(write desired?, value to return)``."""
+    if current is None:
+        return (True, desired) if not expected else (False, expected)
+    return (True, desired) if current == expected else (False, current)
 
 
 def wrap_int64(number: int) -> int:

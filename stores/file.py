@@ -38,8 +38,8 @@ from ._types import (
     as_seconds,
     as_value,
     check_amount,
-    parse_counter,
-    wrap_int64,
+    compare_set_outcome,
+    next_counter,
 )
 
 try:  # Linux only; elsewhere blocked calls back off instead.
@@ -259,8 +259,7 @@ class FileStore(Store):
         log = self._log_for("add")
 
         def decide() -> tuple[list[Record], int]:
-            old = log.data.get(k)
-            total = amount if old is None else wrap_int64(parse_counter(old, k) + amount)
+            total = next_counter(log.data.get(k), amount, k)
             return [(OP_SET, k, str(total).encode())], total
 
         with log.mutex:
@@ -273,13 +272,8 @@ class FileStore(Store):
         log = self._log_for("compare_set")
 
         def decide() -> tuple[list[Record], bytes]:
-            current = log.data.get(k)
-            if current is None:
-                if exp:
-                    return [], exp
-            elif current != exp:
-                return [], current
-            return [(OP_SET, k, new)], new
+            write, result = compare_set_outcome(log.data.get(k), exp, new)
+            return ([(OP_SET, k, new)] if write else []), result
 
         with log.mutex:
             return log.transact(decide)

@@ -20,8 +20,8 @@ from ._types import (
     as_seconds,
     as_value,
     check_amount,
-    parse_counter,
-    wrap_int64,
+    compare_set_outcome,
+    next_counter,
 )
 from ._waiters import Waiter, WaiterTable
 
@@ -79,8 +79,7 @@ class HashStore(Store):
         check_amount(amount, k)
         st = self._open("add")
         with st.lock:
-            old = st.data.get(k)
-            total = amount if old is None else wrap_int64(parse_counter(old, k) + amount)
+            total = next_counter(st.data.get(k), amount, k)
             st.data[k] = str(total).encode()
             if st.waiters:
                 st.waiters.created(k)
@@ -92,16 +91,12 @@ class HashStore(Store):
         new = as_value(desired, "desired")
         st = self._open("compare_set")
         with st.lock:
-            current = st.data.get(k)
-            if current is None:
-                if exp:
-                    return exp
-            elif current != exp:
-                return current
-            st.data[k] = new
-            if st.waiters:
-                st.waiters.created(k)
-            return new
+            write, result = compare_set_outcome(st.data.get(k), exp, new)
+            if write:
+                st.data[k] = new
+                if st.waiters:
+                    st.waiters.created(k)
+            return result
 
     def append(self, key: KeyLike, value: ValueLike) -> None:
         k = as_key(key)

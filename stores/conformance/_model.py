@@ -1,7 +1,9 @@
 """A reference model of the contract's non-blocking behaviour, for model-based testing.
 
 Plain dictionaries, no locking, no waiting: what a correct store must answer for each operation
-given the same history.  Blocking calls are modelled only where they would return at once.
+given the same history.  Blocking calls are modelled only where they would return at once.  The
+decisions (compare_set, add) are written out again here on purpose: a model that called the
+stores' own helpers could not catch a bug in them.
 """
 
 from __future__ import annotations
