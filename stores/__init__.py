@@ -2,7 +2,7 @@
 
 ``stores`` knows nothing of the harness, pytest or multiprocess; everything public is here::
 
-    from stores import Store, HashStore, FileStore, PrefixStore
+    from stores import Store, HashStore, FileStore, PrefixStore, TCPStore
     from stores import StoreError, StoreTimeout, QueueEmpty
 """
 
@@ -20,6 +20,7 @@ from ._types import DEFAULT_TIMEOUT
 from .file import FileStore
 from .hash import HashStore
 from .prefix import PrefixStore
+from .tcp import TCPStore
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -34,5 +35,6 @@ __all__ = [
     "StoreError",
     "StoreTimeout",
     "StoreValueError",
+    "TCPStore",
     "UnsupportedOperation",
 ]

@@ -7,12 +7,12 @@ import itertools
 import os
 from collections.abc import Callable
 
-from stores import FileStore, HashStore, PrefixStore, Store
+from stores import FileStore, HashStore, PrefixStore, Store, TCPStore
 from stores.conformance import Backend
 
 from .parties import process_parties
 
-NAMES = ["hash", "file", "prefix-hash", "prefix-file"]
+NAMES = ["hash", "file", "tcp", "prefix-hash", "prefix-file", "prefix-tcp"]
 
 
 def _file_opener(store: Store) -> Callable[[], Store]:
@@ -31,6 +31,26 @@ def _open_prefixed(prefix: str, path: str) -> Store:
     return PrefixStore(prefix, FileStore(path), _owns_store=True)
 
 
+def _tcp_opener(store: Store) -> Callable[[], Store]:
+    assert isinstance(store, TCPStore)
+    return functools.partial(TCPStore, "127.0.0.1", store.port, timeout=60)
+
+
+def _open_prefixed_tcp(prefix: str, port: int) -> Store:
+    return PrefixStore(prefix, TCPStore("127.0.0.1", port, timeout=60), _owns_store=True)
+
+
+def _prefix_tcp_opener(store: Store) -> Callable[[], Store]:
+    assert isinstance(store, PrefixStore)
+    base = store.underlying_store
+    assert isinstance(base, TCPStore)
+    return functools.partial(_open_prefixed_tcp, store.prefix, base.port)
+
+
+def _tcp_master() -> TCPStore:
+    return TCPStore("127.0.0.1", 0, is_master=True, timeout=60)
+
+
 def make_backend(name: str, tmp_dir: str) -> Backend:
     """Backend ``name`` whose files live in ``tmp_dir``; file-backed parties are processes."""
     counter = itertools.count()
@@ -42,6 +62,15 @@ def make_backend(name: str, tmp_dir: str) -> Backend:
         return Backend(name, HashStore)
     if name == "file":
         return Backend(name, lambda: FileStore(path()), _file_opener, process_parties)
+    if name == "tcp":
+        return Backend(name, _tcp_master, _tcp_opener, process_parties)
+    if name == "prefix-tcp":
+        return Backend(
+            name,
+            lambda: PrefixStore("pre", _tcp_master(), _owns_store=True),
+            _prefix_tcp_opener,
+            process_parties,
+        )
     if name == "prefix-hash":
         return Backend(name, lambda: PrefixStore("pre", HashStore(), _owns_store=True))
     if name == "prefix-file":

@@ -1,0 +1,16 @@
+"""TCPStore: PyTorch's c10d TCPStore wire protocol, as codec, server, client and facade."""
+
+from .client import TCPClient
+from .codec import Limits, ProtocolError
+from .server import ServerProcess, TCPServer, bind_listener
+from .store import TCPStore
+
+__all__ = [
+    "Limits",
+    "ProtocolError",
+    "ServerProcess",
+    "TCPClient",
+    "TCPServer",
+    "TCPStore",
+    "bind_listener",
+]

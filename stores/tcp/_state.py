@@ -1,0 +1,337 @@
+"""The TCPStore server's state machine: data, queues, waiters, per-connection state.  No I/O.
+
+Each connection is a :class:`Conn` whose ``send`` the transport provides.  ``handle`` applies one
+decoded request and sends whatever replies it causes, to this connection or to waiters it wakes.
+
+Waiting follows torch's server (TCP_PROTOCOL.md §3.4): a WAIT registers the connection under each
+key missing at that moment with a counter; every write to a registered key consumes those
+registrations and decrements the counters; a counter reaching zero answers the waiter.  So a write
+wakes exactly the waiters it satisfies, and a key deleted after it appeared still counts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from .._errors import StoreValueError
+from .._types import compare_set_outcome, next_counter
+from .codec import (
+    CHECK_NOT_READY,
+    CHECK_READY,
+    EXT_ACK,
+    EXT_HELLO,
+    MAGIC,
+    STATUS_CANCELED,
+    STATUS_OK,
+    STOP_WAITING,
+    WAIT_CANCELED,
+    ProtocolError,
+    Query,
+    Request,
+    reply_error,
+    reply_i64,
+    reply_u8,
+    reply_u32,
+    reply_values,
+    string,
+)
+
+__all__ = ["Conn", "ServerState"]
+
+log = logging.getLogger("stores.tcp.server")
+
+
+class Conn:
+    """One client connection's protocol state."""
+
+    __slots__ = ("extended", "name", "pending", "send", "validated")
+
+    def __init__(self, send: Callable[[bytes], None], name: str = "") -> None:
+        self.send = send
+        self.name = name
+        self.validated = False
+        self.extended = False
+        #: Outstanding blocked requests of this connection (normally at most one).
+        self.pending: list[_Pending] = []
+
+
+class _Pending:
+    """A blocked request: who, what to answer, and how many keys it still misses."""
+
+    __slots__ = ("conn", "keys", "kind", "missing", "target")
+
+    def __init__(self, conn: Conn, kind: Query, keys: tuple[bytes, ...], target: int = 0) -> None:
+        self.conn = conn
+        self.kind = kind
+        self.keys = keys
+        self.missing = 0
+        self.target = target  # WAIT_COUNT: the value to reach; BARRIER: the world size
+
+
+class ServerState:
+    """Everything the server holds.  Not thread-safe: one event loop drives it."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+        self.queues: dict[bytes, deque[bytes]] = {}
+        self._waiters: dict[bytes, list[_Pending]] = {}
+        self.connections = 0
+
+    # ----------------------------------------------------------------- connection lifecycle
+
+    def connect(self, conn: Conn) -> None:
+        self.connections += 1
+
+    def disconnect(self, conn: Conn) -> None:
+        """Free everything ``conn`` was waiting on."""
+        self.connections -= 1
+        self._drop_pending(conn)
+
+    def _drop_pending(self, conn: Conn) -> None:
+        for pending in conn.pending:
+            for key in pending.keys:
+                line = self._waiters.get(key)
+                if line is not None and pending in line:
+                    line.remove(pending)
+                    if not line:
+                        del self._waiters[key]
+        conn.pending.clear()
+
+    # ----------------------------------------------------------------- dispatch
+
+    def handle(self, conn: Conn, request: Request) -> None:
+        """Apply one request.  Raises :class:`ProtocolError` when the connection must be dropped."""
+        query, args = request
+        if not conn.validated:
+            if query is Query.VALIDATE and args[0] == MAGIC:
+                conn.validated = True
+                return
+            raise ProtocolError(f"first message must be VALIDATE with the magic, got {query.name}")
+        handler = self._handlers.get(query)
+        if handler is None:
+            raise ProtocolError(f"{query.name} after the handshake")
+        try:
+            handler(self, conn, *args)
+        except StoreValueError as exc:
+            if not conn.extended:
+                # A torch client has no error channel: like torch's server, drop the connection.
+                raise ProtocolError(str(exc)) from exc
+            conn.send(reply_error(str(exc)))
+
+    def _ok(self, conn: Conn, payload: bytes) -> None:
+        conn.send(reply_u8(STATUS_OK) + payload if conn.extended else payload)
+
+    # ----------------------------------------------------------------- writes
+
+    def _created(self, key: bytes) -> None:
+        line = self._waiters.pop(key, None)
+        if line is None:
+            return
+        for pending in line:
+            pending.missing -= 1
+            if pending.missing == 0:
+                self._finish(pending)
+
+    def _set(self, conn: Conn, key: bytes, value: bytes) -> None:
+        self.data[key] = value
+        if self._waiters:
+            self._created(key)
+
+    def _append(self, conn: Conn, key: bytes, value: bytes) -> None:
+        self.data[key] = self.data.get(key, b"") + value
+        if self._waiters:
+            self._created(key)
+
+    def _multi_set(self, conn: Conn, pairs: tuple[tuple[bytes, bytes], ...]) -> None:
+        for key, value in pairs:
+            self._set(conn, key, value)
+
+    def _add(self, conn: Conn, key: bytes, amount: int) -> None:
+        total = next_counter(self.data.get(key), amount, key.decode("utf-8", "replace"))
+        self.data[key] = str(total).encode()
+        self._ok(conn, reply_i64(total))
+        if self._waiters:
+            self._created(key)
+
+    def _compare_set(self, conn: Conn, key: bytes, expected: bytes, desired: bytes) -> None:
+        write, result = compare_set_outcome(self.data.get(key), expected, desired)
+        if write:
+            self.data[key] = desired
+        self._ok(conn, string(result))
+        if write and self._waiters:
+            self._created(key)
+
+    def _delete(self, conn: Conn, key: bytes) -> None:
+        self._ok(conn, reply_i64(1 if self.data.pop(key, None) is not None else 0))
+
+    # ----------------------------------------------------------------- reads
+
+    def _get(self, conn: Conn, key: bytes) -> None:
+        self._ok(conn, string(self.data.get(key, b"")))  # missing: empty, as torch's libuv
+
+    def _multi_get(self, conn: Conn, keys: tuple[bytes, ...]) -> None:
+        self._ok(conn, reply_values([self.data.get(k, b"") for k in keys]))
+
+    def _exists(self, key: bytes) -> bool:
+        return key in self.data or bool(self.queues.get(key))
+
+    def _check(self, conn: Conn, keys: tuple[bytes, ...]) -> None:
+        ready = all(self._exists(k) for k in keys)
+        self._ok(conn, reply_u8(CHECK_READY if ready else CHECK_NOT_READY))
+
+    def _num_keys(self, conn: Conn) -> None:
+        self._ok(conn, reply_i64(len(self.data)))
+
+    def _list_keys(self, conn: Conn) -> None:
+        self._ok(conn, reply_i64(len(self.data)) + reply_values(list(self.data)))
+
+    def _ping(self, conn: Conn, nonce: int) -> None:
+        if nonce == EXT_HELLO and not conn.extended:
+            conn.send(reply_u32(EXT_ACK))
+            conn.extended = True  # every later reply carries a status byte
+            return
+        self._ok(conn, reply_u32(nonce))
+
+    def _validate(self, conn: Conn, magic: int) -> None:
+        raise ProtocolError("second VALIDATE on a validated connection")
+
+    # ----------------------------------------------------------------- queues
+
+    def _queue_push(self, conn: Conn, key: bytes, value: bytes) -> None:
+        line = self.queues.get(key)
+        if line is None:
+            self.queues[key] = line = deque()
+        line.append(value)
+        waiters = self._waiters.get(key)
+        if waiters:  # like torch's libuv server: wake only the first waiter this satisfies
+            for pending in list(waiters):
+                if pending.kind is not Query.WAIT:
+                    continue  # gets, counts and barriers wait for values, not queues
+                waiters.remove(pending)
+                pending.missing -= 1
+                if pending.missing == 0:
+                    self._finish(pending)
+                    break
+            if not waiters:
+                self._waiters.pop(key, None)
+
+    def _queue_pop(self, conn: Conn, key: bytes) -> None:
+        line = self.queues.get(key)
+        if not line:
+            self._ok(conn, reply_i64(0))
+            return
+        size = len(line)
+        value = line.popleft()
+        if not line:
+            del self.queues[key]
+        self._ok(conn, reply_i64(size) + string(value))
+
+    def _queue_len(self, conn: Conn, key: bytes) -> None:
+        line = self.queues.get(key)
+        self._ok(conn, reply_i64(0 if line is None else len(line)))
+
+    # ----------------------------------------------------------------- blocking requests
+
+    def _register(self, pending: _Pending, present: Callable[[bytes], bool]) -> None:
+        missing = [k for k in dict.fromkeys(pending.keys) if not present(k)]
+        if not missing:
+            self._finish(pending)
+            return
+        pending.missing = len(missing)
+        for key in missing:
+            self._waiters.setdefault(key, []).append(pending)
+        pending.conn.pending.append(pending)
+
+    def _wait(self, conn: Conn, keys: tuple[bytes, ...]) -> None:
+        self._register(_Pending(conn, Query.WAIT, keys), self._exists)
+
+    def _wait_get(self, conn: Conn, key: bytes) -> None:
+        self._register(_Pending(conn, Query.WAIT_GET, (key,)), self.data.__contains__)
+
+    def _wait_multi_get(self, conn: Conn, keys: tuple[bytes, ...]) -> None:
+        self._register(_Pending(conn, Query.WAIT_MULTI_GET, keys), self.data.__contains__)
+
+    def _wait_count(self, conn: Conn, key: bytes, target: int) -> None:
+        pending = _Pending(conn, Query.WAIT_COUNT, (key,), target)
+        self._register(pending, lambda k: self._count_reached(k, target))
+
+    def _count_reached(self, key: bytes, target: int) -> bool:
+        raw = self.data.get(key)
+        if raw is None:
+            return False
+        try:
+            return next_counter(raw, 0, "") >= target
+        except StoreValueError:
+            return False
+
+    def _barrier(self, conn: Conn, key: bytes, world_size: int) -> None:
+        count = next_counter(self.data.get(key), 1, key.decode("utf-8", "replace"))
+        self.data[key] = str(count).encode()
+        if count >= world_size:
+            self._ok(conn, reply_u8(STOP_WAITING))
+            self._created(key)  # releases every participant registered on the key
+            return
+        pending = _Pending(conn, Query.BARRIER, (key,), world_size)
+        pending.missing = 1
+        self._waiters.setdefault(key, []).append(pending)
+        conn.pending.append(pending)
+
+    def _cancel_wait(self, conn: Conn) -> None:
+        self._drop_pending(conn)
+        # Extended connections get the status byte alone; torch's answer is WAIT_CANCELED.
+        conn.send(reply_u8(STATUS_CANCELED if conn.extended else WAIT_CANCELED))
+
+    def _finish(self, pending: _Pending) -> None:
+        """Answer a satisfied blocked request (or re-arm it if what it needs is gone again)."""
+        conn = pending.conn
+        if pending in conn.pending:
+            conn.pending.remove(pending)
+        kind = pending.kind
+        if kind is Query.WAIT_GET:
+            value = self.data.get(pending.keys[0])
+            if value is None:  # written then deleted before we got here: keep waiting
+                self._register(_Pending(conn, kind, pending.keys), self.data.__contains__)
+                return
+            self._ok(conn, string(value))
+        elif kind is Query.WAIT_MULTI_GET:
+            values = [self.data.get(k) for k in pending.keys]
+            if None in values:
+                self._register(_Pending(conn, kind, pending.keys), self.data.__contains__)
+                return
+            self._ok(conn, reply_values(values))  # type: ignore[arg-type]
+        elif kind is Query.WAIT_COUNT:
+            key, target = pending.keys[0], pending.target
+            if not self._count_reached(key, target):
+                self._wait_count(conn, key, target)
+                return
+            self._ok(conn, reply_i64(next_counter(self.data[key], 0, "")))
+        else:  # WAIT, BARRIER
+            self._ok(conn, reply_u8(STOP_WAITING))
+
+    _handlers: dict[Query, Callable[..., Any]] = {
+        Query.VALIDATE: _validate,
+        Query.PING: _ping,
+        Query.SET: _set,
+        Query.COMPARE_SET: _compare_set,
+        Query.GET: _get,
+        Query.ADD: _add,
+        Query.CHECK: _check,
+        Query.WAIT: _wait,
+        Query.GETNUMKEYS: _num_keys,
+        Query.DELETE_KEY: _delete,
+        Query.APPEND: _append,
+        Query.MULTI_GET: _multi_get,
+        Query.MULTI_SET: _multi_set,
+        Query.CANCEL_WAIT: _cancel_wait,
+        Query.QUEUE_PUSH: _queue_push,
+        Query.QUEUE_POP: _queue_pop,
+        Query.QUEUE_LEN: _queue_len,
+        Query.LIST_KEYS: _list_keys,
+        Query.BARRIER: _barrier,
+        Query.WAIT_GET: _wait_get,
+        Query.WAIT_MULTI_GET: _wait_multi_get,
+        Query.WAIT_COUNT: _wait_count,
+    }

@@ -1,0 +1,391 @@
+"""The blocking TCPStore client: one connection, strict request/reply, the shared codec.
+
+Against our server it negotiates the extensions (one-round-trip ``get``, error replies that keep
+the connection, server-side counter waits); against torch's server it speaks plain torch.  Keys
+passed here are wire keys (the facade adds torch's ``/`` prefix).
+
+A connection that breaks mid-request (server gone, a signal handler raising) is closed; the
+request fails with :class:`StoreBroken` and the next request reconnects.  Names are resolved
+forward only: no reverse DNS, so no resolver stalls.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from .._errors import StoreBroken, StoreClosed, StoreTimeout, StoreValueError
+from .codec import (
+    CHECK_READY,
+    EXT_ACK,
+    EXT_HELLO,
+    MAGIC,
+    STATUS_CANCELED,
+    STATUS_ERROR,
+    STATUS_OK,
+    STOP_WAITING,
+    WAIT_CANCELED,
+    Incomplete,
+    Query,
+    encode_multi_set,
+    encode_request,
+    parse_bytes,
+    parse_bytes_list,
+    parse_i64,
+    parse_u8,
+    parse_u32,
+)
+
+__all__ = ["TCPClient"]
+
+_T = TypeVar("_T")
+Parser = Callable[[bytearray, int], tuple[_T, int]]
+_CANCEL = encode_request(Query.CANCEL_WAIT)
+
+
+class _Late(Exception):
+    """A blocked request's answer arrived together with our cancellation."""
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+
+class TCPClient:
+    """A connection to a TCPStore server (ours or torch's)."""
+
+    def __init__(
+        self, host: str, port: int, connect_timeout: float, extensions: bool = True
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.endpoint = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+        self.connect_timeout = connect_timeout
+        self.want_extensions = extensions
+        self.extended = False
+        self.lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._buf = bytearray()
+        self._closed = False
+        self._connect(None if connect_timeout == 0 else time.monotonic() + connect_timeout)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("connected" if self._sock else "broken")
+        return f"TCPClient({self.endpoint}, {state}{', extended' if self.extended else ''})"
+
+    # ----------------------------------------------------------------- connection
+
+    def _connect(self, deadline: float | None) -> None:
+        start = time.monotonic()
+        delay = 0.01
+        last: str = "no address"
+        while True:
+            try:
+                infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+            except socket.gaierror as exc:
+                if exc.errno != socket.EAI_AGAIN:
+                    raise StoreBroken(
+                        f"cannot resolve host {self.host!r} for TCPStore {self.endpoint}: "
+                        f"{exc.strerror}",
+                        host=self.host,
+                        port=self.port,
+                    ) from exc
+                infos, last = [], f"temporary resolver failure ({exc.strerror})"
+            for family, kind, proto, _, address in infos:
+                sock = socket.socket(family, kind, proto)
+                try:
+                    left = None if deadline is None else max(0.001, deadline - time.monotonic())
+                    sock.settimeout(left)
+                    sock.connect(address)
+                    sock.settimeout(None)
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    self._sock = sock
+                    self._buf.clear()
+                    self._handshake(deadline)
+                    return
+                except (OSError, StoreBroken) as exc:
+                    sock.close()
+                    self._sock = None
+                    last = getattr(exc, "strerror", None) or str(exc)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise StoreBroken(
+                    f"connect to TCPStore {self.endpoint} timed out after "
+                    f"{time.monotonic() - start:.1f} s ({last}; no server listening?)",
+                    host=self.host,
+                    port=self.port,
+                )
+            pause = delay * random.uniform(0.5, 1.5)
+            if deadline is not None:
+                pause = min(pause, max(0.0, deadline - time.monotonic()))
+            time.sleep(pause)  # backoff between connection attempts, not synchronisation
+            delay = min(delay * 2, 1.0)
+
+    def _handshake(self, deadline: float | None) -> None:
+        nonce = EXT_HELLO if self.want_extensions else os.getpid() & 0xFFFFFFFF
+        self._send(encode_request(Query.VALIDATE, MAGIC) + encode_request(Query.PING, nonce))
+        answer = self._read(parse_u32, deadline, "connect")
+        if answer == EXT_ACK and self.want_extensions:
+            self.extended = True
+        elif answer == nonce:
+            self.extended = False
+        else:
+            raise StoreBroken(
+                f"TCPStore {self.endpoint}: ping failed, expected {nonce}, got {answer}"
+            )
+
+    def close(self) -> None:
+        self._closed = True
+        self._drop()
+
+    def _drop(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            finally:
+                self._sock = None
+                self._buf.clear()
+
+    def _ensure(self, op: str) -> None:
+        if self._closed:
+            raise StoreClosed(op, repr(self))
+        if self._sock is None:
+            timeout = self.connect_timeout
+            self._connect(None if timeout == 0 else time.monotonic() + timeout)
+
+    # ----------------------------------------------------------------- I/O
+
+    def _send(self, payload: bytes) -> None:
+        assert self._sock is not None
+        try:
+            self._sock.sendall(payload)
+        except OSError as exc:
+            self._drop()
+            raise StoreBroken(
+                f"TCPStore {self.endpoint}: send failed ({exc.strerror}); did the server stop?",
+                host=self.host,
+                port=self.port,
+            ) from exc
+
+    def _read(self, parse: Parser[_T], deadline: float | None, op: str) -> _T:
+        """Read one reply with ``parse``; ``socket.timeout`` past ``deadline``."""
+        buf = self._buf
+        while True:
+            try:
+                value, end = parse(buf, 0)
+            except Incomplete:
+                pass
+            else:
+                del buf[:end]
+                return value
+            sock = self._sock
+            assert sock is not None
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                sock.settimeout(left)
+            try:
+                chunk = sock.recv(1 << 16)
+            except TimeoutError:
+                raise
+            except OSError as exc:
+                self._drop()
+                raise StoreBroken(
+                    f"TCPStore {self.endpoint}: {op} failed, connection lost ({exc.strerror})",
+                    host=self.host,
+                    port=self.port,
+                ) from exc
+            finally:
+                if deadline is not None and self._sock is not None:
+                    self._sock.settimeout(None)
+            if not chunk:
+                self._drop()
+                raise StoreBroken(
+                    f"TCPStore {self.endpoint}: connection closed by the server during {op} "
+                    "(did the server shut down or crash, or reject the request?)",
+                    host=self.host,
+                    port=self.port,
+                )
+            buf += chunk
+
+    def _reply(self, parse: Parser[_T], deadline: float | None, op: str) -> _T:
+        """Read a reply, first the status byte on extended connections."""
+        if self.extended:
+            status = self._read(parse_u8, deadline, op)
+            if status == STATUS_ERROR:
+                message = self._read(parse_bytes, None, op).decode("utf-8", "replace")
+                raise StoreValueError(message)
+            if status != STATUS_OK:
+                self._drop()
+                raise StoreBroken(f"TCPStore {self.endpoint}: unexpected status {status} in {op}")
+        return self._read(parse, deadline, op)
+
+    def call(self, op: str, payload: bytes, parse: Parser[_T] | None) -> _T | None:
+        """Send one request and read its reply (``parse=None``: the command has no reply)."""
+        with self.lock:
+            self._ensure(op)
+            try:
+                self._send(payload)
+                return None if parse is None else self._reply(parse, None, op)
+            except StoreValueError:
+                raise  # an error reply: the stream is still in step
+            except BaseException:
+                self._drop()  # mid-request the stream position is unknown
+                raise
+
+    def blocking(
+        self,
+        op: str,
+        payload: bytes,
+        parse: Parser[_T],
+        timeout: float,
+        keys: list[str],
+    ) -> _T:
+        """A request the server answers when ready; on timeout cancel it and raise."""
+        start = time.monotonic()
+        deadline = None if timeout == 0 else start + timeout
+        with self.lock:
+            self._ensure(op)
+            try:
+                self._send(payload)
+                try:
+                    return self._reply(parse, deadline, op)
+                except TimeoutError:
+                    try:
+                        self._cancel(parse, op)
+                    except _Late as late:
+                        return late.value  # type: ignore[return-value]
+                    elapsed = time.monotonic() - start
+                    where = f"TCPStore({self.endpoint})"
+                    raise StoreTimeout(op, keys, elapsed, timeout, where) from None
+            except (StoreTimeout, StoreValueError):
+                raise
+            except BaseException:
+                self._drop()
+                raise
+
+    def _cancel(self, parse: Parser[object], op: str) -> None:
+        """Send CANCEL_WAIT and read up to its acknowledgement (torch's protocol)."""
+        self._send(_CANCEL)
+        if not self.extended:
+            while self._read(parse_u8, None, op) != WAIT_CANCELED:
+                pass  # a STOP_WAITING that raced the cancel
+            return
+        late: object = _Late
+        while True:
+            status = self._read(parse_u8, None, op)
+            if status == STATUS_CANCELED:
+                break
+            if status == STATUS_OK:
+                late = self._read(parse, None, op)
+        if late is not _Late:
+            raise _Late(late)
+
+    # ----------------------------------------------------------------- operations
+
+    def set(self, key: bytes, value: bytes) -> None:
+        self.call("set", encode_request(Query.SET, key, value), None)
+
+    def get(self, key: bytes, timeout: float, shown: str) -> bytes:
+        if self.extended:
+            return self.blocking(
+                "get", encode_request(Query.WAIT_GET, key), parse_bytes, timeout, [shown]
+            )
+        self.wait([key], timeout, [shown], "get")
+        result = self.call("get", encode_request(Query.GET, key), parse_bytes)
+        assert result is not None
+        return result
+
+    def add(self, key: bytes, amount: int) -> int:
+        result = self.call("add", encode_request(Query.ADD, key, amount), parse_i64)
+        assert result is not None
+        return result
+
+    def compare_set(self, key: bytes, expected: bytes, desired: bytes) -> bytes:
+        payload = encode_request(Query.COMPARE_SET, key, expected, desired)
+        result = self.call("compare_set", payload, parse_bytes)
+        assert result is not None
+        return result
+
+    def wait(self, keys: list[bytes], timeout: float, shown: list[str], op: str = "wait") -> None:
+        self.blocking(op, encode_request(Query.WAIT, keys), _stop_waiting, timeout, shown)
+
+    def check(self, keys: list[bytes]) -> bool:
+        return self.call("check", encode_request(Query.CHECK, keys), parse_u8) == CHECK_READY
+
+    def delete_key(self, key: bytes) -> bool:
+        return bool(self.call("delete_key", encode_request(Query.DELETE_KEY, key), parse_i64))
+
+    def num_keys(self) -> int:
+        result = self.call("num_keys", encode_request(Query.GETNUMKEYS), parse_i64)
+        assert result is not None
+        return result
+
+    def append(self, key: bytes, value: bytes) -> None:
+        self.call("append", encode_request(Query.APPEND, key, value), None)
+
+    def multi_get(self, keys: list[bytes], timeout: float, shown: list[str]) -> list[bytes]:
+        n = len(keys)
+
+        def values(buf: bytearray, pos: int) -> tuple[list[bytes], int]:
+            return parse_bytes_list(buf, pos, n)
+
+        if self.extended:
+            payload = encode_request(Query.WAIT_MULTI_GET, keys)
+            return self.blocking("multi_get", payload, values, timeout, shown)
+        self.wait(keys, timeout, shown, "multi_get")
+        result = self.call("multi_get", encode_request(Query.MULTI_GET, keys), values)
+        assert result is not None
+        return result
+
+    def multi_set(self, pairs: list[tuple[bytes, bytes]]) -> None:
+        self.call("multi_set", encode_multi_set(pairs), None)
+
+    def queue_push(self, key: bytes, value: bytes) -> None:
+        self.call("queue_push", encode_request(Query.QUEUE_PUSH, key, value), None)
+
+    def queue_pop(self, key: bytes) -> bytes | None:
+        """Pop without blocking: the value, or ``None`` on an empty queue."""
+
+        def popped(buf: bytearray, pos: int) -> tuple[bytes | None, int]:
+            size, pos = parse_i64(buf, pos)
+            if size <= 0:
+                return None, pos
+            return parse_bytes(buf, pos)
+
+        return self.call("queue_pop", encode_request(Query.QUEUE_POP, key), popped)
+
+    def queue_len(self, key: bytes) -> int:
+        result = self.call("queue_len", encode_request(Query.QUEUE_LEN, key), parse_i64)
+        assert result is not None
+        return result
+
+    def list_keys(self) -> list[bytes]:
+        def keys(buf: bytearray, pos: int) -> tuple[list[bytes], int]:
+            n, pos = parse_i64(buf, pos)
+            return parse_bytes_list(buf, pos, n)
+
+        result = self.call("list_keys", encode_request(Query.LIST_KEYS), keys)
+        assert result is not None
+        return result
+
+    def barrier(self, key: bytes, world_size: int, timeout: float, shown: str) -> None:
+        payload = encode_request(Query.BARRIER, key, world_size)
+        self.blocking("barrier", payload, _stop_waiting, timeout, [shown])
+
+    def wait_count(self, key: bytes, target: int, timeout: float) -> int:
+        """Extension: block until the counter at ``key`` is at least ``target``."""
+        payload = encode_request(Query.WAIT_COUNT, key, target)
+        shown = key.decode("utf-8", "replace")
+        return self.blocking("wait_count", payload, parse_i64, timeout, [shown])
+
+
+def _stop_waiting(buf: bytearray, pos: int) -> tuple[int, int]:
+    value, pos = parse_u8(buf, pos)
+    if value != STOP_WAITING:
+        raise StoreBroken(f"TCPStore: expected STOP_WAITING, got {value}")
+    return value, pos

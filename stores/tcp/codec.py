@@ -1,0 +1,305 @@
+"""The c10d TCPStore wire protocol, sans I/O: encoders, a ``feed()`` request decoder, reply parsers.
+
+Byte layout (``../shared/TCP_PROTOCOL.md``): a request is one command byte and its fields; strings
+are ``u64 length + bytes``; integers little-endian; replies are unframed and shaped by the command.
+Nothing here touches a socket: the asyncio server and the blocking client both call this module.
+
+Extensions (only between our client and our server; torch peers never see them): a client that
+sends ``PING`` with nonce :data:`EXT_HELLO` (above any Linux pid, so never sent by torch) gets
+:data:`EXT_ACK` back from our server — torch's server just echoes the nonce.  On an extended
+connection every reply starts with a status byte (:data:`STATUS_OK`, :data:`STATUS_ERROR` followed
+by a message string, :data:`STATUS_CANCELED`), errors no longer cost the connection, and three
+more commands exist: ``WAIT_GET`` and ``WAIT_MULTI_GET`` (wait then read, one round trip) and
+``WAIT_COUNT`` (wait until a counter reaches a value).
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+from typing import TypeAlias
+
+__all__ = [
+    "EXT_ACK",
+    "EXT_HELLO",
+    "MAGIC",
+    "STATUS_CANCELED",
+    "STATUS_ERROR",
+    "STATUS_OK",
+    "Incomplete",
+    "Limits",
+    "ProtocolError",
+    "Query",
+    "Request",
+    "RequestDecoder",
+    "encode_request",
+    "parse_bytes",
+    "parse_bytes_list",
+    "parse_i64",
+    "parse_u8",
+    "parse_u32",
+    "string",
+]
+
+MAGIC = 0x3C85F7CE
+EXT_HELLO = 0x5348_4558  # "SHEX": > 2**22 (PID_MAX_LIMIT), so no torch client sends it
+EXT_ACK = 0x5348_4531  # "SHE1": extensions version 1 accepted
+STATUS_OK, STATUS_ERROR, STATUS_CANCELED = 0, 1, 2
+CHECK_READY, CHECK_NOT_READY = 0, 1
+STOP_WAITING, WAIT_CANCELED = 0, 1
+
+
+class Query(enum.IntEnum):
+    VALIDATE = 0
+    SET = 1
+    COMPARE_SET = 2
+    GET = 3
+    ADD = 4
+    CHECK = 5
+    WAIT = 6
+    GETNUMKEYS = 7
+    DELETE_KEY = 8
+    APPEND = 9
+    MULTI_GET = 10
+    MULTI_SET = 11
+    CANCEL_WAIT = 12
+    PING = 13
+    QUEUE_PUSH = 14
+    QUEUE_POP = 15
+    QUEUE_LEN = 16
+    LIST_KEYS = 17
+    BARRIER = 18
+    # extensions (extended connections only)
+    WAIT_GET = 0x40
+    WAIT_MULTI_GET = 0x41
+    WAIT_COUNT = 0x42
+
+
+EXTENSIONS = frozenset({Query.WAIT_GET, Query.WAIT_MULTI_GET, Query.WAIT_COUNT})
+
+#: A decoded request: the command and its fields (bytes for strings, int for integers,
+#: a tuple of bytes for key lists, a tuple of (key, value) pairs for MULTI_SET).
+Field: TypeAlias = "bytes | int | tuple[bytes, ...] | tuple[tuple[bytes, bytes], ...]"
+Request: TypeAlias = tuple[Query, tuple[Field, ...]]
+
+
+class ProtocolError(Exception):
+    """The peer sent something that is not the protocol (or exceeds a limit); drop it."""
+
+
+class Incomplete(Exception):
+    """More bytes are needed; ``need`` is the total size required from the start, if known."""
+
+    def __init__(self, need: int) -> None:
+        super().__init__(need)
+        self.need = need
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds checked *before* anything is allocated.  Defaults admit all torch accepts."""
+
+    max_key: int = 1 << 20  # torch libuv: 8192; legacy: unbounded
+    max_value: int = 1 << 30  # torch libuv: 8 MiB; legacy: 64 MiB observed
+    max_keys: int = 1 << 20  # keys per request; torch libuv: 131072
+    max_request: int = (1 << 30) + (1 << 24)  # bytes buffered for one request
+
+    def __post_init__(self) -> None:
+        for name in ("max_key", "max_value", "max_keys", "max_request"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"Limits.{name} must be >= 1, got {getattr(self, name)}")
+
+
+_U8 = struct.Struct("<B")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_I64 = struct.Struct("<q")
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def string(data: bytes) -> bytes:
+    """A wire string: u64 length, then the bytes."""
+    return _U64.pack(len(data)) + data
+
+
+def encode_request(query: Query, *fields: bytes | int | list[bytes]) -> bytes:
+    """Encode one request.  ``bytes`` fields are strings; ``int`` fields are written as the
+    command requires (u32 for VALIDATE/PING, i64 otherwise); a ``list`` is a key list (u64 count).
+    """
+    out = bytearray(_U8.pack(query))
+    for field in fields:
+        if isinstance(field, bytes):
+            out += _U64.pack(len(field))
+            out += field
+        elif isinstance(field, int):
+            out += (_U32 if query in (Query.VALIDATE, Query.PING) else _I64).pack(field)
+        else:
+            out += _U64.pack(len(field))
+            for key in field:
+                out += _U64.pack(len(key))
+                out += key
+    return bytes(out)
+
+
+def encode_multi_set(pairs: list[tuple[bytes, bytes]]) -> bytes:
+    out = bytearray(_U8.pack(Query.MULTI_SET))
+    out += _I64.pack(len(pairs))
+    for key, value in pairs:
+        out += _U64.pack(len(key))
+        out += key
+        out += _U64.pack(len(value))
+        out += value
+    return bytes(out)
+
+
+def reply_u8(value: int) -> bytes:
+    return _U8.pack(value)
+
+
+def reply_i64(value: int) -> bytes:
+    return _I64.pack(value)
+
+
+def reply_u32(value: int) -> bytes:
+    return _U32.pack(value)
+
+
+def reply_values(values: list[bytes]) -> bytes:
+    return b"".join(_U64.pack(len(v)) + v for v in values)
+
+
+def reply_error(message: str) -> bytes:
+    return _U8.pack(STATUS_ERROR) + string(message.encode("utf-8", "replace"))
+
+
+# --------------------------------------------------------------------------- reply parsing
+
+
+def parse_u8(buf: bytes | bytearray, pos: int) -> tuple[int, int]:
+    if len(buf) < pos + 1:
+        raise Incomplete(pos + 1)
+    return buf[pos], pos + 1
+
+
+def parse_u32(buf: bytes | bytearray, pos: int) -> tuple[int, int]:
+    if len(buf) < pos + 4:
+        raise Incomplete(pos + 4)
+    return _U32.unpack_from(buf, pos)[0], pos + 4
+
+
+def parse_i64(buf: bytes | bytearray, pos: int) -> tuple[int, int]:
+    if len(buf) < pos + 8:
+        raise Incomplete(pos + 8)
+    return _I64.unpack_from(buf, pos)[0], pos + 8
+
+
+def parse_bytes(buf: bytes | bytearray, pos: int, limit: int = 1 << 62) -> tuple[bytes, int]:
+    if len(buf) < pos + 8:
+        raise Incomplete(pos + 8)
+    (size,) = _U64.unpack_from(buf, pos)
+    if size > limit:
+        raise ProtocolError(f"string of {size} bytes exceeds the limit of {limit}")
+    end = pos + 8 + size
+    if len(buf) < end:
+        raise Incomplete(end)
+    return bytes(buf[pos + 8 : end]), end
+
+
+def parse_bytes_list(buf: bytes | bytearray, pos: int, count: int) -> tuple[list[bytes], int]:
+    out = []
+    for _ in range(count):
+        item, pos = parse_bytes(buf, pos)
+        out.append(item)
+    return out, pos
+
+
+# --------------------------------------------------------------------------- request decoding
+
+
+class RequestDecoder:
+    """Turns a byte stream into requests: ``feed(data)``, then ``next()`` until ``None``.
+
+    Raises :class:`ProtocolError` on an unknown command or a length over :class:`Limits`;
+    the connection should then be dropped.
+    """
+
+    def __init__(self, limits: Limits | None = None, extended: bool = False) -> None:
+        self.limits = limits or Limits()
+        self.extended = extended
+        self._buf = bytearray()
+        self._need = 1
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def next(self) -> Request | None:
+        buf = self._buf
+        if len(buf) < self._need:
+            return None
+        try:
+            request, used = self._parse(buf)
+        except Incomplete as inc:
+            if inc.need > self.limits.max_request:
+                raise ProtocolError(
+                    f"request of {inc.need} bytes exceeds max_request={self.limits.max_request}"
+                ) from None
+            self._need = max(inc.need, len(buf) + 1)
+            return None
+        del buf[:used]
+        self._need = 1
+        return request
+
+    def _parse(self, buf: bytearray) -> tuple[Request, int]:
+        cmd = buf[0]
+        try:
+            query = Query(cmd)
+        except ValueError:
+            raise ProtocolError(f"unknown command byte 0x{cmd:02x}") from None
+        if query in EXTENSIONS and not self.extended:
+            raise ProtocolError(f"extension command {query.name} on a plain connection")
+        lim = self.limits
+        pos = 1
+        if query in (Query.VALIDATE, Query.PING):
+            number, pos = parse_u32(buf, pos)
+            return (query, (number,)), pos
+        if query in (Query.GETNUMKEYS, Query.CANCEL_WAIT, Query.LIST_KEYS):
+            return (query, ()), pos
+        if query in (Query.CHECK, Query.WAIT, Query.MULTI_GET, Query.WAIT_MULTI_GET):
+            count, pos = parse_i64(buf, pos)
+            if not 0 <= count <= lim.max_keys:
+                raise ProtocolError(f"{query.name} with {count} keys (max_keys={lim.max_keys})")
+            keys = []
+            for _ in range(count):
+                key, pos = parse_bytes(buf, pos, lim.max_key)
+                keys.append(key)
+            return (query, (tuple(keys),)), pos
+        if query is Query.MULTI_SET:
+            count, pos = parse_i64(buf, pos)
+            if not 0 <= count <= lim.max_keys:
+                raise ProtocolError(f"MULTI_SET with {count} keys (max_keys={lim.max_keys})")
+            pairs = []
+            for _ in range(count):
+                key, pos = parse_bytes(buf, pos, lim.max_key)
+                value, pos = parse_bytes(buf, pos, lim.max_value)
+                pairs.append((key, value))
+            return (query, (tuple(pairs),)), pos
+        key, pos = parse_bytes(buf, pos, lim.max_key)
+        if query in (Query.ADD, Query.BARRIER, Query.WAIT_COUNT):
+            number, pos = parse_i64(buf, pos)
+            return (query, (key, number)), pos
+        if query in (Query.SET, Query.APPEND, Query.QUEUE_PUSH):
+            value, pos = parse_bytes(buf, pos, lim.max_value)
+            return (query, (key, value)), pos
+        if query is Query.COMPARE_SET:
+            expected, pos = parse_bytes(buf, pos, lim.max_value)
+            desired, pos = parse_bytes(buf, pos, lim.max_value)
+            return (query, (key, expected, desired)), pos
+        # GET, DELETE_KEY, QUEUE_POP, QUEUE_LEN, WAIT_GET
+        return (query, (key,)), pos

@@ -1,0 +1,309 @@
+"""The TCPStore server: asyncio transport around the state machine, in a thread or a process.
+
+A bad peer (wrong magic, garbage, a length over the limits, an unknown command) loses only its
+own connection, which is logged; a client that stops reading has its reads paused so memory stays
+bounded.  Run standalone with ``python -m stores.tcp.server --port 29500``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from typing import Any
+
+from .._errors import StoreError
+from ._state import Conn, ServerState
+from .codec import Limits, ProtocolError, RequestDecoder
+
+__all__ = ["ServerProcess", "TCPServer", "bind_listener"]
+
+log = logging.getLogger("stores.tcp.server")
+
+
+def bind_listener(port: int, backlog: int = 4096) -> socket.socket:
+    """Bind and listen on every interface (IPv6 dual-stack, else IPv4), as torch's server does.
+
+    Raises :class:`StoreError` naming the port when it is in use.
+    """
+    errors = []
+    for family, host in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as exc:
+            errors.append(f"{host}: {exc.strerror}")
+            continue
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind((host, port))
+            sock.listen(backlog)
+            return sock
+        except OSError as exc:
+            sock.close()
+            errors.append(f"[{host}]:{port}: {exc.strerror}")
+            if exc.errno == errno.EADDRINUSE:
+                break
+    raise StoreError(
+        "The server socket has failed to listen on any local network address. "
+        f"port: {port}: {'; '.join(errors)} (another server on this port? use port=0 or "
+        "multi_tenant=True to share one)",
+        port=port,
+    )
+
+
+def adopt_listener(fd: int, port: int, backlog: int = 4096) -> socket.socket:
+    """Take over an already bound socket (listening or not); its port must be ``port`` (or 0)."""
+    sock = socket.socket(fileno=fd)
+    bound = sock.getsockname()[1]
+    if port not in (0, bound):
+        sock.detach()
+        raise StoreError(
+            f"listen fd {fd} is bound to port {bound}, expected to be bound to port {port}",
+            fd=fd,
+            port=port,
+        )
+    sock.listen(backlog)
+    return sock
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, server: TCPServer) -> None:
+        self.server = server
+        self.transport: Any = None
+        self.conn: Conn | None = None
+        self.decoder = RequestDecoder(server.limits)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        state = self.server.state
+        peer = transport.get_extra_info("peername")
+        if state.connections >= self.server.max_connections:
+            log.warning("refusing %s: %d connections (max_connections)", peer, state.connections)
+            self.transport.abort()
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.conn = Conn(self.transport.write, str(peer))
+        state.connect(self.conn)
+        self.server.protocols.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        decoder = self.decoder
+        decoder.feed(data)
+        handle = self.server.state.handle
+        try:
+            while (request := decoder.next()) is not None:
+                handle(conn, request)
+                decoder.extended = conn.extended
+        except ProtocolError as exc:
+            log.warning("dropping connection %s: %s", conn.name, exc)
+            self.transport.abort()
+        except Exception:
+            log.exception("dropping connection %s after an internal error", conn.name)
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.conn is not None:
+            self.server.state.disconnect(self.conn)
+            self.conn = None
+        self.server.protocols.discard(self)
+
+    def pause_writing(self) -> None:  # the peer is not reading its replies: stop reading it
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.transport.resume_reading()
+
+
+class TCPServer:
+    """Serves one store on a listening socket, from an event loop in a background thread.
+
+    Use :func:`bind_listener` or :func:`adopt_listener` for the socket; ``port`` tells which port.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        limits: Limits | None = None,
+        max_connections: int = 1 << 16,
+    ) -> None:
+        self.sock = sock
+        self.port: int = sock.getsockname()[1]
+        self.limits = limits or Limits()
+        self.max_connections = max_connections
+        self.state = ServerState()
+        self.protocols: set[_Connection] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stop: asyncio.Future[None] | None = None
+        self._ready = threading.Event()
+        self._failure: BaseException | None = None
+
+    def __repr__(self) -> str:
+        return f"TCPServer(port={self.port})"
+
+    def start(self) -> TCPServer:
+        """Start serving in a daemon thread; returns once the server accepts connections."""
+        self._thread = threading.Thread(target=self._run, name=f"tcpstore-{self.port}", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._failure is not None:
+            raise StoreError(f"TCPStore server on port {self.port} failed to start") from (
+                self._failure
+            )
+        return self
+
+    def _run(self) -> None:
+        loop = self._loop = _new_loop()
+        try:
+            loop.run_until_complete(self.serve())
+        except BaseException as exc:
+            self._failure = exc
+            self._ready.set()
+        finally:
+            loop.close()
+
+    async def serve(self, until: asyncio.Future[None] | None = None) -> None:
+        """Serve until :meth:`stop` (or ``until`` completes); then close every connection."""
+        loop = asyncio.get_running_loop()
+        self._stop = until if until is not None else loop.create_future()
+        server = await loop.create_server(lambda: _Connection(self), sock=self.sock)
+        self._ready.set()
+        try:
+            await self._stop
+        finally:
+            server.close()
+            for proto in list(self.protocols):
+                proto.transport.abort()
+            await server.wait_closed()
+
+    def stop(self) -> None:
+        """Stop serving and drop every client (they get "connection closed"); idempotent."""
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # loop already closing
+                loop.call_soon_threadsafe(_finish, stop)
+        if self._thread is not None:
+            self._thread.join(10)
+            self._thread = None
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+def _finish(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class ServerProcess:
+    """A TCPStore server in a process of its own, on a socket this process bound.
+
+    The child serves until this object's ``stop()`` or this process's exit (it watches a pipe
+    from us and stops on EOF), so it cannot outlive its owner.
+    """
+
+    def __init__(self, sock: socket.socket, limits: Limits | None = None) -> None:
+        self.port: int = sock.getsockname()[1]
+        lim = limits or Limits()
+        args = [
+            sys.executable, "-m", "stores.tcp.server", "--listen-fd", str(sock.fileno()),
+            "--max-key", str(lim.max_key), "--max-value", str(lim.max_value),
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, pass_fds=[sock.fileno()])
+        sock.close()  # the child holds it now; the port stays bound, so no race
+
+    def __repr__(self) -> str:
+        return f"ServerProcess(port={self.port}, pid={self.proc.pid})"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(5)
+        elif self.proc.stdin is not None:
+            self.proc.stdin.close()
+
+
+def _serve_process(sock: socket.socket, limits: Limits, watch_stdin: bool) -> None:
+    server = TCPServer(sock, limits)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        until: asyncio.Future[None] = loop.create_future()
+
+        def finish() -> None:
+            if not until.done():
+                until.set_result(None)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, finish)
+        if watch_stdin:
+
+            def on_stdin() -> None:
+                if not os.read(0, 4096):
+                    loop.remove_reader(0)
+                    finish()
+
+            loop.add_reader(0, on_stdin)
+        await server.serve(until)
+
+    loop = _new_loop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Serve a TCPStore (torch c10d wire protocol).")
+    parser.add_argument("--port", type=int, default=29500, help="port to bind (0: any)")
+    parser.add_argument("--listen-fd", type=int, help="serve an already bound socket instead")
+    defaults = Limits()
+    parser.add_argument("--max-key", type=int, default=defaults.max_key)
+    parser.add_argument("--max-value", type=int, default=defaults.max_value)
+    parser.add_argument("--log-level", default="WARNING")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(message)s")
+    limits = Limits(max_key=args.max_key, max_value=args.max_value)
+    if args.listen_fd is not None:
+        _serve_process(adopt_listener(args.listen_fd, 0), limits, watch_stdin=True)
+    else:
+        sock = bind_listener(args.port)
+        print(f"serving TCPStore on port {sock.getsockname()[1]}", flush=True)
+        _serve_process(sock, limits, watch_stdin=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,335 @@
+"""TCPStore: torch's constructor and key naming over our client, with our server for masters."""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from .._base import Capability, Store
+from .._errors import QueueEmpty, StoreClosed, StoreTimeout
+from .._types import (
+    DEFAULT_TIMEOUT,
+    KeyLike,
+    TimeoutLike,
+    ValueLike,
+    as_key,
+    as_keys,
+    as_seconds,
+    as_value,
+    check_amount,
+)
+from .client import TCPClient
+from .codec import Limits
+from .server import ServerProcess, TCPServer, adopt_listener, bind_listener
+
+__all__ = ["TCPStore"]
+
+#: torch's client prefixes every user key with "/"; the world-size counter has no prefix.
+PREFIX = "/"
+INIT_KEY = b"init/"
+
+_tenants_lock = threading.Lock()
+_tenants: dict[int, tuple[TCPServer | ServerProcess, int]] = {}
+
+
+def _enc(key: str) -> bytes:
+    return (PREFIX + key).encode("utf-8", "surrogateescape")
+
+
+def _release_server(server: TCPServer | ServerProcess, port: int, tenant: bool) -> None:
+    if tenant:
+        with _tenants_lock:
+            entry = _tenants.get(port)
+            if entry is None or entry[0] is not server:
+                return
+            if entry[1] > 1:
+                _tenants[port] = (server, entry[1] - 1)
+                return
+            del _tenants[port]
+    server.stop()
+
+
+class TCPStore(Store):
+    """A store served over TCP with torch's c10d wire protocol; torch clients can use it too.
+
+    ``is_master=True`` starts a server (in a thread of this process, or with
+    ``server_process=True`` in a process of its own); ``port=0`` binds an ephemeral port, read it
+    from ``.port``.  With ``world_size`` set and ``wait_for_workers``, every participant counts
+    itself in and the master's constructor returns once ``world_size`` have (itself included).
+
+    Raises :class:`StoreBroken` when no server answers in time, :class:`StoreError` when the
+    port is in use, :class:`StoreTimeout` when workers are missing.
+    """
+
+    capabilities = frozenset({Capability.QUEUES, Capability.LIST_KEYS, Capability.CROSS_PROCESS})
+
+    def __init__(
+        self,
+        host_name: str,
+        port: int,
+        world_size: int | None = None,
+        is_master: bool = False,
+        timeout: TimeoutLike = timedelta(seconds=DEFAULT_TIMEOUT),
+        wait_for_workers: bool = True,
+        multi_tenant: bool = False,
+        master_listen_fd: int | None = None,
+        use_libuv: bool = True,
+        *,
+        server_process: bool = False,
+        limits: Limits | None = None,
+        extensions: bool = True,
+    ) -> None:
+        super().__init__(timeout)
+        if not isinstance(host_name, str) or not host_name:
+            raise TypeError(f"TCPStore: host_name must be a non-empty str, got {host_name!r}")
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+            raise ValueError(f"TCPStore: port must be an int in 0..65535, got {port!r}")
+        if not isinstance(is_master, bool):
+            raise TypeError(f"TCPStore: is_master must be a bool, got {is_master!r}")
+        if world_size == 0:
+            raise ValueError("TCPStore world size cannot be 0")
+        if world_size is not None and world_size < 0:
+            world_size = None
+        self._host = host_name
+        self._world_size = world_size
+        self._use_libuv = bool(use_libuv)
+        self._server: TCPServer | ServerProcess | None = None
+        self._server_release: Any = None
+        if is_master:
+            self._server = self._start_server(
+                port, multi_tenant, master_listen_fd, server_process, limits
+            )
+            port = self._server.port
+        self._port = port
+        try:
+            self._client = TCPClient(host_name, port, self._timeout, extensions)
+            if world_size is not None and wait_for_workers:
+                self._client.add(INIT_KEY, 1)
+                if is_master:
+                    self._wait_for_workers(world_size)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start_server(
+        self,
+        port: int,
+        multi_tenant: bool,
+        listen_fd: int | None,
+        in_process: bool,
+        limits: Limits | None,
+    ) -> TCPServer | ServerProcess:
+        if multi_tenant and port > 0 and listen_fd is None:
+            with _tenants_lock:
+                entry = _tenants.get(port)
+                if entry is not None:
+                    _tenants[port] = (entry[0], entry[1] + 1)
+                    self._server_release = weakref.finalize(
+                        self, _release_server, entry[0], port, True
+                    )
+                    return entry[0]
+        sock = adopt_listener(listen_fd, port) if listen_fd is not None else bind_listener(port)
+        server: TCPServer | ServerProcess = (
+            ServerProcess(sock, limits) if in_process else TCPServer(sock, limits).start()
+        )
+        if multi_tenant:
+            with _tenants_lock:
+                _tenants[server.port] = (server, 1)
+        self._server_release = weakref.finalize(
+            self, _release_server, server, server.port, multi_tenant
+        )
+        return server
+
+    def _wait_for_workers(self, world_size: int) -> None:
+        try:
+            self._client.wait_count(INIT_KEY, world_size, self._timeout)
+        except StoreTimeout as exc:
+            joined = self._client.add(INIT_KEY, 0)
+            raise StoreTimeout(
+                "init",
+                [INIT_KEY.decode()],
+                exc.elapsed,
+                self._timeout,
+                repr(self),
+                f"Timed out after {exc.elapsed:.0f} seconds waiting for clients. "
+                f"{joined}/{world_size} clients joined.",
+            ) from None
+
+    # ----------------------------------------------------------------- properties
+
+    @property
+    def host(self) -> str:
+        return self._host
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def libuvBackend(self) -> bool:
+        """The ``use_libuv`` flag given (torch reports the flag, not the server)."""
+        return self._use_libuv
+
+    @property
+    def world_size(self) -> int | None:
+        return self._world_size
+
+    @property
+    def server(self) -> TCPServer | ServerProcess | None:
+        """The server this store started or shares (``None`` for clients)."""
+        return self._server
+
+    def __repr__(self) -> str:
+        client = getattr(self, "_client", None)
+        return f"TCPStore(client={client!r}, server={self._server!r})"
+
+    # ----------------------------------------------------------------- operations
+
+    def _c(self, op: str) -> TCPClient:
+        if self._closed:
+            raise StoreClosed(op, repr(self))
+        return self._client
+
+    def set(self, key: KeyLike, value: ValueLike) -> None:
+        k = key if type(key) is str else as_key(key)
+        self._c("set").set(_enc(k), value if type(value) is bytes else as_value(value))
+
+    def get(self, key: KeyLike) -> bytes:
+        k = key if type(key) is str else as_key(key)
+        return self._c("get").get(_enc(k), self._timeout, k)
+
+    def add(self, key: KeyLike, amount: int) -> int:
+        k = key if type(key) is str else as_key(key)
+        return self._c("add").add(_enc(k), check_amount(amount, k))
+
+    def compare_set(self, key: KeyLike, expected: ValueLike, desired: ValueLike) -> bytes:
+        k = as_key(key)
+        exp, new = as_value(expected, "expected"), as_value(desired, "desired")
+        return self._c("compare_set").compare_set(_enc(k), exp, new)
+
+    def wait(self, keys: Sequence[KeyLike], timeout: TimeoutLike | None = None) -> None:
+        names = as_keys(keys)
+        limit = self._timeout if timeout is None else as_seconds(timeout)
+        client = self._c("wait")
+        if names:
+            try:
+                client.wait([_enc(k) for k in names], limit, names)
+            except StoreTimeout as exc:
+                raise self._narrowed(exc, names) from None
+
+    def check(self, keys: Sequence[KeyLike]) -> bool:
+        return self._c("check").check([_enc(k) for k in as_keys(keys)])
+
+    def delete_key(self, key: KeyLike) -> bool:
+        return self._c("delete_key").delete_key(_enc(as_key(key)))
+
+    def num_keys(self) -> int:
+        """Keys on the server, including the world-size counter ``init/`` (as torch counts)."""
+        return self._c("num_keys").num_keys()
+
+    def has_extended_api(self) -> bool:
+        return True
+
+    def append(self, key: KeyLike, value: ValueLike) -> None:
+        self._c("append").append(_enc(as_key(key)), as_value(value))
+
+    def multi_get(self, keys: Sequence[KeyLike]) -> list[bytes]:
+        names = as_keys(keys)
+        client = self._c("multi_get")
+        if not names:
+            return []
+        try:
+            return client.multi_get([_enc(k) for k in names], self._timeout, names)
+        except StoreTimeout as exc:
+            raise self._narrowed(exc, names) from None
+
+    def _narrowed(self, exc: StoreTimeout, names: list[str]) -> StoreTimeout:
+        """The same timeout, naming only the keys still missing (asked of the server)."""
+        client = self._client
+        missing = [k for k in dict.fromkeys(names) if not client.check([_enc(k)])]
+        return StoreTimeout(exc.op, missing or names, exc.elapsed, exc.timeout, exc.store)
+
+    def multi_set(self, keys: Sequence[KeyLike], values: Sequence[ValueLike]) -> None:
+        names, data = self._pairs(keys, values)
+        client = self._c("multi_set")
+        client.multi_set([(_enc(k), v) for k, v in zip(names, data, strict=True)])
+
+    def queue_push(self, key: KeyLike, value: ValueLike) -> None:
+        self._c("queue_push").queue_push(_enc(as_key(key)), as_value(value))
+
+    def queue_pop(self, key: KeyLike, block: bool = True) -> bytes:
+        k = as_key(key)
+        wire = _enc(k)
+        client = self._c("queue_pop")
+        value = client.queue_pop(wire)
+        if value is not None:
+            return value
+        if not block:
+            raise QueueEmpty(k, repr(self))
+        limit = self._timeout
+        start = time.monotonic()
+        while True:  # another consumer may win the race between WAIT and POP: wait again
+            elapsed = time.monotonic() - start
+            if limit and elapsed >= limit:
+                raise StoreTimeout("queue_pop", [k], elapsed, limit, repr(self))
+            client.wait([wire], limit - elapsed if limit else 0, [k], "queue_pop")
+            value = client.queue_pop(wire)
+            if value is not None:
+                return value
+
+    def queue_len(self, key: KeyLike) -> int:
+        return self._c("queue_len").queue_len(_enc(as_key(key)))
+
+    def list_keys(self) -> list[str]:
+        """User keys (those torch's client would show: ``/``-prefixed, prefix removed)."""
+        raw = self._c("list_keys").list_keys()
+        return [k[1:].decode("utf-8", "surrogateescape") for k in raw if k.startswith(b"/")]
+
+    def barrier(self, key: KeyLike, world_size: int, timeout: TimeoutLike | None = None) -> None:
+        k = as_key(key)
+        if not isinstance(world_size, int) or isinstance(world_size, bool) or world_size < 1:
+            raise ValueError(f"barrier({k!r}): world_size must be an int >= 1, got {world_size!r}")
+        limit = self._timeout if timeout is None else as_seconds(timeout)
+        client = self._c("barrier")
+        try:
+            client.barrier(_enc(k), world_size, limit, k)
+        except StoreTimeout as exc:
+            arrived = client.add(_enc(k), 0)
+            raise StoreTimeout(
+                "barrier",
+                [k],
+                exc.elapsed,
+                limit,
+                exc.store,
+                f"{arrived} of {world_size} participants arrived",
+            ) from None
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def clone(self) -> TCPStore:
+        """A new connection to the same server (no world-size handshake), same timeout."""
+        self._c("clone")
+        return TCPStore(
+            self._host,
+            self._port,
+            None,
+            False,
+            self._timeout,
+            use_libuv=self._use_libuv,
+            extensions=self._client.want_extensions,
+        )
+
+    def close(self) -> None:
+        """Close the connection; a master also stops its server (unless tenants share it)."""
+        if self._closed:
+            return
+        self._closed = True
+        client = getattr(self, "_client", None)
+        if client is not None:
+            client.close()
+        if self._server_release is not None:
+            self._server_release()
