@@ -9,6 +9,7 @@ never leaves a child behind.
 from __future__ import annotations
 
 import enum
+import gc
 import signal
 import threading
 import time
@@ -104,15 +105,21 @@ def _run_processes(
     results: dict[int, RankResult] = {}
     end = time.monotonic() + deadline
     try:
-        for rank in range(n):
-            reader, writer = ctx.Pipe(duplex=False)
-            proc = ctx.Process(
-                target=_rank_main, args=(writer, fn, open_store, rank, n), name=f"rank-{rank}"
-            )
-            proc.start()
-            writer.close()
-            procs.append(proc)
-            conns.append(reader)
+        # A forked child must not garbage-collect what it inherited (objects whose threads
+        # did not survive the fork can crash when collected): freeze it first.
+        gc.freeze()
+        try:
+            for rank in range(n):
+                reader, writer = ctx.Pipe(duplex=False)
+                proc = ctx.Process(
+                    target=_rank_main, args=(writer, fn, open_store, rank, n), name=f"rank-{rank}"
+                )
+                proc.start()
+                writer.close()
+                procs.append(proc)
+                conns.append(reader)
+        finally:
+            gc.unfreeze()
         pending = dict(enumerate(conns))
         while pending:
             left = end - time.monotonic()

@@ -58,6 +58,11 @@ class Capability(enum.StrEnum):
     LIST_KEYS = "list_keys"
     #: Handles opened in other processes share the data (FileStore, TCPStore).
     CROSS_PROCESS = "cross_process"
+    #: ``add`` on a non-integer value raises ``ValueError`` and the store stays usable (torch's
+    #: TCP protocol has no error reply: its servers drop the connection instead).
+    ADD_ERRORS = "add_errors"
+    #: A ``compare_set`` that writes wakes waiters (torch's legacy TCP server does not).
+    CAS_WAKES = "cas_wakes"
 
 
 class Store(abc.ABC):

@@ -126,7 +126,15 @@ class FileStore(Store):
     Raises :class:`StoreError` if the directory does not exist or the file is not a FileStore log.
     """
 
-    capabilities = frozenset({Capability.QUEUES, Capability.LIST_KEYS, Capability.CROSS_PROCESS})
+    capabilities = frozenset(
+        {
+            Capability.QUEUES,
+            Capability.LIST_KEYS,
+            Capability.CROSS_PROCESS,
+            Capability.ADD_ERRORS,
+            Capability.CAS_WAKES,
+        }
+    )
 
     def __init__(
         self,

@@ -49,7 +49,9 @@ class HashStore(Store):
     usable); torch returns the very same object.
     """
 
-    capabilities = frozenset({Capability.QUEUES, Capability.LIST_KEYS})
+    capabilities = frozenset(
+        {Capability.QUEUES, Capability.LIST_KEYS, Capability.ADD_ERRORS, Capability.CAS_WAKES}
+    )
 
     def __init__(self, timeout: TimeoutLike = DEFAULT_TIMEOUT, *, _state: _State | None = None):
         super().__init__(timeout)

@@ -107,19 +107,28 @@ def case_add(ctx: Context) -> None:
 
 @case()
 def case_add_parses_like_stoll(ctx: Context) -> None:
-    """add reads existing text like std::stoll; empty is 0; junk raises; int64 wraps."""
+    """add reads existing text like std::stoll; int64 wraps."""
     s = ctx.store
-    for text, start in [(" 12", 12), ("12abc", 12), ("+5", 5), ("-7", -7), ("0x10", 0), ("", 0)]:
+    for text, start in [(" 12", 12), ("12abc", 12), ("+5", 5), ("-7", -7), ("0x10", 0)]:
         s.set("n", text)
         expect_equal(s.add("n", 1), start + 1, f"add 1 to {text!r}")
+    s.set("n", str(2**63 - 1))
+    expect_equal(s.add("n", 1), -(2**63), "int64 overflow wraps")
+
+
+@case(Capability.ADD_ERRORS)
+def case_add_rejects_non_integer(ctx: Context) -> None:
+    """add on junk raises ValueError naming the key, leaves the value, keeps the store usable."""
+    s = ctx.store
+    s.set("n", "")
+    expect_equal(s.add("n", 1), 1, "an empty value counts as 0")
     s.set("n", "abc")
     err = expect_raises(ValueError, lambda: s.add("n", 1), "add on non-integer", match="n'")
     expect(isinstance(err, StoreError), "non-integer add raises a StoreError")
     expect_equal(s.get("n"), b"abc", "failed add leaves the value alone")
     s.set("n", "99999999999999999999")
     expect_raises(ValueError, lambda: s.add("n", 1), "add on out-of-range text")
-    s.set("n", str(2**63 - 1))
-    expect_equal(s.add("n", 1), -(2**63), "int64 overflow wraps")
+    expect_equal(s.add("fine", 2), 2, "the store is still usable")
 
 
 @case()
@@ -227,7 +236,10 @@ def _set_after_go(opener: Callable[[], Store], go: threading.Event, key: str, ho
 def case_wait_woken_by_every_writer(ctx: Context) -> None:
     """A blocked wait/get returns when another handle creates the key by any write."""
     s = ctx.store
-    for how in ["set", "add", "append", "multi_set", "compare_set"]:
+    writers = ["set", "add", "append", "multi_set"]
+    if Capability.CAS_WAKES in ctx.capabilities:
+        writers.append("compare_set")
+    for how in writers:
         key = f"woken_by_{how}"
         go = threading.Event()
         t = threading.Thread(target=_set_after_go, args=(ctx.open_peer, go, key, how))

@@ -10,7 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 from .._base import Capability, Store
-from .._errors import QueueEmpty, StoreClosed, StoreTimeout
+from .._errors import QueueEmpty, StoreClosed, StoreTimeout, UnsupportedOperation
 from .._types import (
     DEFAULT_TIMEOUT,
     KeyLike,
@@ -64,8 +64,6 @@ class TCPStore(Store):
     Raises :class:`StoreBroken` when no server answers in time, :class:`StoreError` when the
     port is in use, :class:`StoreTimeout` when workers are missing.
     """
-
-    capabilities = frozenset({Capability.QUEUES, Capability.LIST_KEYS, Capability.CROSS_PROCESS})
 
     def __init__(
         self,
@@ -175,6 +173,25 @@ class TCPStore(Store):
         return self._use_libuv
 
     @property
+    def capabilities(self) -> frozenset[Capability]:  # type: ignore[override]
+        caps = {Capability.LIST_KEYS, Capability.CROSS_PROCESS, Capability.CAS_WAKES}
+        if self._use_libuv:
+            caps.add(Capability.QUEUES)
+        client = getattr(self, "_client", None)
+        if client is not None and client.extended:
+            caps.add(Capability.ADD_ERRORS)  # our server answers errors; torch's drops us
+        return frozenset(caps)
+
+    def _queues(self, op: str) -> TCPClient:
+        if not self._use_libuv:  # as torch's client: the flag says the server has no queues
+            raise UnsupportedOperation(
+                repr(self),
+                op,
+                "queues not implemented on legacy TCPStore backend (use_libuv=False)",
+            )
+        return self._c(op)
+
+    @property
     def world_size(self) -> int | None:
         return self._world_size
 
@@ -259,12 +276,12 @@ class TCPStore(Store):
         client.multi_set([(_enc(k), v) for k, v in zip(names, data, strict=True)])
 
     def queue_push(self, key: KeyLike, value: ValueLike) -> None:
-        self._c("queue_push").queue_push(_enc(as_key(key)), as_value(value))
+        self._queues("queue_push").queue_push(_enc(as_key(key)), as_value(value))
 
     def queue_pop(self, key: KeyLike, block: bool = True) -> bytes:
         k = as_key(key)
         wire = _enc(k)
-        client = self._c("queue_pop")
+        client = self._queues("queue_pop")
         value = client.queue_pop(wire)
         if value is not None:
             return value
@@ -282,7 +299,7 @@ class TCPStore(Store):
                 return value
 
     def queue_len(self, key: KeyLike) -> int:
-        return self._c("queue_len").queue_len(_enc(as_key(key)))
+        return self._queues("queue_len").queue_len(_enc(as_key(key)))
 
     def list_keys(self) -> list[str]:
         """User keys (those torch's client would show: ``/``-prefixed, prefix removed)."""

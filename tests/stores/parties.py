@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import traceback
@@ -34,13 +35,21 @@ def process_parties(
     """
     procs, conns = [], []
     try:
-        for rank in range(n):
-            reader, writer = _CTX.Pipe(duplex=False)
-            proc = _CTX.Process(target=_party_main, args=(writer, worker, rank, args), daemon=True)
-            proc.start()
-            writer.close()
-            procs.append(proc)
-            conns.append(reader)
+        # Children must never garbage-collect what they inherit (torch objects whose threads
+        # did not survive the fork segfault when collected): freeze it before forking.
+        gc.freeze()
+        try:
+            for rank in range(n):
+                reader, writer = _CTX.Pipe(duplex=False)
+                proc = _CTX.Process(
+                    target=_party_main, args=(writer, worker, rank, args), daemon=True
+                )
+                proc.start()
+                writer.close()
+                procs.append(proc)
+                conns.append(reader)
+        finally:
+            gc.unfreeze()
         replies: dict[int, tuple[str, Any, str]] = {}
         pending = dict(enumerate(conns))
         while pending:
@@ -64,6 +73,10 @@ def process_parties(
             status, value, tb = replies[rank]
             if status != "ok":
                 raise AssertionError(f"party {rank} of {n} failed: {value}\n{tb}")
+        for rank, proc in enumerate(procs):
+            proc.join(timeout)
+            if proc.exitcode != 0:  # e.g. a crash while tearing down after answering
+                raise AssertionError(f"party {rank} answered but then exited {proc.exitcode}")
         return [replies[r][1] for r in range(n)]
     finally:
         for conn in conns:

@@ -6,12 +6,14 @@ import pytest
 
 from stores.conformance import CASES, Case, CaseSkipped
 
-from .backends import NAMES, make_backend
+from .backends import NAMES, TORCH_NAMES, make_backend, torch_missing
 
 
-@pytest.mark.parametrize("backend_name", NAMES)
+@pytest.mark.parametrize("backend_name", NAMES + TORCH_NAMES)
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_contract(case: Case, backend_name: str, tmp_path: object) -> None:
+    if backend_name in TORCH_NAMES and (why := torch_missing()):
+        pytest.skip(why)
     backend = make_backend(backend_name, str(tmp_path))
     try:
         case.run(backend)
