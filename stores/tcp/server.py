@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import errno
 import logging
@@ -91,6 +92,7 @@ class _Connection(asyncio.Protocol):
         self.transport: Any = None
         self.conn: Conn | None = None
         self.decoder = RequestDecoder(server.limits)
+        self.paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -109,14 +111,20 @@ class _Connection(asyncio.Protocol):
         self.server.protocols.add(self)
 
     def data_received(self, data: bytes) -> None:
+        if self.conn is None:
+            return
+        self.decoder.feed(data)
+        self._process()
+
+    def _process(self) -> None:
+        """Handle buffered requests until none is complete or the peer stops reading replies."""
         conn = self.conn
         if conn is None:
             return
         decoder = self.decoder
-        decoder.feed(data)
         handle = self.server.state.handle
         try:
-            while (request := decoder.next()) is not None:
+            while not self.paused and (request := decoder.next()) is not None:
                 handle(conn, request)
                 decoder.extended = conn.extended
         except ProtocolError as exc:
@@ -132,11 +140,16 @@ class _Connection(asyncio.Protocol):
             self.conn = None
         self.server.protocols.discard(self)
 
-    def pause_writing(self) -> None:  # the peer is not reading its replies: stop reading it
+    def pause_writing(self) -> None:
+        # The peer is not reading its replies: stop handling and reading its requests, so at
+        # most one reply past the high-water mark and one read chunk are ever buffered for it.
+        self.paused = True
         self.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self.paused = False
         self.transport.resume_reading()
+        self._process()
 
 
 class TCPServer:
@@ -200,6 +213,21 @@ class TCPServer:
             for proto in list(self.protocols):
                 proto.transport.abort()
             await server.wait_closed()
+
+    def adopt(self, sock: socket.socket) -> concurrent.futures.Future[None]:
+        """Serve an already connected socket (one end of a socketpair, say) like an accepted one.
+
+        Thread-safe; the server must be running.  Used to drive the full connection path
+        without paying for a TCP connect (fuzzing, tests).
+        """
+        loop = self._loop
+        if loop is None or self._stop is None:
+            raise StoreError(f"{self!r} is not running")
+
+        async def attach() -> None:
+            await loop.connect_accepted_socket(lambda: _Connection(self), sock)
+
+        return asyncio.run_coroutine_threadsafe(attach(), loop)
 
     def stop(self) -> None:
         """Stop serving and drop every client (they get "connection closed"); idempotent."""
