@@ -166,7 +166,7 @@ def test_extended_wait_get_and_count(state: ServerState) -> None:
     writer.take()
     assert ours.take() == b""
     writer(Query.ADD, b"init/", 1)
-    status, pos = parse_u8(ours.take(), 0)
+    status, _pos = parse_u8(ours.take(), 0)
     assert status == STATUS_OK
     ours(Query.WAIT_GET, b"never")
     ours(Query.CANCEL_WAIT)
