@@ -1,0 +1,242 @@
+"""TCPStore's constructor and lifecycle: torch's signature, with errors a person can act on."""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+
+from stores import StoreBroken, StoreError, StoreTimeout, TCPStore
+from stores.tcp import Limits, ServerProcess, bind_listener
+
+from ..backends import torch_missing
+
+
+def master(**kwargs: object) -> TCPStore:
+    return TCPStore("127.0.0.1", 0, is_master=True, timeout=30, **kwargs)  # type: ignore[arg-type]
+
+
+def test_port_zero_binds_an_ephemeral_port_and_reports_it() -> None:
+    with master() as m:
+        assert m.port > 0
+        assert m.host == "127.0.0.1"
+        assert f"port={m.port}" in repr(m)
+        with TCPStore("localhost", m.port, timeout=10) as client:
+            client.set("k", "v")
+        assert m.get("k") == b"v"
+
+
+def test_address_in_use_names_the_port() -> None:
+    with master() as first:
+        pattern = rf"^The server socket has failed to listen on any local .*{first.port}"
+        with pytest.raises(StoreError, match=pattern):
+            TCPStore("127.0.0.1", first.port, is_master=True, timeout=5)
+
+
+def test_multi_tenant_masters_share_one_server() -> None:
+    first = master(multi_tenant=True)
+    second = TCPStore("127.0.0.1", first.port, is_master=True, multi_tenant=True, timeout=5)
+    assert second.server is first.server
+    first.set("from_first", "1")
+    first.close()  # the other tenant keeps the server alive
+    assert second.get("from_first") == b"1"
+    second.close()
+    with pytest.raises(StoreBroken):
+        TCPStore("127.0.0.1", second.port, timeout=0.3)
+
+
+def test_take_over_a_bound_socket_that_is_not_listening() -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    with TCPStore("127.0.0.1", port, is_master=True, master_listen_fd=sock.detach()) as m:
+        m.set("k", "v")
+        assert m.get("k") == b"v"
+    other = socket.socket()
+    other.bind(("127.0.0.1", 0))
+    with pytest.raises(StoreError, match=r"bound to port \d+, expected to be bound to port 1"):
+        TCPStore("127.0.0.1", 1, is_master=True, master_listen_fd=other.detach())
+
+
+def test_fixed_world_size_handshake_counts_every_participant() -> None:
+    sock = bind_listener(0)
+    port = sock.getsockname()[1]
+    sock.close()
+    joined: list[TCPStore] = []
+    result: list[TCPStore] = []
+    ready = threading.Event()
+
+    def run_master() -> None:
+        ready.set()
+        result.append(TCPStore("127.0.0.1", port, world_size=3, is_master=True, timeout=30))
+
+    t = threading.Thread(target=run_master)
+    t.start()
+    ready.wait(10)
+    for _ in range(2):  # clients retry until the master's server is up
+        joined.append(TCPStore("127.0.0.1", port, world_size=3, timeout=30))
+    t.join(30)
+    assert result, "the master's constructor did not return"
+    m = result[0]
+    assert m.num_keys() == 1, "init/ is counted, as torch counts it"
+    assert m.list_keys() == [], "but hidden from list_keys"
+    for s in [*joined, m]:
+        s.close()
+
+
+def test_missing_workers_time_out_saying_how_many_joined() -> None:
+    start = time.monotonic()
+    with pytest.raises(StoreTimeout) as info:
+        TCPStore("127.0.0.1", 0, world_size=2, is_master=True, timeout=0.5)
+    spent = time.monotonic() - start
+    assert re.search(r"Timed out after \d+ seconds waiting for clients. 1/2 clients joined.",
+                     str(info.value))  # fmt: skip
+    assert spent < 2.0, f"took {spent:.1f} s for a 0.5 s timeout (torch: whole seconds, > 1.5 s)"
+    TCPStore("127.0.0.1", 0, world_size=2, is_master=True, timeout=0.5, wait_for_workers=False)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "kind", "match"),
+    [
+        ({"world_size": 0}, ValueError, "world size cannot be 0"),
+        ({"is_master": 1}, TypeError, "is_master must be a bool"),
+        ({"port": -1}, ValueError, "port must be an int in 0..65535"),
+        ({"port": 70000}, ValueError, "port must be an int in 0..65535"),
+    ],
+)
+def test_bad_arguments_fail_before_any_io(kwargs: dict, kind: type, match: str) -> None:
+    args = {"host_name": "127.0.0.1", "port": 1, "timeout": 1, **kwargs}
+    with pytest.raises(kind, match=match):
+        TCPStore(**args)
+
+
+def test_no_server_fails_in_time_naming_the_endpoint() -> None:
+    reserved = socket.socket()
+    reserved.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    port = reserved.getsockname()[1]
+    start = time.monotonic()
+    with pytest.raises(StoreBroken, match=rf"127\.0\.0\.1:{port} timed out after 0\.\d s"):
+        TCPStore("127.0.0.1", port, timeout=0.5)
+    assert time.monotonic() - start < 2.0
+    reserved.close()
+
+
+def test_unresolvable_host_fails_fast() -> None:
+    start = time.monotonic()
+    with pytest.raises(StoreBroken, match="cannot resolve host 'dnsnotexist.invalid'"):
+        TCPStore("dnsnotexist.invalid", 29500, timeout=30)
+    assert time.monotonic() - start < 10, "a name that cannot resolve must not wait out the timeout"
+
+
+def test_timeout_leaves_the_client_usable() -> None:
+    with master() as m:
+        with pytest.raises(StoreTimeout, match="nonexistent key"):
+            m.wait(["nonexistent key"], timedelta(milliseconds=100))
+        m.set("k", "v")
+        assert m.get("k") == b"v"
+
+
+def test_clone_is_a_new_connection_to_the_same_data() -> None:
+    with master() as m:
+        c = m.clone()
+        assert c is not m and c.port == m.port and c.server is None
+        c.set("k", "v")
+        assert m.get("k") == b"v"
+        c.close()
+        assert m.get("k") == b"v"
+
+
+def test_64_mib_values_work() -> None:
+    with master(server_process=True) as m:
+        big = bytes(range(256)) * (1 << 18)
+        m.set("big", big)
+        with TCPStore("127.0.0.1", m.port, timeout=30) as other:
+            assert other.get("big") == big
+
+
+def test_limits_drop_only_the_offender() -> None:
+    with master(limits=Limits(max_value=1 << 20)) as m:
+        offender = TCPStore("127.0.0.1", m.port, timeout=5)
+        offender.set("too-big", b"x" * (2 << 20))  # fire-and-forget: the server drops us
+        # The reset surfaces on our next send or receive, whichever comes first.
+        with pytest.raises(StoreBroken, match=rf"127\.0\.0\.1:{m.port}: .*(closed|reset)"):
+            offender.get("anything")
+        m.set("fine", b"x" * (1 << 20))
+        assert m.get("fine") == b"x" * (1 << 20)
+        offender.close()
+
+
+def test_client_reconnects_after_a_server_restart_on_the_same_port() -> None:
+    sock = bind_listener(0)
+    port = sock.getsockname()[1]
+    server = ServerProcess(sock)
+    client = TCPStore("127.0.0.1", port, timeout=10)
+    client.set("k", "v1")
+    assert client.get("k") == b"v1"
+    server.stop()
+    with pytest.raises(StoreBroken):
+        client.get("k")
+    server = ServerProcess(bind_listener(port))
+    try:
+        client.set("k", "v2")  # a new connection to the restarted (empty) server
+        assert client.get("k") == b"v2"
+    finally:
+        client.close()
+        server.stop()
+
+
+def test_server_in_its_own_process_stops_with_its_owner() -> None:
+    m = master(server_process=True)
+    proc = m.server.proc  # type: ignore[union-attr]
+    m.set("k", "v")
+    m.close()
+    assert proc.poll() is not None, "the server process outlived its master"
+
+
+def _torch_rank(port: int, rank: int, out: list[object]) -> None:
+    import torch.distributed as dist
+
+    store = dist.TCPStore("127.0.0.1", port, 5, False, timedelta(seconds=30))
+    store.set(f"rank{rank}", f"torch {rank}")
+    store.barrier("all", 5, timedelta(seconds=30))
+    out.append(sorted(store.multi_get([f"rank{r}" for r in range(5)])))
+
+
+def test_mixed_world_of_torch_and_our_clients() -> None:
+    if why := torch_missing():
+        pytest.skip(why)
+    sock = bind_listener(0)
+    port = sock.getsockname()[1]
+    sock.close()
+    out: list[object] = []
+    masters: list[TCPStore] = []
+    # torch's client holds the GIL in some calls: our server runs in a process of its own.
+    t_master = threading.Thread(
+        target=lambda: masters.append(
+            TCPStore("127.0.0.1", port, 5, True, timeout=30, server_process=True)
+        )
+    )
+    t_master.start()
+    threads = [threading.Thread(target=_torch_rank, args=(port, r, out)) for r in (1, 2)]
+    for t in threads:
+        t.start()
+    ours = [TCPStore("127.0.0.1", port, world_size=5, timeout=30) for _ in (3, 4)]
+    t_master.join(30)
+    assert masters, "the master never saw all 5 participants (torch's clients count too)"
+    everyone = [masters[0], *ours]
+    for rank, store in zip((0, 3, 4), everyone, strict=True):
+        store.set(f"rank{rank}", f"ours {rank}")
+    barrier = [threading.Thread(target=s.barrier, args=("all", 5, 30)) for s in everyone]
+    for t in barrier:
+        t.start()
+    for t in barrier + threads:
+        t.join(30)
+    expected = sorted([b"ours 0", b"torch 1", b"torch 2", b"ours 3", b"ours 4"])
+    assert out == [expected, expected]
+    assert sorted(ours[0].multi_get([f"rank{r}" for r in range(5)])) == expected
+    for s in everyone:
+        s.close()
