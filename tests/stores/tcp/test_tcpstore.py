@@ -127,7 +127,7 @@ def test_no_server_fails_in_time_naming_the_endpoint() -> None:
 
 def test_unresolvable_host_fails_fast() -> None:
     start = time.monotonic()
-    with pytest.raises(StoreBroken, match="cannot resolve host 'dnsnotexist.invalid'"):
+    with pytest.raises(StoreBroken, match=r"cannot resolve host 'dnsnotexist\.invalid'"):
         TCPStore("dnsnotexist.invalid", 29500, timeout=30)
     assert time.monotonic() - start < 10, "a name that cannot resolve must not wait out the timeout"
 
