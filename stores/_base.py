@@ -202,7 +202,7 @@ class Store(abc.ABC):
         keys: Sequence[KeyLike], values: Sequence[ValueLike]
     ) -> tuple[list[str], list[bytes]]:
         names = as_keys(keys)
-        data = [as_value(v, "values[]") for v in values]
+        data = [v if type(v) is bytes else as_value(v, "values[]") for v in values]
         if len(names) != len(data):
             raise StoreValueError(
                 f"multi_set: {len(names)} keys but {len(data)} values; pass one value per key",

@@ -125,6 +125,15 @@ def string(data: bytes) -> bytes:
     return _U64.pack(len(data)) + data
 
 
+def _strings(items: list[bytes]) -> list[bytes]:
+    pack = _U64.pack
+    parts = []
+    for item in items:
+        parts.append(pack(len(item)))
+        parts.append(item)
+    return parts
+
+
 def encode_request(query: Query, *fields: bytes | int | list[bytes]) -> bytes:
     """Encode one request.  ``bytes`` fields are strings; ``int`` fields are written as the
     command requires (u32 for VALIDATE/PING, i64 otherwise); a ``list`` is a key list (u64 count).
@@ -138,21 +147,16 @@ def encode_request(query: Query, *fields: bytes | int | list[bytes]) -> bytes:
             out += (_U32 if query in (Query.VALIDATE, Query.PING) else _I64).pack(field)
         else:
             out += _U64.pack(len(field))
-            for key in field:
-                out += _U64.pack(len(key))
-                out += key
+            out += b"".join(_strings(field))
     return bytes(out)
 
 
 def encode_multi_set(pairs: list[tuple[bytes, bytes]]) -> bytes:
-    out = bytearray(_U8.pack(Query.MULTI_SET))
-    out += _I64.pack(len(pairs))
+    pack = _U64.pack
+    parts = [_U8.pack(Query.MULTI_SET), _I64.pack(len(pairs))]
     for key, value in pairs:
-        out += _U64.pack(len(key))
-        out += key
-        out += _U64.pack(len(value))
-        out += value
-    return bytes(out)
+        parts += (pack(len(key)), key, pack(len(value)), value)
+    return b"".join(parts)
 
 
 def reply_u8(value: int) -> bytes:
@@ -168,7 +172,7 @@ def reply_u32(value: int) -> bytes:
 
 
 def reply_values(values: list[bytes]) -> bytes:
-    return b"".join(_U64.pack(len(v)) + v for v in values)
+    return b"".join(_strings(values))
 
 
 def reply_error(message: str) -> bytes:
@@ -208,11 +212,26 @@ def parse_bytes(buf: bytes | bytearray, pos: int, limit: int = 1 << 62) -> tuple
     return bytes(buf[pos + 8 : end]), end
 
 
-def parse_bytes_list(buf: bytes | bytearray, pos: int, count: int) -> tuple[list[bytes], int]:
-    out = []
+def parse_bytes_list(
+    buf: bytes | bytearray, pos: int, count: int, limit: int = 1 << 62
+) -> tuple[list[bytes], int]:
+    """``count`` wire strings from ``pos`` (the per-key hot loop of multi-key requests)."""
+    out: list[bytes] = []
+    append = out.append
+    unpack = _U64.unpack_from
+    size_buf = len(buf)
     for _ in range(count):
-        item, pos = parse_bytes(buf, pos)
-        out.append(item)
+        if size_buf < pos + 8:
+            raise Incomplete(pos + 8)
+        (size,) = unpack(buf, pos)
+        if size > limit:
+            raise ProtocolError(f"string of {size} bytes exceeds the limit of {limit}")
+        pos += 8
+        end = pos + size
+        if size_buf < end:
+            raise Incomplete(end)
+        append(bytes(buf[pos:end]))
+        pos = end
     return out, pos
 
 
@@ -275,10 +294,7 @@ class RequestDecoder:
             count, pos = parse_i64(buf, pos)
             if not 0 <= count <= lim.max_keys:
                 raise ProtocolError(f"{query.name} with {count} keys (max_keys={lim.max_keys})")
-            keys = []
-            for _ in range(count):
-                key, pos = parse_bytes(buf, pos, lim.max_key)
-                keys.append(key)
+            keys, pos = parse_bytes_list(buf, pos, count, lim.max_key)
             return (query, (tuple(keys),)), pos
         if query is Query.MULTI_SET:
             count, pos = parse_i64(buf, pos)

@@ -2,7 +2,7 @@
 
 A bad peer (wrong magic, garbage, a length over the limits, an unknown command) loses only its
 own connection, which is logged; a client that stops reading has its reads paused so memory stays
-bounded.  Run standalone with ``python -m stores.tcp.server --port 29500``.
+bounded.  Run standalone with ``python -m stores.tcp --port 29500``.
 """
 
 from __future__ import annotations
@@ -258,7 +258,7 @@ class ServerProcess:
         self.port: int = sock.getsockname()[1]
         lim = limits or Limits()
         args = [
-            sys.executable, "-m", "stores.tcp.server", "--listen-fd", str(sock.fileno()),
+            sys.executable, "-m", "stores.tcp", "--listen-fd", str(sock.fileno()),
             "--max-key", str(lim.max_key), "--max-value", str(lim.max_value),
         ]  # fmt: skip
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, pass_fds=[sock.fileno()])

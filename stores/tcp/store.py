@@ -40,6 +40,10 @@ def _enc(key: str) -> bytes:
     return (PREFIX + key).encode("utf-8", "surrogateescape")
 
 
+def _enc_all(keys: list[str]) -> list[bytes]:
+    return [(PREFIX + k).encode("utf-8", "surrogateescape") for k in keys]
+
+
 def _release_server(server: TCPServer | ServerProcess, port: int, tenant: bool) -> None:
     if tenant:
         with _tenants_lock:
@@ -260,7 +264,7 @@ class TCPStore(Store):
         if not names:
             return []
         try:
-            return client.multi_get([_enc(k) for k in names], self._timeout, names)
+            return client.multi_get(_enc_all(names), self._timeout, names)
         except StoreTimeout as exc:
             raise self._narrowed(exc, names) from None
 
@@ -273,7 +277,7 @@ class TCPStore(Store):
     def multi_set(self, keys: Sequence[KeyLike], values: Sequence[ValueLike]) -> None:
         names, data = self._pairs(keys, values)
         client = self._c("multi_set")
-        client.multi_set([(_enc(k), v) for k, v in zip(names, data, strict=True)])
+        client.multi_set(list(zip(_enc_all(names), data, strict=True)))
 
     def queue_push(self, key: KeyLike, value: ValueLike) -> None:
         self._queues("queue_push").queue_push(_enc(as_key(key)), as_value(value))
