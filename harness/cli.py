@@ -7,29 +7,36 @@ storeharness list
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from scenarios.smoke import SCENARIOS
-from stores import FileStore, HashStore, Store
+from stores import FileStore, HashStore, Store, TCPStore
 
 from .world import Fate, RankResult, run_world
 
 #: Backends the command line can open, and the worker kinds that can share them.
-STORES = {"file": ("process", "thread"), "hash": ("thread",)}
-DEFAULT_PLAN = [("file", "process"), ("hash", "thread")]
+STORES = {"tcp": ("process", "thread"), "file": ("process", "thread"), "hash": ("thread",)}
+DEFAULT_PLAN = [("tcp", "process"), ("file", "process"), ("hash", "thread")]
 
 
-def _opener(store: str, tmp: str) -> Callable[[], Store]:
-    if store == "file":
-        return functools.partial(FileStore, str(Path(tmp) / "store"))
-    shared = HashStore()
-    return shared.clone
+@contextlib.contextmanager
+def _opener(store: str, tmp: str) -> Iterator[Callable[[], Store]]:
+    """How each rank opens the store under test; whatever serves it lives for the run."""
+    if store == "tcp":
+        # The server gets a process of its own: forked ranks must not inherit a live server.
+        with TCPStore("127.0.0.1", 0, is_master=True, timeout=60, server_process=True) as master:
+            yield functools.partial(TCPStore, "127.0.0.1", master.port, timeout=60)
+    elif store == "file":
+        yield functools.partial(FileStore, str(Path(tmp) / "store"))
+    else:
+        yield HashStore().clone
 
 
 def _plan(stores: Sequence[str] | None, workers: str | None) -> list[tuple[str, str]]:
@@ -54,11 +61,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"{'scenario':<22} {'store':<6} {'workers':<8} {'world':>5} {'outcome':<8} {'time':>8}")
     for name, fn in SCENARIOS.items():
         for store, workers in plan:
-            with tempfile.TemporaryDirectory(prefix="storeharness-") as tmp:
+            with (
+                tempfile.TemporaryDirectory(prefix="storeharness-") as tmp,
+                _opener(store, tmp) as opener,
+            ):
                 start = time.monotonic()
-                results = run_world(
-                    fn, args.world_size, _opener(store, tmp), workers, args.deadline
-                )
+                results = run_world(fn, args.world_size, opener, workers, args.deadline)
                 spent = time.monotonic() - start
             ok = all(r.fate is Fate.RETURNED for r in results)
             failed += not ok
@@ -110,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--store",
         action="append",
         choices=sorted(STORES),
-        help="backend to test (repeatable; default: file with processes, hash with threads)",
+        help="backend (repeatable; default: tcp and file with processes, hash with threads)",
     )
     run.add_argument("--workers", choices=["process", "thread"], help="how ranks run")
     run.add_argument("--world-size", type=int, default=4, help="ranks per world (4)")

@@ -71,9 +71,13 @@ def test_cli_runs_the_smoke_scenario_and_writes_json(
     out = tmp_path / "report.json"
     assert main(["run", "--world-size", "3", "--json", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "rendezvous_exchange" in text and "2 passed, 0 failed" in text
+    assert "rendezvous_exchange" in text and "3 passed, 0 failed" in text
     rows = json.loads(out.read_text())
-    assert {(r["store"], r["workers"]) for r in rows} == {("file", "process"), ("hash", "thread")}
+    assert {(r["store"], r["workers"]) for r in rows} == {
+        ("tcp", "process"),
+        ("file", "process"),
+        ("hash", "thread"),
+    }
     assert all(r["passed"] and len(r["ranks"]) == 3 for r in rows)
 
 
