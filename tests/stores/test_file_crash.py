@@ -15,11 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import multiprocess
+import pytest
 
 from stores import FileStore, QueueEmpty
 from stores._filelog import Log
 
-FORK = multiprocess.get_context("fork")
+# Writers fork from a small forkserver, not from the test worker: forking a worker that has
+# imported torch (the interop tests) costs far more per child here, and we fork 200 of them.
+FORK = multiprocess.get_context("forkserver")
 KILLS = 200
 KEYS = [f"k{i}" for i in range(6)]
 
@@ -102,6 +105,7 @@ def _torn_tail(path: str) -> bool:
         log.close()
 
 
+@pytest.mark.timeout(600)
 def test_killed_writers_never_corrupt_reads(tmp_path: Path) -> None:
     path = str(tmp_path / "fs")
     FileStore(path).set("k0", chunk(0, 0))
