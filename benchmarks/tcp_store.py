@@ -185,6 +185,8 @@ def _barrier_rank(kind: str, port: int, key: str, n: int, ready: Any, go: Any, d
         c.set(f"{key}/done", "1")
     c.wait([f"{key}/done"], timedelta(seconds=600))
     done.put(os.getpid())
+    done.close()
+    done.join_thread()  # the queue's feeder thread must write before _exit skips it
     os._exit(0)
 
 
