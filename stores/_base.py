@@ -44,6 +44,7 @@ from ._types import (
     as_keys,
     as_seconds,
     as_value,
+    check_world_size,
 )
 
 __all__ = ["Capability", "Store"]
@@ -246,8 +247,7 @@ class Store(abc.ABC):
         many participants arrived, ``ValueError`` for ``world_size < 1``.
         """
         k = as_key(key)
-        if not isinstance(world_size, int) or isinstance(world_size, bool) or world_size < 1:
-            raise ValueError(f"barrier({k!r}): world_size must be an int >= 1, got {world_size!r}")
+        check_world_size(k, world_size)
         limit = self._timeout if timeout is None else as_seconds(timeout)
         start = time.monotonic()
         arrived = self.add(f"{k}/num_members", 1)

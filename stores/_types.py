@@ -24,6 +24,7 @@ __all__ = [
     "as_keys",
     "as_seconds",
     "as_value",
+    "check_world_size",
     "compare_set_outcome",
     "deadline_after",
     "next_counter",
@@ -169,6 +170,13 @@ def compare_set_outcome(
     if current is None:
         return (True, desired) if not expected else (False, expected)
     return (True, desired) if current == expected else (False, current)
+
+
+def check_world_size(key: str, world_size: object) -> int:
+    """Validate ``barrier``'s participant count; raises ``ValueError`` naming the barrier."""
+    if not isinstance(world_size, int) or isinstance(world_size, bool) or world_size < 1:
+        raise ValueError(f"barrier({key!r}): world_size must be an int >= 1, got {world_size!r}")
+    return world_size
 
 
 def wrap_int64(number: int) -> int:

@@ -21,6 +21,7 @@ from .._types import (
     as_seconds,
     as_value,
     check_amount,
+    check_world_size,
 )
 from .client import TCPClient
 from .codec import Limits
@@ -312,8 +313,7 @@ class TCPStore(Store):
 
     def barrier(self, key: KeyLike, world_size: int, timeout: TimeoutLike | None = None) -> None:
         k = as_key(key)
-        if not isinstance(world_size, int) or isinstance(world_size, bool) or world_size < 1:
-            raise ValueError(f"barrier({k!r}): world_size must be an int >= 1, got {world_size!r}")
+        check_world_size(k, world_size)
         limit = self._timeout if timeout is None else as_seconds(timeout)
         client = self._c("barrier")
         try:
