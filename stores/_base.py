@@ -34,7 +34,7 @@ from datetime import timedelta
 from types import TracebackType
 from typing import ClassVar, Self
 
-from ._errors import StoreTimeout, StoreValueError, UnsupportedOperation
+from ._errors import StoreClosed, StoreTimeout, StoreValueError, UnsupportedOperation
 from ._types import (
     DEFAULT_TIMEOUT,
     KeyLike,
@@ -284,6 +284,11 @@ class Store(abc.ABC):
     def close(self) -> None:
         """Release this handle; later operations on it raise :class:`StoreClosed`.  Idempotent."""
         self._closed = True
+
+    def _check_open(self, op: str) -> None:
+        """Raise :class:`StoreClosed` naming ``op`` if this handle was closed."""
+        if self._closed:
+            raise StoreClosed(op, repr(self))
 
     @property
     def closed(self) -> bool:

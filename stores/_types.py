@@ -29,7 +29,6 @@ __all__ = [
     "deadline_after",
     "next_counter",
     "parse_counter",
-    "remaining",
     "wrap_int64",
 ]
 
@@ -110,13 +109,6 @@ def as_seconds(timeout: object, arg: str = "timeout") -> float:
 def deadline_after(seconds: float) -> float | None:
     """The monotonic deadline ``seconds`` from now; ``None`` (never) for 0 = no limit."""
     return None if seconds == 0 else time.monotonic() + seconds
-
-
-def remaining(deadline: float | None) -> float | None:
-    """Seconds left until ``deadline`` (never negative); ``None`` when there is no deadline."""
-    if deadline is None:
-        return None
-    return max(0.0, deadline - time.monotonic())
 
 
 # std::stoll: optional C-locale whitespace, optional sign, at least one digit; the rest ignored.

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from ._base import Capability, Store
-from ._errors import QueueEmpty, StoreClosed, StoreError, StoreTimeout
+from ._errors import QueueEmpty, StoreError, StoreTimeout
 from ._filelog import (
     OP_APPEND,
     OP_DELETE,
@@ -188,8 +188,7 @@ class FileStore(Store):
     # ----------------------------------------------------------------- plumbing
 
     def _log_for(self, op: str) -> Log:
-        if self._closed:
-            raise StoreClosed(op, repr(self))
+        self._check_open(op)
         return self._log
 
     def _write(self, op: str, records: list[Record]) -> None:
@@ -222,8 +221,7 @@ class FileStore(Store):
         try:
             while True:
                 with log.mutex:
-                    if self._closed:
-                        raise StoreClosed(op, repr(self))
+                    self._check_open(op)
                     log.sync()
                     result = read(log)
                     if result is not None:

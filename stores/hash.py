@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from ._base import Capability, Store
-from ._errors import QueueEmpty, StoreClosed, StoreTimeout
+from ._errors import QueueEmpty, StoreTimeout
 from ._types import (
     DEFAULT_TIMEOUT,
     KeyLike,
@@ -21,6 +21,7 @@ from ._types import (
     as_value,
     check_amount,
     compare_set_outcome,
+    deadline_after,
     next_counter,
 )
 from ._waiters import Waiter, WaiterTable
@@ -61,8 +62,7 @@ class HashStore(Store):
         return f"HashStore(keys={len(self._state.data)}{', closed' if self._closed else ''})"
 
     def _open(self, op: str) -> _State:
-        if self._closed:
-            raise StoreClosed(op, repr(self))
+        self._check_open(op)
         return self._state
 
     # ----------------------------------------------------------------- writes
@@ -133,7 +133,7 @@ class HashStore(Store):
             value = st.data.get(k)
             if value is not None:
                 return value
-            return self._blocking_read("get", [k], None, lambda: st.data.get(k))
+            return self._blocking_read("get", [k], lambda: st.data.get(k))
 
     def multi_get(self, keys: Sequence[KeyLike]) -> list[bytes]:
         names = as_keys(keys)
@@ -147,7 +147,7 @@ class HashStore(Store):
             ready = read_all()
             if ready is not None:
                 return ready
-            return self._blocking_read("multi_get", names, None, read_all)
+            return self._blocking_read("multi_get", names, read_all)
 
     def check(self, keys: Sequence[KeyLike]) -> bool:
         names = as_keys(keys)
@@ -163,7 +163,8 @@ class HashStore(Store):
         with st.lock:
             missing = [k for k in names if k not in st.data and k not in st.queues]
             if missing:
-                self._sleep(Waiter(st.lock, missing, data_only=False), "wait", limit)
+                waiter = Waiter(st.lock, missing, data_only=False)
+                self._sleep(waiter, "wait", time.monotonic(), limit, deadline_after(limit))
 
     def num_keys(self) -> int:
         st = self._open("num_keys")
@@ -199,8 +200,8 @@ class HashStore(Store):
             if not block:
                 raise QueueEmpty(k, repr(self))
             limit = self._timeout
-            deadline = None if limit == 0 else time.monotonic() + limit
             start = time.monotonic()
+            deadline = deadline_after(limit)
             waiter = Waiter(st.lock, [k], data_only=False)
             st.waiters.add_popper(k, waiter)
             try:
@@ -244,42 +245,30 @@ class HashStore(Store):
 
     # ----------------------------------------------------------------- blocking core
 
-    def _blocking_read(
-        self, op: str, keys: list[str], timeout: float | None, read: Callable[[], _T | None]
-    ) -> _T:
+    def _blocking_read(self, op: str, keys: list[str], read: Callable[[], _T | None]) -> _T:
         """Sleep until ``read()`` (called with the lock held) returns a value; lock held."""
         st = self._state
-        limit = self._timeout if timeout is None else timeout
+        limit = self._timeout
         start = time.monotonic()
+        deadline = deadline_after(limit)
         while True:
             missing = [k for k in keys if k not in st.data]
-            spent = time.monotonic() - start
             if missing:
-                left = 0.0 if limit == 0 else limit - spent
-                if limit != 0 and left <= 0:
-                    raise StoreTimeout(op, missing, spent, limit, repr(self))
-                self._sleep(Waiter(st.lock, missing, data_only=True), op, left, start, limit)
+                waiter = Waiter(st.lock, missing, data_only=True)
+                self._sleep(waiter, op, start, limit, deadline)
             result = read()
             if result is not None:
                 return result
 
     def _sleep(
-        self,
-        waiter: Waiter,
-        op: str,
-        left: float,
-        start: float | None = None,
-        limit: float | None = None,
+        self, waiter: Waiter, op: str, start: float, limit: float, deadline: float | None
     ) -> None:
-        """Register ``waiter`` and sleep until all its keys appeared or ``left`` s pass.
+        """Register ``waiter`` and sleep until all its keys appeared or ``deadline`` passes.
 
-        ``left == 0`` with ``limit`` unset means no limit.  Raises :class:`StoreTimeout` naming
-        the keys that never appeared.  Lock held on entry and exit.
+        ``deadline=None`` means no limit.  Raises :class:`StoreTimeout` naming the keys that
+        never appeared.  Lock held on entry and exit.
         """
         table = self._state.waiters
-        began = time.monotonic() if start is None else start
-        total = left if limit is None else limit
-        deadline = None if total == 0 else time.monotonic() + left
         table.add_key_waiter(waiter)
         try:
             while waiter.pending:
@@ -287,13 +276,8 @@ class HashStore(Store):
                 if wait_for is not None and wait_for <= 0:
                     st = self._state
                     missing = [k for k in waiter.keys if k not in st.data and k not in st.queues]
-                    raise StoreTimeout(
-                        op,
-                        missing or list(waiter.keys),
-                        time.monotonic() - began,
-                        total,
-                        repr(self),
-                    )
+                    spent = time.monotonic() - start
+                    raise StoreTimeout(op, missing or list(waiter.keys), spent, limit, repr(self))
                 waiter.cond.wait(wait_for)
         finally:
             if waiter.pending:

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 from ._base import Capability, Store
-from ._errors import StoreClosed
 from ._types import KeyLike, TimeoutLike, ValueLike, as_key, as_keys
 
 __all__ = ["PrefixStore"]
@@ -62,13 +61,11 @@ class PrefixStore(Store):
         return f"PrefixStore({self._prefix!r}, {self._store!r})"
 
     def _k(self, key: KeyLike) -> str:
-        if self._closed:
-            raise StoreClosed("operation", repr(self))
+        self._check_open("operation")
         return self._head + (key if type(key) is str else as_key(key))
 
     def _ks(self, keys: Sequence[KeyLike]) -> list[str]:
-        if self._closed:
-            raise StoreClosed("operation", repr(self))
+        self._check_open("operation")
         head = self._head
         return [head + k for k in as_keys(keys)]
 
@@ -94,8 +91,7 @@ class PrefixStore(Store):
         return self._store.delete_key(self._k(key))
 
     def num_keys(self) -> int:
-        if self._closed:
-            raise StoreClosed("num_keys", repr(self))
+        self._check_open("num_keys")
         return self._store.num_keys()
 
     def has_extended_api(self) -> bool:
@@ -120,8 +116,7 @@ class PrefixStore(Store):
         return self._store.queue_len(self._k(key))
 
     def list_keys(self) -> list[str]:
-        if self._closed:
-            raise StoreClosed("list_keys", repr(self))
+        self._check_open("list_keys")
         head = self._head
         cut = len(head)
         return [k[cut:] for k in self._store.list_keys() if k.startswith(head)]
@@ -137,8 +132,7 @@ class PrefixStore(Store):
         self._store.set_timeout(timeout)
 
     def clone(self) -> PrefixStore:
-        if self._closed:
-            raise StoreClosed("clone", repr(self))
+        self._check_open("clone")
         return PrefixStore(self._prefix, self._store.clone(), _owns_store=True)
 
     def close(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -214,8 +214,3 @@ def thread_parties(
         if err is not None:
             raise ConformanceFailure(f"party {rank} of {n} failed: {err!r}") from err
     return results
-
-
-def wait_all(events: Sequence[threading.Event], timeout: float, what: str) -> None:
-    for ev in events:
-        expect(ev.wait(timeout), f"{what}: not signalled within {timeout} s")

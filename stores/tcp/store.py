@@ -10,7 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 from .._base import Capability, Store
-from .._errors import QueueEmpty, StoreClosed, StoreTimeout, UnsupportedOperation
+from .._errors import QueueEmpty, StoreTimeout, UnsupportedOperation
 from .._types import (
     DEFAULT_TIMEOUT,
     KeyLike,
@@ -212,8 +212,7 @@ class TCPStore(Store):
     # ----------------------------------------------------------------- operations
 
     def _c(self, op: str) -> TCPClient:
-        if self._closed:
-            raise StoreClosed(op, repr(self))
+        self._check_open(op)
         return self._client
 
     def set(self, key: KeyLike, value: ValueLike) -> None:
