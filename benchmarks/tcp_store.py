@@ -143,18 +143,17 @@ def _adder(kind: str, port: int, key: str, adds: int, ready: Any, go: Any, done:
     done.put(os.getpid())
 
 
-def throughput(kind: str, port: int, tag: str, procs: int, adds: int) -> float:
+def timed_from_go(target: Callable[..., None], args: tuple[Any, ...], n: int) -> float:
+    """Fork ``n`` children running ``target(*args, ready, go, done)``; seconds from the "go"
+    (sent once all reported ready, i.e. connected) until all reported done."""
     import multiprocess
 
     ctx = multiprocess.get_context("fork")
     ready, go, done = ctx.Queue(), ctx.Event(), ctx.Queue()
-    children = [
-        ctx.Process(target=_adder, args=(kind, port, f"tp/{tag}", adds, ready, go, done))
-        for _ in range(procs)
-    ]
+    children = [ctx.Process(target=target, args=(*args, ready, go, done)) for _ in range(n)]
     for p in children:
         p.start()
-    for _ in children:  # every child connected: from here on we time the adds only
+    for _ in children:
         ready.get(timeout=600)
     start = time.perf_counter()
     go.set()
@@ -162,7 +161,12 @@ def throughput(kind: str, port: int, tag: str, procs: int, adds: int) -> float:
         done.get(timeout=600)
     spent = time.perf_counter() - start
     for p in children:
-        p.join(30)
+        p.join(60)
+    return spent
+
+
+def throughput(kind: str, port: int, tag: str, procs: int, adds: int) -> float:
+    spent = timed_from_go(_adder, (kind, port, f"tp/{tag}", adds), procs)
     return procs * adds / spent
 
 
@@ -193,27 +197,7 @@ def _barrier_rank(kind: str, port: int, key: str, n: int, ready: Any, go: Any, d
 def barrier(kind: str, port: int, tag: str, n: int) -> float:
     """Add-then-wait across ``n`` forked processes, timed from a "go" broadcast sent once all
     of them have connected (process creation and connecting are not the store's cost)."""
-    import multiprocess
-
-    ctx = multiprocess.get_context("fork")
-    ready, go, done = ctx.Queue(), ctx.Event(), ctx.Queue()
-    key = f"bar/{tag}"
-    children = [
-        ctx.Process(target=_barrier_rank, args=(kind, port, key, n, ready, go, done))
-        for _ in range(n)
-    ]
-    for p in children:
-        p.start()
-    for _ in children:
-        ready.get(timeout=600)
-    start = time.perf_counter()
-    go.set()
-    for _ in children:
-        done.get(timeout=600)
-    spent = time.perf_counter() - start
-    for p in children:
-        p.join(60)
-    return spent
+    return timed_from_go(_barrier_rank, (kind, port, f"bar/{tag}", n), n)
 
 
 def in_clean_process(workload: str, kind: str, port: int, *args: int) -> float:

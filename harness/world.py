@@ -8,6 +8,7 @@ never leaves a child behind.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import gc
 import signal
@@ -144,12 +145,7 @@ def _run_processes(
         for conn in conns:
             conn.close()
         _reap(procs)
-    for rank, proc in enumerate(procs):
-        old = results[rank]
-        results[rank] = RankResult(
-            old.rank, old.fate, old.value, old.error, old.traceback, proc.exitcode, old.elapsed
-        )
-    return [results[r] for r in range(n)]
+    return [dataclasses.replace(results[r], exitcode=procs[r].exitcode) for r in range(n)]
 
 
 def _reap(procs: list[Any]) -> None:
