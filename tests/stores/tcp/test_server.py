@@ -35,13 +35,17 @@ def raw(port: int) -> socket.socket:
     return sock
 
 
-def closed_by_server(sock: socket.socket) -> bool:
-    """Read until EOF/reset; True if the server closed the connection."""
+def closed_by_server(sock: socket.socket, within: float = 30.0) -> bool:
+    """Drain ``sock``: True once the server closes or resets it, False if it is still open
+    after ``within`` seconds."""
+    sock.settimeout(within)
     try:
         while sock.recv(1 << 16):
             pass
     except (ConnectionResetError, BrokenPipeError):
-        pass
+        return True
+    except TimeoutError:
+        return False
     return True
 
 
