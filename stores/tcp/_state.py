@@ -274,10 +274,13 @@ class ServerState:
             self._ok(conn, reply_u8(STOP_WAITING))
             self._created(key)  # releases every participant registered on the key
             return
-        pending = _Pending(conn, Query.BARRIER, (key,), world_size)
+        self._park(_Pending(conn, Query.BARRIER, (key,), world_size))
+
+    def _park(self, pending: _Pending) -> None:
+        """Register a barrier participant until its counter reaches the world size."""
         pending.missing = 1
-        self._waiters.setdefault(key, []).append(pending)
-        conn.pending.append(pending)
+        self._waiters.setdefault(pending.keys[0], []).append(pending)
+        pending.conn.pending.append(pending)
 
     def _cancel_wait(self, conn: Conn) -> None:
         self._drop_pending(conn)
@@ -308,7 +311,11 @@ class ServerState:
                 self._wait_count(conn, key, target)
                 return
             self._ok(conn, reply_i64(next_counter(self.data[key], 0, "")))
-        else:  # WAIT, BARRIER
+        elif kind is Query.BARRIER and not self._count_reached(pending.keys[0], pending.target):
+            # Any write to the counter wakes its waiters (an add of 0 by a participant that
+            # timed out, say); a barrier ends only when the count reaches the world size.
+            self._park(_Pending(conn, kind, pending.keys, pending.target))
+        else:  # WAIT, or a BARRIER whose count is reached
             self._ok(conn, reply_u8(STOP_WAITING))
 
     _handlers: dict[Query, Callable[..., Any]] = {

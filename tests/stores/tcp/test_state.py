@@ -136,6 +136,22 @@ def test_barrier_counts_and_releases_everyone(state: ServerState) -> None:
     assert state.data[b"/bk"] == b"3"
 
 
+def test_a_write_to_the_barrier_counter_does_not_release_it_early(state: ServerState) -> None:
+    # Found by the missing_clients scenario: a participant that timed out read the count with
+    # add(key, 0), which woke every other participant although only 3 of 4 had arrived.
+    a, b, c, d = Peer(state), Peer(state), Peer(state), Peer(state)
+    a(Query.BARRIER, b"/bk", 4)
+    b(Query.BARRIER, b"/bk", 4)
+    c(Query.ADD, b"/bk", 0)
+    assert c.take() == (2).to_bytes(8, "little")
+    assert (a.take(), b.take()) == (b"", b"")
+    d(Query.BARRIER, b"/bk", 3)  # a smaller world size is reached by this arrival
+    assert d.take() == b"\x00"
+    assert (a.take(), b.take()) == (b"", b""), "released before their world size of 4"
+    c(Query.BARRIER, b"/bk", 4)
+    assert (a.take(), b.take(), c.take()) == (b"\x00", b"\x00", b"\x00")
+
+
 def test_get_of_a_missing_key_is_empty_like_libuv(state: ServerState) -> None:
     peer = Peer(state)
     peer(Query.GET, b"missing")
