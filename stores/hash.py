@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from ._base import Capability, Store
-from ._errors import QueueEmpty, StoreTimeout
+from ._errors import QueueEmpty, StoreClosed, StoreTimeout
 from ._types import (
     DEFAULT_TIMEOUT,
     KeyLike,
@@ -57,6 +57,7 @@ class HashStore(Store):
     def __init__(self, timeout: TimeoutLike = DEFAULT_TIMEOUT, *, _state: _State | None = None):
         super().__init__(timeout)
         self._state = _State() if _state is None else _state
+        self._asleep: set[Waiter] = set()  # calls blocked through this handle (lock held)
 
     def __repr__(self) -> str:
         return f"HashStore(keys={len(self._state.data)}{', closed' if self._closed else ''})"
@@ -204,8 +205,10 @@ class HashStore(Store):
             deadline = deadline_after(limit)
             waiter = Waiter(st.lock, [k], data_only=False)
             st.waiters.add_popper(k, waiter)
+            self._asleep.add(waiter)
             try:
                 while k not in st.queues:
+                    self._check_open("queue_pop")
                     if waiter.pending == 0:  # woken, but another caller took the value
                         waiter.pending = 1
                         st.waiters.add_popper(k, waiter)
@@ -216,6 +219,7 @@ class HashStore(Store):
                         )
                     waiter.cond.wait(left)
             finally:
+                self._asleep.discard(waiter)
                 st.waiters.remove_popper(k, waiter)
             return self._pop_locked(st, k)
 
@@ -242,6 +246,13 @@ class HashStore(Store):
     def clone(self) -> HashStore:
         self._open("clone")
         return HashStore(self._timeout, _state=self._state)
+
+    def close(self) -> None:
+        """Close this handle; calls blocked through it wake and raise :class:`StoreClosed`."""
+        with self._state.lock:
+            self._closed = True
+            for waiter in self._asleep:
+                waiter.cond.notify()
 
     # ----------------------------------------------------------------- blocking core
 
@@ -270,8 +281,11 @@ class HashStore(Store):
         """
         table = self._state.waiters
         table.add_key_waiter(waiter)
+        self._asleep.add(waiter)
         try:
             while waiter.pending:
+                if self._closed:  # closed by another thread while we slept
+                    raise StoreClosed(op, repr(self))
                 wait_for = None if deadline is None else deadline - time.monotonic()
                 if wait_for is not None and wait_for <= 0:
                     st = self._state
@@ -280,5 +294,6 @@ class HashStore(Store):
                     raise StoreTimeout(op, missing or list(waiter.keys), spent, limit, repr(self))
                 waiter.cond.wait(wait_for)
         finally:
+            self._asleep.discard(waiter)
             if waiter.pending:
                 table.remove_key_waiter(waiter)

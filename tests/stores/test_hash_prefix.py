@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from stores import FileStore, HashStore, PrefixStore, StoreTimeout
+from stores import FileStore, HashStore, PrefixStore, StoreClosed, StoreTimeout
 from stores._waiters import Waiter, WaiterTable
 
 
@@ -106,3 +106,34 @@ def test_closing_a_prefix_clone_closes_only_what_it_made(tmp_path: object) -> No
     assert isinstance(clone.underlying_store, FileStore) and clone.underlying_store.closed
     prefixed.close()
     assert not base.closed
+
+
+@pytest.mark.parametrize("op", ["wait", "get", "queue_pop"])
+def test_closing_a_handle_wakes_the_calls_blocked_through_it(op: str) -> None:
+    # The harness takes a stuck thread rank's store away at its deadline: the blocked call
+    # must end with StoreClosed, and other handles on the same data must not notice.
+    shared = HashStore(timeout=0)
+    mine, other = shared.clone(), shared.clone()
+    errors: list[BaseException] = []
+
+    def blocked() -> None:
+        try:
+            if op == "wait":
+                mine.wait(["never"])
+            elif op == "get":
+                mine.get("never")
+            else:
+                mine.queue_pop("never")
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=blocked)
+    thread.start()
+    while not shared._state.waiters:  # registered under the lock: it is asleep
+        thread.join(0.001)
+    mine.close()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], StoreClosed), errors
+    other.set("never", "now")
+    assert other.get("never") == b"now"
