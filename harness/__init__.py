@@ -1,5 +1,81 @@
-"""Runs scenarios against stores: worlds of ranks, their fates, the command line."""
+"""Runs scenarios against stores: worlds of ranks, faults at named points, reports.
 
-from .world import Fate, RankFn, RankResult, run_world
+Write a scenario::
 
-__all__ = ["Fate", "RankFn", "RankResult", "run_world"]
+    from harness import scenario, Signal, after, returns
+
+    @scenario(world_size=8, faults=[Signal(SIGINT, 3, after(3, "waiting"), blocked=True)])
+    def my_scenario(ctx): ...
+
+and run it with ``pytest`` (the plugin collects it) or ``storeharness run FILE``.
+"""
+
+from .context import RankContext, RankStopped
+from .faults import (
+    ANY,
+    AnyRank,
+    Blackhole,
+    Delay,
+    Drop,
+    Heal,
+    KillServer,
+    Late,
+    Missing,
+    Point,
+    RestartServer,
+    Signal,
+    after,
+)
+from .run import CaseResult, load_scenarios, run_case
+from .scenario import (
+    Case,
+    NonFixed,
+    Scenario,
+    ScenarioError,
+    killed,
+    never_starts,
+    raises,
+    returns,
+    scenario,
+    times_out,
+)
+from .targets import TARGETS, Endpoint
+from .world import Fate, RankFn, RankResult, WorldResult, run_world
+
+__all__ = [
+    "ANY",
+    "TARGETS",
+    "AnyRank",
+    "Blackhole",
+    "Case",
+    "CaseResult",
+    "Delay",
+    "Drop",
+    "Endpoint",
+    "Fate",
+    "Heal",
+    "KillServer",
+    "Late",
+    "Missing",
+    "NonFixed",
+    "Point",
+    "RankContext",
+    "RankFn",
+    "RankResult",
+    "RankStopped",
+    "RestartServer",
+    "Scenario",
+    "ScenarioError",
+    "Signal",
+    "WorldResult",
+    "after",
+    "killed",
+    "load_scenarios",
+    "never_starts",
+    "raises",
+    "returns",
+    "run_case",
+    "run_world",
+    "scenario",
+    "times_out",
+]

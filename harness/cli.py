@@ -1,135 +1,189 @@
-"""``storeharness``: run the scenario library against the bundled stores and report.
+"""``storeharness``: run scenarios against stores and print a report.
 
-storeharness run [--store file|hash] [--workers process|thread] [--world-size N] [--json F]
-storeharness list
+storeharness run [PATHS] [--store NAME]... [--workers process|thread] [-k EXPR] [--seed N]
+                 [--world-size N] [--json FILE] [--junit-xml FILE] [-x] [-q]
+storeharness list [PATHS] [--store NAME]...
+
+With no PATHS it runs the bundled scenario library; with no --store, against our TCPStore.
+Exit code: 0 all passed, 1 a case failed, 2 bad usage, 5 nothing selected (as pytest).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 import json
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from pathlib import Path
 
-from scenarios.smoke import SCENARIOS
-from stores import FileStore, HashStore, Store, TCPStore
+from .run import CaseResult, load_scenarios, run_case, select
+from .scenario import Case, ScenarioError
+from .targets import TARGETS, torch_missing
 
-from .world import Fate, RankResult, run_world
-
-#: Backends the command line can open, and the worker kinds that can share them.
-STORES = {"tcp": ("process", "thread"), "file": ("process", "thread"), "hash": ("thread",)}
-DEFAULT_PLAN = [("tcp", "process"), ("file", "process"), ("hash", "thread")]
+DEFAULT_STORES = ["tcp"]
 
 
-@contextlib.contextmanager
-def _opener(store: str, tmp: str) -> Iterator[Callable[[], Store]]:
-    """How each rank opens the store under test; whatever serves it lives for the run."""
-    if store == "tcp":
-        # The server gets a process of its own: forked ranks must not inherit a live server.
-        with TCPStore("127.0.0.1", 0, is_master=True, timeout=60, server_process=True) as master:
-            yield functools.partial(TCPStore, "127.0.0.1", master.port, timeout=60)
-    elif store == "file":
-        yield functools.partial(FileStore, str(Path(tmp) / "store"))
-    else:
-        yield HashStore().clone
-
-
-def _plan(stores: Sequence[str] | None, workers: str | None) -> list[tuple[str, str]]:
-    if not stores and not workers:
-        return DEFAULT_PLAN
-    plan = []
-    for store in stores or list(STORES):
-        kinds = STORES[store]
-        if workers is not None and workers not in kinds:
-            raise SystemExit(
-                f"storeharness: the {store} store cannot be shared by {workers} workers "
-                f"(it lives in one process); use --workers {kinds[0]}"
-            )
-        plan.append((store, workers or kinds[0]))
-    return plan
+def _cases(args: argparse.Namespace) -> list[Case]:
+    try:
+        scenarios = load_scenarios(args.paths)
+    except (FileNotFoundError, ScenarioError, ImportError) as exc:
+        raise SystemExit(f"storeharness: {exc}") from None
+    stores = args.store or DEFAULT_STORES
+    if any(TARGETS[s].torch for s in stores) and (why := torch_missing()):
+        raise SystemExit(f"storeharness: --store {' '.join(stores)}: {why}")
+    sizes = [args.world_size] if getattr(args, "world_size", None) else None
+    cases = [c for sc in scenarios for c in sc.cases(stores, args.workers, sizes)]
+    try:
+        return select(cases, args.k)
+    except ValueError as exc:
+        raise SystemExit(f"storeharness: {exc}") from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    plan = _plan(args.store, args.workers)
-    rows = []
-    failed = 0
-    print(f"{'scenario':<22} {'store':<6} {'workers':<8} {'world':>5} {'outcome':<8} {'time':>8}")
-    for name, fn in SCENARIOS.items():
-        for store, workers in plan:
-            with (
-                tempfile.TemporaryDirectory(prefix="storeharness-") as tmp,
-                _opener(store, tmp) as opener,
-            ):
-                start = time.monotonic()
-                results = run_world(fn, args.world_size, opener, workers, args.deadline)
-                spent = time.monotonic() - start
-            ok = all(r.fate is Fate.RETURNED for r in results)
-            failed += not ok
-            outcome = "pass" if ok else "FAIL"
-            world = args.world_size
-            print(f"{name:<22} {store:<6} {workers:<8} {world:>5} {outcome:<8} {spent:>7.2f}s")
-            if not ok:
-                for r in results:
-                    print(f"    {r.describe()}")
-            rows.append(_row(name, store, workers, args.world_size, ok, spent, results))
-    print(f"\n{len(rows) - failed} passed, {failed} failed")
+    cases = _cases(args)
+    if not cases:
+        print("storeharness: no scenario case matches (see storeharness list)", file=sys.stderr)
+        return 5
+    results: list[CaseResult] = []
+    start = time.monotonic()
+    width = max(len(c.scenario.name) for c in cases)
+    for i, case in enumerate(cases, 1):
+        if not args.quiet:
+            print(f"[{i}/{len(cases)}] {case.nodeid} ...", file=sys.stderr, flush=True)
+        result = run_case(case, seed=args.seed)
+        results.append(result)
+        if not args.quiet:
+            print(f"[{i}/{len(cases)}] {case.nodeid} {result.outcome}", file=sys.stderr)
+        if args.exitfirst and not result.passed:
+            break
+    spent = time.monotonic() - start
+    header = f"{'scenario':<{width}}  {'store':<10} {'workers':<8} {'world':>5}  outcome  time"
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        c = r.case
+        print(
+            f"{c.scenario.name:<{width}}  {c.target:<10} {c.workers:<8} {c.world_size:>5}  "
+            f"{r.outcome:<7} {r.elapsed:>5.2f}s"
+        )
+    failed = [r for r in results if not r.passed]
+    for r in failed:
+        print()
+        print(r.report())
+    print(f"\n{len(results) - len(failed)} passed, {len(failed)} failed in {spent:.1f} s")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2, default=repr))
+        Path(args.json).write_text(json.dumps([_row(r) for r in results], indent=2, default=repr))
+    if args.junit_xml:
+        _junit(results, spent).write(args.junit_xml, encoding="utf-8", xml_declaration=True)
     return 1 if failed else 0
 
 
-def _row(
-    name: str,
-    store: str,
-    workers: str,
-    world: int,
-    ok: bool,
-    spent: float,
-    results: list[RankResult],
-) -> dict[str, object]:
+def _row(r: CaseResult) -> dict[str, object]:
+    ranks = []
+    if r.world is not None:
+        plan = r.case.scenario.plan(r.case.world_size, r.seed)
+        for rank in r.world:
+            expect = r.case.scenario.expectation(rank.rank, r.case.world_size, plan)
+            ranks.append(
+                {
+                    "rank": rank.rank,
+                    "fate": str(rank.fate),
+                    "expected": str(expect),
+                    "ok": rank.rank not in r.problems,
+                    "detail": rank.describe(),
+                    "problem": r.problems.get(rank.rank),
+                }
+            )
     return {
-        "scenario": name,
-        "store": store,
-        "workers": workers,
-        "world_size": world,
-        "passed": ok,
-        "seconds": round(spent, 4),
-        "ranks": [{"rank": r.rank, "fate": str(r.fate), "detail": r.describe()} for r in results],
+        "scenario": r.case.scenario.name,
+        "id": r.case.nodeid,
+        "store": r.case.target,
+        "workers": r.case.workers,
+        "world_size": r.case.world_size,
+        "outcome": r.outcome,
+        "passed": r.passed,
+        "seconds": round(r.elapsed, 4),
+        "seed": r.seed,
+        "error": r.error or None,
+        "events": list(r.world.events) if r.world is not None else [],
+        "ranks": ranks,
+        "replay": None if r.passed else r.replay(),
     }
 
 
+def _junit(results: list[CaseResult], spent: float) -> ET.ElementTree:
+    failures = sum(1 for r in results if not r.passed and not r.error)
+    errors = sum(1 for r in results if r.error)
+    suite = ET.Element(
+        "testsuite",
+        name="storeharness",
+        tests=str(len(results)),
+        failures=str(failures),
+        errors=str(errors),
+        skipped="0",
+        time=f"{spent:.3f}",
+    )
+    for r in results:
+        case = ET.SubElement(
+            suite,
+            "testcase",
+            classname=r.case.scenario.module or "scenarios",
+            name=r.case.nodeid,
+            time=f"{r.elapsed:.3f}",
+        )
+        if not r.passed:
+            tag = "error" if r.error else "failure"
+            first = r.error or next(iter(r.problems.values()), "failed")
+            ET.SubElement(case, tag, message=first).text = r.report()
+            logs = "\n".join(f"--- rank {k} log ---\n{v}" for k, v in r.logs().items())
+            if logs:
+                ET.SubElement(case, "system-out").text = logs
+    return ET.ElementTree(suite)
+
+
 def cmd_list(args: argparse.Namespace) -> int:
-    for name, fn in SCENARIOS.items():
-        doc = (fn.__doc__ or "").strip().splitlines()[0]
-        print(f"{name:<22} {doc}")
+    cases = _cases(args)
+    seen: dict[str, list[str]] = {}
+    for case in cases:
+        seen.setdefault(case.scenario.name, []).append(case.id)
+    for sc in {c.scenario.name: c.scenario for c in cases}.values():
+        summary = sc.doc.splitlines()[0] if sc.doc else ""
+        print(f"{sc.name}: {summary}")
+        print(f"    {', '.join(seen[sc.name])}")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``storeharness`` and ``python -m harness``; returns the exit code."""
     parser = argparse.ArgumentParser(prog="storeharness", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command")
-    run = sub.add_parser("run", help="run the scenarios and print a report (the default)")
-    run.add_argument(
-        "--store",
-        action="append",
-        choices=sorted(STORES),
-        help="backend (repeatable; default: tcp and file with processes, hash with threads)",
-    )
-    run.add_argument("--workers", choices=["process", "thread"], help="how ranks run")
-    run.add_argument("--world-size", type=int, default=4, help="ranks per world (4)")
-    run.add_argument("--deadline", type=float, default=60.0, help="seconds per scenario run (60)")
-    run.add_argument("--json", help="also write the results to this file")
+    run = sub.add_parser("run", help="run scenarios and print a report (the default)")
+    lst = sub.add_parser("list", help="list the scenario cases that would run")
+    for p in (run, lst):
+        p.add_argument("paths", nargs="*", help="scenario files or directories (default: bundled)")
+        p.add_argument(
+            "--store",
+            action="append",
+            choices=list(TARGETS),
+            help="store to run against (repeatable; default: tcp)",
+        )
+        p.add_argument("--workers", choices=["process", "thread"], help="only this worker kind")
+        p.add_argument("-k", metavar="EXPR", help="only cases whose id matches (as pytest -k)")
+        p.add_argument("--world-size", type=int, help="override every scenario's world size")
+    run.add_argument("--seed", type=int, help="fault-plan seed (default: stable per case)")
+    run.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    run.add_argument("--junit-xml", metavar="FILE", help="also write a JUnit XML report")
+    run.add_argument("-x", "--exitfirst", action="store_true", help="stop at the first failure")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     run.set_defaults(func=cmd_run)
-    sub.add_parser("list", help="list the scenarios").set_defaults(func=cmd_list)
+    lst.set_defaults(func=cmd_list)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("run", "list", "-h", "--help"):
+        argv.insert(0, "run")
     args = parser.parse_args(argv)
-    if args.command is None:
-        args = parser.parse_args(["run", *(argv or [])])
-    if getattr(args, "world_size", 1) < 1:
+    if args.world_size is not None and args.world_size < 1:
         parser.error(f"--world-size must be >= 1, got {args.world_size}")
     return int(args.func(args))
 

@@ -1,33 +1,54 @@
 """Run one function on every rank of a world, as processes or threads, and report each fate.
 
-This is the first cut of the world runner: fixed world size, one store opener, one deadline.
-Processes start from an explicit ``multiprocess`` context; on the deadline they are stopped with
-escalation (SIGTERM, then SIGKILL, each with a bounded join) and reported as timed out, so a run
-never leaves a child behind.
+The runner owns every rank it starts.  It reads all ranks' pipes through one selector with
+bounded waits (the pytest-xdist controller's shape), applies faults as ranks announce named
+points, and on a deadline collects a stack dump from each stuck rank (faulthandler), then stops
+it with escalation: a stop message, SIGTERM, SIGKILL, each with a bounded wait.  Process ranks
+also die with the runner (``PR_SET_PDEATHSIG``), so not even a killed runner leaves one behind.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import enum
 import gc
+import os
+import selectors
+import shutil
 import signal
+import sys
+import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import multiprocess
-from multiprocess.connection import wait as wait_connections
 
 from stores import Store
 
-__all__ = ["Fate", "RankFn", "RankResult", "run_world"]
+from . import faults as F
+from .context import (
+    DUMP_SIGNAL,
+    RankContext,
+    process_main,
+    rank_logger,
+    release_logger,
+    run_rank,
+)
 
-#: ``fn(store, rank, world_size)``: what every rank runs; its return value must pickle.
-RankFn = Callable[[Store, int, int], Any]
+__all__ = ["Controls", "Fate", "RankFn", "RankResult", "WorldResult", "run_world"]
+
+#: What every rank runs; its return value must pickle (for process ranks).
+RankFn = Callable[[RankContext], Any]
+
+_STOP_GRACE = 0.5  # seconds a stuck rank gets after the stop message, and after SIGTERM
+_DUMP_WAIT = 1.0  # seconds to wait for a faulthandler dump to land in the rank's log
+_BLOCKED_POLL = 0.002  # while a signal waits for its target to block in a system call
+_LOG_TAIL = 8000
 
 
 class Fate(enum.StrEnum):
@@ -35,6 +56,7 @@ class Fate(enum.StrEnum):
     RAISED = "raised"
     DIED = "died"
     TIMED_OUT = "timed out"
+    MISSING = "missing"
 
 
 @dataclass(frozen=True)
@@ -45,35 +67,102 @@ class RankResult:
     fate: Fate
     value: Any = None
     error: str = ""
+    exception: BaseException | None = None
     traceback: str = ""
     exitcode: int | None = None
     elapsed: float = 0.0
+    points: tuple[str, ...] = ()
+    where: str = ""
+    log: str = ""
+    pid: int | None = None
+
+    @property
+    def signal(self) -> signal.Signals | None:
+        """The signal that killed the process, if one did."""
+        code = self.exitcode
+        return signal.Signals(-code) if code is not None and code < 0 else None
 
     def describe(self) -> str:
+        """One line saying what became of this rank."""
         if self.fate is Fate.RETURNED:
             return f"rank {self.rank}: returned {self.value!r} in {self.elapsed:.3f} s"
         if self.fate is Fate.RAISED:
             return f"rank {self.rank}: raised {self.error}"
+        if self.fate is Fate.MISSING:
+            return f"rank {self.rank}: never started ({self.error})"
         if self.fate is Fate.DIED:
-            code = self.exitcode
-            how = f"signal {signal.Signals(-code).name}" if code and code < 0 else f"exit {code}"
-            return f"rank {self.rank}: died ({how}) without a result"
-        return f"rank {self.rank}: still running at the deadline ({self.error})"
+            sig = self.signal
+            how = f"killed by {sig.name}" if sig else f"exited with code {self.exitcode}"
+            last = f" after point {self.points[-1]!r}" if self.points else ""
+            return f"rank {self.rank}: {how} without a result{last}"
+        last = f", last point {self.points[-1]!r}" if self.points else ", no point reached"
+        where = f"; stuck in {self.where}" if self.where else ""
+        return f"rank {self.rank}: timed out ({self.error}{last}){where}"
 
 
-def _rank_main(conn: Any, fn: RankFn, open_store: Callable[[], Store], rank: int, n: int) -> None:
-    start = time.monotonic()
-    try:
-        with open_store() as store:
-            value = fn(store, rank, n)
-        reply = ("ok", value, "", "", time.monotonic() - start)
-    except BaseException as exc:
-        reply = ("error", None, f"{type(exc).__name__}: {exc}", traceback.format_exc(), 0.0)
-    try:
-        conn.send(reply)
-    except Exception as exc:  # the value did not pickle: report that instead of vanishing
-        conn.send(("error", None, f"result of rank {rank} could not be sent: {exc}", "", 0.0))
-    conn.close()
+@dataclass(frozen=True)
+class WorldResult(Sequence[RankResult]):
+    """Every rank's fate, the faults applied (in order), and the time the world took."""
+
+    ranks: tuple[RankResult, ...]
+    events: tuple[str, ...] = ()
+    elapsed: float = 0.0
+
+    def __getitem__(self, index: int) -> RankResult:  # type: ignore[override]
+        return self.ranks[index]
+
+    def __len__(self) -> int:
+        return len(self.ranks)
+
+    def __iter__(self) -> Iterator[RankResult]:
+        return iter(self.ranks)
+
+    def values(self) -> list[Any]:
+        return [r.value for r in self.ranks]
+
+
+class Controls(Protocol):
+    """What server and network faults act on (the endpoint of the store under test)."""
+
+    def kill_server(self) -> str: ...
+    def restart_server(self) -> str: ...
+    def network(self, fault: F.Fault) -> str: ...
+    def inherited_fds(self) -> list[int]: ...
+
+
+class _NoControls:
+    def _refuse(self, what: str) -> str:
+        raise ValueError(f"a {what} fault needs a store endpoint with a server; none was given")
+
+    def kill_server(self) -> str:
+        return self._refuse("server")
+
+    def restart_server(self) -> str:
+        return self._refuse("server")
+
+    def network(self, fault: F.Fault) -> str:
+        return self._refuse("network")
+
+    def inherited_fds(self) -> list[int]:
+        return []
+
+
+@dataclass(eq=False)
+class _Slot:
+    rank: int
+    state: str = "waiting"  # waiting → running → done, or missing
+    conn: Any = None
+    proc: Any = None
+    thread: threading.Thread | None = None
+    store: Store | None = None
+    started: float = 0.0
+    reply: tuple[Any, ...] | None = None
+    points: list[str] = field(default_factory=list)
+    timed_out: str = ""
+    where: str = ""
+    why_missing: str = ""
+    log_path: str = ""
+    control_fd: int = -1  # the rank's end of its pipe, numbered as in the rank's process
 
 
 def run_world(
@@ -82,110 +171,502 @@ def run_world(
     open_store: Callable[[], Store],
     workers: str = "process",
     deadline: float = 60.0,
+    *,
+    fixed: bool = True,
+    faults: Sequence[F.Fault] = (),
+    seed: int = 0,
+    rank_budget: float | None = None,
+    op_timeout: float | None = None,
+    controls: Controls | None = None,
+    log_dir: str | None = None,
     start_method: str = "fork",
-) -> list[RankResult]:
-    """Run ``fn`` on ``world_size`` ranks; each opens its own store with ``open_store()``.
+) -> WorldResult:
+    """Run ``fn(ctx)`` on ``world_size`` ranks, each with its own store from ``open_store()``.
 
-    ``workers`` is ``"process"`` (``open_store`` must pickle for non-fork start methods) or
-    ``"thread"``.  Raises ``ValueError`` for a bad world size or worker kind.
+    ``workers`` is ``"process"`` (``open_store`` and ``fn`` must pickle unless the start method
+    is fork) or ``"thread"``.  ``fixed=False`` makes a non-fixed world: ``ctx.world_size`` is
+    ``None`` and ranks that ``Late`` faults hold back join when their trigger fires.  ``deadline``
+    bounds the whole world, ``rank_budget`` each rank from its start, ``op_timeout`` every store
+    operation.  Raises ``ValueError`` for a bad argument, naming it.
     """
-    if not isinstance(world_size, int) or world_size < 1:
+    if not isinstance(world_size, int) or isinstance(world_size, bool) or world_size < 1:
         raise ValueError(f"world_size must be an int >= 1, got {world_size!r}")
-    if workers == "process":
-        return _run_processes(fn, world_size, open_store, deadline, start_method)
-    if workers == "thread":
-        return _run_threads(fn, world_size, open_store, deadline)
-    raise ValueError(f"workers must be 'process' or 'thread', got {workers!r}")
-
-
-def _run_processes(
-    fn: RankFn, n: int, open_store: Callable[[], Store], deadline: float, method: str
-) -> list[RankResult]:
-    ctx = multiprocess.get_context(method)
-    procs, conns = [], []
-    results: dict[int, RankResult] = {}
-    end = time.monotonic() + deadline
+    if workers not in ("process", "thread"):
+        raise ValueError(f"workers must be 'process' or 'thread', got {workers!r}")
+    if not deadline > 0:
+        raise ValueError(f"deadline must be > 0 seconds, got {deadline!r}")
+    problems = F.check(faults)
+    if problems:
+        raise ValueError("; ".join(problems))
+    plan = F.resolve(faults, world_size, seed)
+    if workers == "thread" and any(isinstance(f, F.Signal) for f in plan):
+        raise ValueError("signal faults need process ranks (a signal cannot target a thread)")
+    own_dir = log_dir is None
+    logs = tempfile.mkdtemp(prefix="storeharness-logs-") if log_dir is None else log_dir
     try:
-        # A forked child must not garbage-collect what it inherited (objects whose threads
-        # did not survive the fork can crash when collected): freeze it first.
-        gc.freeze()
-        try:
-            for rank in range(n):
-                reader, writer = ctx.Pipe(duplex=False)
-                proc = ctx.Process(
-                    target=_rank_main, args=(writer, fn, open_store, rank, n), name=f"rank-{rank}"
-                )
-                proc.start()
-                writer.close()
-                procs.append(proc)
-                conns.append(reader)
-        finally:
-            gc.unfreeze()
-        pending = dict(enumerate(conns))
-        while pending:
-            left = end - time.monotonic()
-            ready = wait_connections(list(pending.values()), max(0.0, left)) if left > 0 else []
-            if not ready:
-                break
-            for rank, conn in list(pending.items()):
-                if conn not in ready:
-                    continue
-                del pending[rank]
-                try:
-                    status, value, error, tb, elapsed = conn.recv()
-                except EOFError:
-                    procs[rank].join(5)
-                    results[rank] = RankResult(rank, Fate.DIED, exitcode=procs[rank].exitcode)
-                    continue
-                fate = Fate.RETURNED if status == "ok" else Fate.RAISED
-                results[rank] = RankResult(rank, fate, value, error, tb, elapsed=elapsed)
-        for rank in pending:
-            results[rank] = RankResult(rank, Fate.TIMED_OUT, error=f"deadline {deadline:g} s")
+        world = _World(fn, world_size, open_store, workers, deadline, fixed, plan, seed, logs)
+        world.rank_budget, world.op_timeout = rank_budget, op_timeout
+        world.controls = controls or _NoControls()
+        if workers == "process":
+            world.mp = multiprocess.get_context(start_method)
+        return world.run()
     finally:
-        for conn in conns:
-            conn.close()
-        _reap(procs)
-    return [dataclasses.replace(results[r], exitcode=procs[r].exitcode) for r in range(n)]
+        if own_dir:
+            shutil.rmtree(logs, ignore_errors=True)
 
 
-def _reap(procs: list[Any]) -> None:
-    """Stop every process: bounded join, then SIGTERM, then SIGKILL."""
-    for proc in procs:
-        proc.join(2)
-    for step in ("terminate", "kill"):
-        alive = [p for p in procs if p.is_alive()]
-        for proc in alive:
-            getattr(proc, step)()
-        for proc in alive:
-            proc.join(2)
+class _World:
+    def __init__(
+        self,
+        fn: RankFn,
+        n: int,
+        open_store: Callable[[], Store],
+        workers: str,
+        deadline: float,
+        fixed: bool,
+        plan: tuple[F.Fault, ...],
+        seed: int,
+        log_dir: str,
+    ) -> None:
+        self.fn, self.open_store, self.workers = fn, open_store, workers
+        self.deadline, self.fixed, self.plan, self.seed = deadline, fixed, plan, seed
+        self.n = n
+        self.slots = [_Slot(r, log_path=os.path.join(log_dir, f"rank-{r}.log")) for r in range(n)]
+        self.rank_budget: float | None = None
+        self.op_timeout: float | None = None
+        self.controls: Controls = _NoControls()
+        self.mp: Any = None  # the multiprocess context, for process ranks
+        self.token = uuid.uuid4().hex[:12]
+        self.events: list[str] = []
+        self.awaiting: list[tuple[_Slot, int, str]] = []
+        self.blocked_signals: list[tuple[F.Signal, _Slot]] = []
+        self.selector = selectors.DefaultSelector()
+        self.t0 = 0.0
 
+    # --------------------------------------------------------------------------- the loop
 
-def _run_threads(
-    fn: RankFn, n: int, open_store: Callable[[], Store], deadline: float
-) -> list[RankResult]:
-    results: dict[int, RankResult] = {}
-
-    def target(rank: int) -> None:
-        start = time.monotonic()
+    def run(self) -> WorldResult:
+        self.t0 = time.monotonic()
+        end = self.t0 + self.deadline
         try:
-            with open_store() as store:
-                value = fn(store, rank, n)
-            results[rank] = RankResult(rank, Fate.RETURNED, value, elapsed=time.monotonic() - start)
-        except BaseException as exc:
-            results[rank] = RankResult(
-                rank,
-                Fate.RAISED,
-                error=f"{type(exc).__name__}: {exc}",
-                traceback=traceback.format_exc(),
-            )
+            late = {f.rank for f in self.plan if isinstance(f, F.Late)}
+            for fault in self.plan:
+                if isinstance(fault, F.Missing):
+                    slot = self.slots[int(fault.rank)]  # type: ignore[arg-type]
+                    slot.state, slot.why_missing = "missing", "a Missing fault held it back"
+                    self._event(f"rank {fault.rank} held back (Missing)")
+            for slot in self.slots:
+                if slot.state == "waiting" and slot.rank not in late:
+                    self._launch(slot)
+            while self._running():
+                now = time.monotonic()
+                if now >= end:
+                    self._stop([s for s in self.slots if s.state == "running"], "world deadline")
+                    break
+                wake = min([end, *self._budget_ends()])
+                if self.blocked_signals:
+                    wake = min(wake, now + _BLOCKED_POLL)
+                for key, _ in self.selector.select(max(0.0, wake - now)):
+                    self._receive(key.data)
+                self._deliver_blocked()
+                self._enforce_budgets()
+        finally:
+            self._teardown()
+        for slot in self.slots:
+            if slot.state == "waiting":
+                slot.state = "missing"
+                slot.why_missing = f"its start trigger never fired ({self._late_trigger(slot)})"
+        return WorldResult(
+            tuple(self._result(s) for s in self.slots),
+            tuple(self.events),
+            time.monotonic() - self.t0,
+        )
 
-    threads = [threading.Thread(target=target, args=(r,), daemon=True) for r in range(n)]
-    end = time.monotonic() + deadline
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(max(0.0, end - time.monotonic()))
-    return [
-        results.get(r, RankResult(r, Fate.TIMED_OUT, error=f"deadline {deadline:g} s"))
-        for r in range(n)
-    ]
+    def _running(self) -> bool:
+        return any(s.state == "running" for s in self.slots)
+
+    def _budget_ends(self) -> list[float]:
+        if self.rank_budget is None:
+            return []
+        return [s.started + self.rank_budget for s in self.slots if s.state == "running"]
+
+    def _enforce_budgets(self) -> None:
+        if self.rank_budget is None:
+            return
+        now = time.monotonic()
+        over = [
+            s
+            for s in self.slots
+            if s.state == "running" and not s.timed_out and now >= s.started + self.rank_budget
+        ]
+        if over:
+            self._stop(over, f"rank budget {self.rank_budget:g} s")
+
+    def _event(self, text: str) -> None:
+        self.events.append(f"{time.monotonic() - self.t0:8.3f} s  {text}")
+
+    # ------------------------------------------------------------------------- launching
+
+    def _launch(self, slot: _Slot) -> None:
+        world_size = self.n if self.fixed else None
+        slot.started = time.monotonic()
+        slot.state = "running"
+        if self.mp is not None:
+            ours, theirs = self.mp.Pipe(duplex=True)
+            inherited = [s.conn.fileno() for s in self.slots if s.conn is not None]
+            inherited += [ours.fileno(), *self.controls.inherited_fds()]
+            args = (
+                theirs, self.fn, self.open_store, slot.rank, world_size, slot.log_path,
+                self.token, self.seed, self.op_timeout, inherited, os.getpid(),
+            )  # fmt: skip
+            proc = self.mp.Process(target=process_main, args=args, name=f"rank-{slot.rank}")
+            # A forked child must not garbage-collect what it inherited (objects whose threads
+            # did not survive the fork can crash when collected): freeze it first.
+            gc.freeze()
+            try:
+                proc.start()
+            finally:
+                gc.unfreeze()
+            theirs.close()
+            slot.proc = proc
+        else:
+            ours, theirs = multiprocess.Pipe(duplex=True)
+            log = rank_logger(slot.rank, slot.log_path, self.token)
+
+            def main() -> None:
+                try:
+                    run_rank(
+                        theirs, self.fn, self.open_store, slot.rank, world_size, log,
+                        self.seed, self.op_timeout, on_open=lambda s: setattr(slot, "store", s),
+                    )  # fmt: skip
+                finally:
+                    release_logger(log)
+
+            slot.thread = threading.Thread(target=main, name=f"rank-{slot.rank}", daemon=True)
+            slot.thread.start()
+        slot.conn = ours
+        self.selector.register(ours, selectors.EVENT_READ, slot)
+
+    def _late_trigger(self, slot: _Slot) -> str:
+        for fault in self.plan:
+            if isinstance(fault, F.Late) and fault.rank == slot.rank:
+                return str(fault.after)
+        return "none"
+
+    # -------------------------------------------------------------------------- messages
+
+    def _receive(self, slot: _Slot) -> None:
+        try:
+            msg = slot.conn.recv()
+        except (EOFError, OSError):
+            self._finish(slot)
+            return
+        kind = msg[0]
+        if kind == "fd":
+            slot.control_fd = int(msg[1])
+        elif kind == "point":
+            self._reached(slot, msg[1])
+        elif kind == "await":
+            self._await(slot, int(msg[1]), str(msg[2]))
+        elif kind == "result":
+            slot.reply = msg
+
+    def _reply(self, slot: _Slot, *msg: Any) -> None:
+        if slot.state != "running":
+            return
+        with contextlib.suppress(OSError):  # it died (perhaps by our own fault); EOF is next
+            slot.conn.send(msg)
+
+    def _reached(self, slot: _Slot, name: str) -> None:
+        slot.points.append(name)
+        for fault in self.plan:
+            if F.trigger(fault) == F.Point(slot.rank, name):
+                self._apply(fault)
+        self._reply(slot, "go")
+        for waiting in [w for w in self.awaiting if (w[1], w[2]) == (slot.rank, name)]:
+            self.awaiting.remove(waiting)
+            self._reply(waiting[0], "reached")
+
+    def _await(self, slot: _Slot, rank: int, name: str) -> None:
+        if not 0 <= rank < self.n:
+            self._reply(slot, "never", f"there is no rank {rank} in a world of {self.n}")
+            return
+        target = self.slots[rank]
+        if name in target.points:
+            self._reply(slot, "reached")
+        elif target.state in ("done", "missing"):
+            self._reply(slot, "never", f"rank {rank} ended without reaching {name!r}")
+        else:
+            self.awaiting.append((slot, rank, name))
+
+    def _finish(self, slot: _Slot) -> None:
+        self.selector.unregister(slot.conn)
+        slot.conn.close()
+        slot.state = "done"
+        if slot.reply is None and slot.proc is not None:
+            slot.proc.join(5)  # it closed its pipe without a result: it is dying; get its code
+        for waiting in [w for w in self.awaiting if w[1] == slot.rank]:
+            self.awaiting.remove(waiting)
+            self._reply(
+                waiting[0], "never", f"rank {slot.rank} ended without reaching {waiting[2]!r}"
+            )
+        self.blocked_signals = [(f, s) for f, s in self.blocked_signals if s is not slot]
+
+    # ---------------------------------------------------------------------------- faults
+
+    def _apply(self, fault: F.Fault) -> None:
+        if isinstance(fault, F.Signal):
+            target = self.slots[int(fault.rank)]  # type: ignore[arg-type]
+            if fault.blocked:
+                self.blocked_signals.append((fault, target))
+            else:
+                self._signal(target, fault.sig, "")
+        elif isinstance(fault, F.Late):
+            target = self.slots[int(fault.rank)]  # type: ignore[arg-type]
+            if target.state == "waiting":
+                self._event(f"rank {target.rank} starts ({fault.after} reached)")
+                self._launch(target)
+        elif isinstance(fault, F.KillServer):
+            self._event(self.controls.kill_server())
+        elif isinstance(fault, F.RestartServer):
+            self._event(self.controls.restart_server())
+        elif isinstance(fault, F.PROXY_FAULTS):
+            self._event(self.controls.network(fault))
+
+    def _signal(self, slot: _Slot, sig: signal.Signals, how: str) -> None:
+        if slot.state != "running" or slot.proc is None:
+            self._event(f"{sig.name} to rank {slot.rank} not sent: the rank is {slot.state}")
+            return
+        try:
+            os.kill(slot.proc.pid, sig)
+            self._event(f"{sig.name} sent to rank {slot.rank}{how}")
+        except ProcessLookupError:
+            self._event(f"{sig.name} to rank {slot.rank} not sent: its process is gone")
+
+    def _deliver_blocked(self) -> None:
+        for fault, slot in list(self.blocked_signals):
+            syscall = _blocked_in(slot.proc.pid, slot.control_fd) if slot.proc else None
+            if syscall is not None:
+                self.blocked_signals.remove((fault, slot))
+                self._signal(slot, fault.sig, f" while blocked in system call {syscall}")
+
+    # ------------------------------------------------------------------- stopping ranks
+
+    def _stop(self, stuck: list[_Slot], why: str) -> None:
+        """Dump each stuck rank's stack, then stop message → SIGTERM → SIGKILL, bounded."""
+        stuck = [s for s in stuck if s.reply is None]  # the others are exiting with a result
+        for slot in stuck:
+            slot.timed_out = why
+            self._event(f"rank {slot.rank} stuck at the {why}; collecting its stack")
+        procs = [s for s in stuck if s.proc is not None]
+        sizes = {s.rank: _size(s.log_path) for s in procs}
+        for slot in procs:
+            _kill(slot.proc.pid, DUMP_SIGNAL)
+        for slot in stuck:
+            if slot.thread is not None:
+                slot.where = _thread_stack(slot)
+        _wait_for_dumps(procs, sizes)
+        for slot in procs:
+            slot.where = _where(_read_from(slot.log_path, sizes[slot.rank]))
+        for slot in stuck:
+            self._reply(slot, "stop")
+            if slot.store is not None:  # a thread cannot be killed: take its store away
+                with contextlib.suppress(Exception):
+                    slot.store.close()
+        self._drain(stuck, _STOP_GRACE)
+        for step in (signal.SIGTERM, signal.SIGKILL):
+            alive = [s for s in procs if s.state == "running"]
+            for slot in alive:
+                _kill(slot.proc.pid, step)
+            if alive:
+                self._event(f"{step.name} sent to rank(s) {', '.join(str(s.rank) for s in alive)}")
+            self._drain(alive, _STOP_GRACE if step is signal.SIGTERM else 5.0)
+        for slot in stuck:
+            if slot.state == "running" and slot.thread is not None:
+                slot.thread.join(_STOP_GRACE)
+                if slot.thread.is_alive():
+                    slot.timed_out += "; the thread is still blocked (threads cannot be killed)"
+                self.selector.unregister(slot.conn)
+                slot.conn.close()
+                slot.state = "done"
+
+    def _drain(self, slots: list[_Slot], grace: float) -> None:
+        """Read from ``slots`` until each one's pipe closes or ``grace`` seconds pass."""
+        end = time.monotonic() + grace
+        while any(s.state == "running" for s in slots):
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            for key, _ in self.selector.select(left):
+                self._receive(key.data)
+
+    def _teardown(self) -> None:
+        for slot in self.slots:
+            if slot.state == "running":  # only on an exception out of the loop
+                slot.timed_out = slot.timed_out or "the runner was interrupted"
+                if slot.proc is not None:
+                    _kill(slot.proc.pid, signal.SIGKILL)
+        for slot in self.slots:
+            if slot.thread is not None and not slot.timed_out:
+                slot.thread.join(2)  # it closed its pipe; let it finish releasing its logger
+            if slot.proc is not None:
+                slot.proc.join(2)
+                if slot.proc.is_alive():
+                    slot.proc.kill()
+                    slot.proc.join(5)
+            if slot.conn is not None and not slot.conn.closed:
+                with contextlib.suppress(KeyError, ValueError):
+                    self.selector.unregister(slot.conn)
+                slot.conn.close()
+            if slot.state == "running":
+                slot.state = "done"
+        self.selector.close()
+
+    # --------------------------------------------------------------------------- results
+
+    def _result(self, slot: _Slot) -> RankResult:
+        pid = slot.proc.pid if slot.proc is not None else None
+        exitcode = slot.proc.exitcode if slot.proc is not None else None
+        common: dict[str, Any] = {
+            "points": tuple(slot.points),
+            "pid": pid,
+            "exitcode": exitcode,
+            "log": _tail(slot.log_path),
+        }
+        if slot.state == "missing":
+            return RankResult(slot.rank, Fate.MISSING, error=slot.why_missing, **common)
+        if slot.timed_out:  # whatever it sent after being stopped is the stop's doing
+            return RankResult(
+                slot.rank, Fate.TIMED_OUT, error=slot.timed_out, where=slot.where, **common
+            )
+        if slot.reply is None:
+            return RankResult(slot.rank, Fate.DIED, **common)
+        _, ok, value, exc, error, tb, elapsed = slot.reply
+        fate = Fate.RETURNED if ok else Fate.RAISED
+        return RankResult(
+            slot.rank,
+            fate,
+            value,
+            error,
+            exc,
+            tb,
+            elapsed=elapsed,
+            where=slot.where,
+            **common,
+        )
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _kill(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def _blocked_in(pid: int, control_fd: int) -> str | None:
+    """The system call ``pid`` sleeps in, unless it is reading the harness's own pipe."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        with open(f"/proc/{pid}/syscall") as f:
+            fields = f.read().split()
+    except OSError:
+        return None
+    if state != "S" or not fields or fields[0] in ("running", "-1"):
+        return None
+    # The rank reads its go-ahead with read(2) on its end of the pipe; that is not the call
+    # the scenario means.
+    if fields[0] == "0" and int(fields[1], 16) == control_fd:
+        return None
+    return f"#{fields[0]}"
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def _read_from(path: str, offset: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _tail(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, _size(path) - _LOG_TAIL))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _wait_for_dumps(slots: list[_Slot], sizes: dict[int, int]) -> None:
+    """Wait (bounded) until each rank's faulthandler dump has been written to its log."""
+    end = time.monotonic() + _DUMP_WAIT
+    waiting = list(slots)
+    while waiting and time.monotonic() < end:
+        waiting = [s for s in waiting if "most recent call first" not in _tail_from(s, sizes)]
+        if waiting:
+            time.sleep(0.005)  # polling a file another process writes; bounded by _DUMP_WAIT
+
+
+def _tail_from(slot: _Slot, sizes: dict[int, int]) -> str:
+    return _read_from(slot.log_path, sizes[slot.rank])
+
+
+def _package_dirs() -> tuple[str, ...]:
+    import stores
+
+    dirs = [os.path.dirname(os.path.abspath(m.__file__ or "")) for m in (stores, multiprocess)]
+    dirs.append(os.path.dirname(os.path.abspath(__file__)))
+    return tuple(d + os.sep for d in dirs)
+
+
+# Frames that are the harness's or the store's own, not the scenario's.
+_INTERNAL = (*_package_dirs(), f"{os.sep}threading.py", "<frozen")
+
+
+def _where(dump: str) -> str:
+    """Where a dumped rank was: the innermost frame, and the innermost frame of scenario code."""
+    blocks: list[tuple[str, list[str]]] = []
+    for line in dump.splitlines():
+        if "most recent call first" in line:
+            blocks.append((line, []))
+        elif blocks and line.strip().startswith("File "):
+            blocks[-1][1].append(line.strip())
+    current = [frames for header, frames in blocks if header.startswith("Current thread")]
+    frames = current[0] if current and current[0] else (blocks[0][1] if blocks else [])
+    if not frames:
+        return ""
+    innermost = frames[0]
+    user = next((f for f in frames if not _internal(f)), "")
+    return innermost if not user or user == innermost else f"{user} → {innermost}"
+
+
+def _internal(frame: str) -> bool:
+    """Is this frame (a faulthandler line or a file name) inside harness, stores or stdlib glue?"""
+    return any(x in frame for x in _INTERNAL)
+
+
+def _thread_stack(slot: _Slot) -> str:
+    thread = slot.thread
+    frame = sys._current_frames().get(thread.ident or -1) if thread is not None else None
+    if frame is None:
+        return ""
+    stack = traceback.format_stack(frame)
+    with open(slot.log_path, "a", encoding="utf-8") as f:
+        f.write(f"Stack of rank {slot.rank} (thread) at its deadline:\n{''.join(stack)}")
+    summary = traceback.extract_stack(frame)
+    inner = summary[-1]
+    user = next((fs for fs in reversed(summary) if not _internal(fs.filename)), None)
+    here = f'File "{inner.filename}", line {inner.lineno} in {inner.name}'
+    if user is None or user is inner:
+        return here
+    return f'File "{user.filename}", line {user.lineno} in {user.name} → {here}'

@@ -1,61 +1,177 @@
-"""The world runner reports every rank's fate and leaves no process behind."""
+"""The world runner: every rank's fate, named points, stack dumps on deadlines, no survivors."""
 
 from __future__ import annotations
 
 import functools
-import json
 import os
 import signal
+import threading
 from pathlib import Path
 
 import pytest
 
-from harness import Fate, run_world
-from harness.cli import main
-from stores import FileStore, HashStore, Store
+from harness import Fate, RankContext, run_world
+from harness.faults import Late, Missing, Signal, after
+from stores import FileStore, HashStore, StoreTimeout
 
 
-def _mixed(store: Store, rank: int, world: int) -> int:
-    if rank == 1:
+def _alive(pid: int | None) -> bool:
+    assert pid is not None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _mixed(ctx: RankContext) -> int:
+    if ctx.rank == 1:
         raise KeyError("rank one fails")
-    if rank == 2:
+    if ctx.rank == 2:
+        ctx.point("about-to-die")
         os.kill(os.getpid(), signal.SIGKILL)
-    if rank == 3:
-        store.set("rank3/pid", str(os.getpid()))
-        store.wait(["never-set"], 0)  # blocks until the runner's deadline stops it
-    return rank * 10
+    if ctx.rank == 3:
+        ctx.point("stuck")
+        ctx.store.wait(["never-set"], 0)  # blocks until the runner's deadline stops it
+    return ctx.rank * 10
 
 
 def test_every_fate_is_reported_and_no_child_survives(tmp_path: Path) -> None:
     opener = functools.partial(FileStore, str(tmp_path / "fs"))
-    results = run_world(_mixed, 4, opener, "process", deadline=3.0)
-    assert [r.fate for r in results] == [Fate.RETURNED, Fate.RAISED, Fate.DIED, Fate.TIMED_OUT]
-    assert results[0].value == 0
-    assert "KeyError" in results[1].error and "rank one fails" in results[1].traceback
-    assert results[2].exitcode == -signal.SIGKILL
-    assert "SIGKILL" in results[2].describe()
-    assert results[3].exitcode is not None, "the stuck rank was not reaped"
-    pid = int(FileStore(str(tmp_path / "fs")).get("rank3/pid"))
-    with pytest.raises(ProcessLookupError):
-        os.kill(pid, 0)
+    result = run_world(_mixed, 5, opener, "process", deadline=3.0, faults=[Missing(4)])
+    fates = [r.fate for r in result]
+    assert fates == [Fate.RETURNED, Fate.RAISED, Fate.DIED, Fate.TIMED_OUT, Fate.MISSING]
+    assert result[0].value == 0
+    assert isinstance(result[1].exception, KeyError)
+    assert "rank one fails" in result[1].traceback
+    assert result[2].signal is signal.SIGKILL and result[2].points == ("about-to-die",)
+    assert "killed by SIGKILL" in result[2].describe()
+    stuck = result[3]
+    assert stuck.points == ("stuck",)
+    # The faulthandler dump names the scenario line the rank was stuck on.
+    assert "test_world.py" in stuck.where and "_mixed" in stuck.where, stuck.where
+    assert "line " in stuck.log and "in _mixed" in stuck.log  # the dump is in its log
+    assert "never started" in result[4].describe()
+    for rank in result[:4]:
+        assert rank.exitcode is not None and not _alive(rank.pid)
 
 
-def _sum(store: Store, rank: int, world: int) -> int:
-    store.add("total", rank)
-    store.barrier("b", world, 30)
-    return store.add("total", 0)
+def _sum(ctx: RankContext) -> int:
+    assert ctx.world_size is not None
+    ctx.store.add("total", ctx.rank)
+    ctx.store.barrier("b", ctx.world_size, 30)
+    return ctx.store.add("total", 0)
 
 
 @pytest.mark.parametrize("workers", ["process", "thread"])
 def test_world_shares_one_store(tmp_path: Path, workers: str) -> None:
     opener = functools.partial(FileStore, str(tmp_path / "fs"))
-    results = run_world(_sum, 6, opener, workers)
-    assert [r.value for r in results] == [15] * 6
+    assert run_world(_sum, 6, opener, workers).values() == [15] * 6
 
 
 def test_thread_world_on_hash_store() -> None:
-    results = run_world(_sum, 5, HashStore().clone, "thread")
-    assert [r.value for r in results] == [10] * 5
+    assert run_world(_sum, 5, HashStore().clone, "thread").values() == [10] * 5
+
+
+def _waits_for_points(ctx: RankContext) -> str:
+    if ctx.rank == 0:
+        ctx.point("first")
+        return "first"
+    ctx.wait_for(ctx.rank - 1, "first" if ctx.rank == 1 else f"after-{ctx.rank - 1}")
+    ctx.point(f"after-{ctx.rank}")
+    return f"after {ctx.rank - 1}"
+
+
+@pytest.mark.parametrize("workers", ["process", "thread"])
+def test_ranks_coordinate_through_points(workers: str) -> None:
+    result = run_world(_waits_for_points, 4, HashStore().clone if workers == "thread" else
+                       functools.partial(HashStore), workers)  # fmt: skip
+    assert result.values() == ["first", "after 0", "after 1", "after 2"]
+
+
+def _awaits_the_missing(ctx: RankContext) -> None:
+    ctx.wait_for(1, "never")
+
+
+def test_waiting_for_a_rank_that_ends_stops_the_waiter() -> None:
+    result = run_world(_awaits_the_missing, 2, HashStore, "thread", faults=[Missing(1)])
+    assert result[0].fate is Fate.RAISED
+    assert "rank 1 ended without reaching 'never'" in result[0].error
+
+
+def _late(ctx: RankContext) -> tuple[int | None, bool]:
+    if ctx.rank == 0:
+        ctx.store.set("zero-was-here", "1")
+        ctx.point("ready")
+    return ctx.world_size, ctx.store.check(["zero-was-here"])
+
+
+def test_late_ranks_start_on_their_trigger_and_untriggered_ones_never(tmp_path: Path) -> None:
+    opener = functools.partial(FileStore, str(tmp_path / "fs"))
+    faults = [Late(1, after(0, "ready")), Late(2, after(0, "no-such-point"))]
+    result = run_world(_late, 3, opener, "process", fixed=False, faults=faults)
+    assert result[1].fate is Fate.RETURNED and result[1].value == (None, True)
+    assert result[2].fate is Fate.MISSING
+    assert "rank 0 at 'no-such-point'" in result[2].error
+    assert any("rank 1 starts" in e for e in result.events)
+
+
+def _stops(ctx: RankContext) -> None:
+    if ctx.rank == 1:
+        ctx.point("paused")
+        ctx.store.set("one", "resumed")
+        return
+    ctx.wait_for(1, "paused")
+    ctx.point("checked")  # SIGCONT is sent here, so rank 1 resumes only after this
+    ctx.store.wait(["one"], 10)
+
+
+def test_sigstop_and_sigcont_at_points(tmp_path: Path) -> None:
+    faults = [
+        Signal(signal.SIGSTOP, 1, after(1, "paused")),
+        Signal(signal.SIGCONT, 1, after(0, "checked")),
+    ]
+    opener = functools.partial(FileStore, str(tmp_path / "fs"))
+    result = run_world(_stops, 2, opener, "process", faults=faults)
+    assert [r.fate for r in result] == [Fate.RETURNED, Fate.RETURNED]
+    sent = [e.split("s  ", 1)[1] for e in result.events]
+    assert sent == ["SIGSTOP sent to rank 1", "SIGCONT sent to rank 1"]
+
+
+def _forever(ctx: RankContext) -> None:
+    ctx.point("waiting")
+    ctx.store.wait(["never"], 0)
+
+
+def test_rank_budget_stops_only_the_slow_rank(tmp_path: Path) -> None:
+    def fn(ctx: RankContext) -> str:
+        if ctx.rank == 0:
+            _forever(ctx)
+        return "quick"
+
+    opener = functools.partial(FileStore, str(tmp_path / "fs"))
+    result = run_world(fn, 2, opener, "process", deadline=30, rank_budget=0.5)
+    assert result[0].fate is Fate.TIMED_OUT and "rank budget 0.5 s" in result[0].error
+    assert result[1].value == "quick"
+    assert result.elapsed < 10
+
+
+def test_thread_ranks_past_the_deadline_lose_their_store() -> None:
+    result = run_world(_forever, 2, HashStore().clone, "thread", deadline=0.5)
+    assert [r.fate for r in result] == [Fate.TIMED_OUT] * 2
+    assert "_forever" in result[0].where
+    assert not [t for t in threading.enumerate() if t.name.startswith("rank-")]
+
+
+def _times_out(ctx: RankContext) -> None:
+    ctx.store.wait(["absent"], 0.2)
+
+
+def test_op_timeout_applies_to_every_operation() -> None:
+    result = run_world(lambda ctx: ctx.store.wait(["absent"]), 1, HashStore, "thread",
+                       op_timeout=0.2)  # fmt: skip
+    assert isinstance(result[0].exception, StoreTimeout)
+    assert result[0].exception.timeout == 0.2
 
 
 def test_bad_arguments_are_named() -> None:
@@ -63,24 +179,11 @@ def test_bad_arguments_are_named() -> None:
         run_world(_sum, 0, HashStore)
     with pytest.raises(ValueError, match="workers"):
         run_world(_sum, 1, HashStore, "fiber")
-
-
-def test_cli_runs_the_smoke_scenario_and_writes_json(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    out = tmp_path / "report.json"
-    assert main(["run", "--world-size", "3", "--json", str(out)]) == 0
-    text = capsys.readouterr().out
-    assert "rendezvous_exchange" in text and "3 passed, 0 failed" in text
-    rows = json.loads(out.read_text())
-    assert {(r["store"], r["workers"]) for r in rows} == {
-        ("tcp", "process"),
-        ("file", "process"),
-        ("hash", "thread"),
-    }
-    assert all(r["passed"] and len(r["ranks"]) == 3 for r in rows)
-
-
-def test_cli_refuses_a_store_the_workers_cannot_share() -> None:
-    with pytest.raises(SystemExit, match="use --workers thread"):
-        main(["run", "--store", "hash", "--workers", "process"])
+    with pytest.raises(ValueError, match="deadline"):
+        run_world(_sum, 1, HashStore, deadline=0)
+    with pytest.raises(ValueError, match="cannot target a thread"):
+        run_world(_sum, 1, HashStore, "thread", faults=[Signal(signal.SIGINT, 0, after(0, "x"))])
+    with pytest.raises(ValueError, match="outside a world of 2"):
+        run_world(_sum, 2, HashStore, faults=[Missing(5)])
+    with pytest.raises(ValueError, match="not a fault"):
+        run_world(_sum, 2, HashStore, faults=["SIGINT"])  # type: ignore[list-item]

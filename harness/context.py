@@ -1,0 +1,202 @@
+"""What a rank sees: its context (rank, world size, store, logger, named points) and its main.
+
+A rank talks to the runner over one duplex pipe.  ``ctx.point(name)`` announces a named point
+and waits for the runner's go-ahead, which comes after every fault triggered by that point has
+been applied, so faults land at exactly the place the scenario names.  ``ctx.wait_for(rank,
+name)`` blocks until another rank has reached a point: ranks coordinate through the runner
+rather than through sleeps.  The messages on the pipe (all tuples):
+
+rank → runner: ``("point", name)``, ``("await", rank, name)``, ``("result", ok, value, exc,
+error, traceback, elapsed)``
+runner → rank: ``("go",)``, ``("reached",)``, ``("never", why)``, ``("stop",)``
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import faulthandler
+import logging
+import os
+import random
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from stores import Store
+
+__all__ = ["DUMP_SIGNAL", "RankContext", "RankStopped"]
+
+#: The signal that makes a process rank write every thread's stack to its log (faulthandler).
+DUMP_SIGNAL = signal.SIGUSR2
+_PR_SET_PDEATHSIG = 1
+
+
+class RankStopped(BaseException):
+    """The runner asked this rank to stop (its deadline passed), or a point it awaited is gone.
+
+    A ``BaseException``, like ``KeyboardInterrupt``, so that ``except Exception`` in scenario
+    code does not swallow it.
+    """
+
+
+class RankContext:
+    """Handed to every rank: who it is, its store, its logger, and named points."""
+
+    def __init__(
+        self,
+        conn: Any,
+        rank: int,
+        world_size: int | None,
+        store: Store,
+        log: logging.Logger,
+        seed: int,
+    ) -> None:
+        self._conn = conn
+        self.rank = rank
+        #: The fixed world size, or ``None`` in a non-fixed world (ranks take ids from the store).
+        self.world_size = world_size
+        self.store = store
+        self.log = log
+        self.seed = seed
+        #: Deterministic per rank and seed, for scenarios that want randomness that replays.
+        self.random = random.Random(seed * 1_000_003 + rank)
+
+    def __repr__(self) -> str:
+        return f"RankContext(rank={self.rank}, world_size={self.world_size}, store={self.store!r})"
+
+    def point(self, name: str) -> None:
+        """Announce that this rank reached ``name``; return once its faults were applied.
+
+        Raises :class:`RankStopped` when the runner is stopping the world instead.
+        """
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"ctx.point needs a non-empty name, got {name!r}")
+        self.log.debug("point %s", name)
+        self._conn.send(("point", name))
+        self._answer(f"point {name!r}")
+
+    def wait_for(self, rank: int, name: str) -> None:
+        """Block until rank ``rank`` has reached the point ``name`` (at once if it already has).
+
+        Raises :class:`RankStopped` if that rank ended (or never started) without reaching it.
+        """
+        self._conn.send(("await", rank, name))
+        self._answer(f"waiting for rank {rank} to reach {name!r}")
+
+    def _answer(self, doing: str) -> None:
+        reply = self._conn.recv()
+        if reply[0] == "never":
+            raise RankStopped(f"rank {self.rank} {doing}: {reply[1]}")
+        if reply[0] == "stop":
+            raise RankStopped(f"rank {self.rank} was stopped by the runner while {doing}")
+
+
+def run_rank(
+    conn: Any,
+    fn: Callable[[RankContext], Any],
+    open_store: Callable[[], Store],
+    rank: int,
+    world_size: int | None,
+    log: logging.Logger,
+    seed: int,
+    op_timeout: float | None,
+    on_open: Callable[[Store], None] | None = None,
+) -> None:
+    """Open the store, run ``fn(ctx)``, and send the result (or the exception) to the runner."""
+    start = time.monotonic()
+    try:
+        store = open_store()
+        try:
+            if on_open is not None:
+                on_open(store)
+            if op_timeout is not None:
+                store.set_timeout(op_timeout)
+            value = fn(RankContext(conn, rank, world_size, store, log, seed))
+        finally:
+            store.close()
+        reply: tuple[Any, ...] = ("result", True, value, None, "", "", time.monotonic() - start)
+    except BaseException as exc:
+        tb = traceback.format_exc()
+        log.error("rank %d raised %s", rank, tb.rstrip())
+        reply = ("result", False, None, exc, _describe(exc), tb, time.monotonic() - start)
+    try:
+        try:
+            conn.send(reply)
+        except Exception as exc:  # the value or exception did not pickle: say so, keep the text
+            note = f"(could not send it to the runner: {type(exc).__name__}: {exc})"
+            ok, _, _, _, error, tb, spent = reply
+            conn.send(("result", ok, None, None, f"{error} {note}".strip(), tb, spent))
+    except OSError:
+        pass  # the runner is gone; nobody is left to tell
+    finally:
+        conn.close()
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def rank_logger(rank: int, path: str, token: str) -> logging.Logger:
+    """A logger writing to this rank's own file (and nowhere else)."""
+    log = logging.getLogger(f"storeharness.{token}.rank{rank}")
+    log.propagate = False
+    log.setLevel(logging.DEBUG)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(f"%(asctime)s rank {rank} %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    return log
+
+
+def release_logger(log: logging.Logger) -> None:
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+        handler.close()
+    logging.Logger.manager.loggerDict.pop(log.name, None)
+
+
+def process_main(
+    conn: Any,
+    fn: Callable[[RankContext], Any],
+    open_store: Callable[[], Store],
+    rank: int,
+    world_size: int | None,
+    log_path: str,
+    token: str,
+    seed: int,
+    op_timeout: float | None,
+    inherited: Sequence[int],
+    runner_pid: int,
+) -> None:
+    """A process rank: die with the runner, keep only our own fds, log and dump to our file."""
+    _die_with_parent(runner_pid)
+    for fd in inherited:  # other ranks' pipes and the runner's listeners are not ours
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    # The scenario's prints, uncaught tracebacks and faulthandler dumps land in the rank's log.
+    out = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    os.close(out)
+    # Whatever sys.stdout/stderr were in the runner (pytest's capture, say), ours are the log.
+    sys.stdout = open(1, "w", buffering=1, encoding="utf-8", closefd=False)  # noqa: SIM115
+    sys.stderr = open(2, "w", buffering=1, encoding="utf-8", closefd=False)  # noqa: SIM115
+    faulthandler.register(DUMP_SIGNAL, file=2, all_threads=True, chain=False)
+    log = rank_logger(rank, log_path, token)
+    conn.send(("fd", conn.fileno()))  # so the runner can tell our pipe reads from other waits
+    run_rank(conn, fn, open_store, rank, world_size, log, seed, op_timeout)
+    logging.shutdown()
+
+
+def _die_with_parent(runner_pid: int) -> None:
+    """Ask Linux to SIGKILL us when the runner dies, so no rank outlives a crashed runner."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the runner's reaping still applies
+        pass
+    if os.getppid() != runner_pid:  # the runner died before prctl took effect
+        os._exit(1)

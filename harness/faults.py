@@ -1,0 +1,242 @@
+"""Faults as data: what to do to whom, triggered when a rank reaches a named point.
+
+A scenario lists faults; the runner applies them as ranks announce points with
+``ctx.point(name)``.  Nothing here sleeps or guesses: every fault fires on an event (a rank
+reaching a point, or a rank reaching a point *and* then blocking in a system call).  Ranks may be
+given as ``ANY`` (or ``AnyRank("tag")``), which a seeded plan resolves, so that a failing run
+replays exactly with the same seed.  Negative ranks count from the end (``-1`` is the last rank),
+so one fault list fits every world size.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import TypeAlias
+
+__all__ = [
+    "ANY",
+    "AnyRank",
+    "Blackhole",
+    "Delay",
+    "Drop",
+    "Fault",
+    "Heal",
+    "KillServer",
+    "Late",
+    "Missing",
+    "Point",
+    "RestartServer",
+    "Signal",
+    "after",
+    "resolve",
+]
+
+
+@dataclass(frozen=True)
+class AnyRank:
+    """A rank the seeded plan picks; equal tags pick the same rank within one plan."""
+
+    tag: str = ""
+    exclude: tuple[int, ...] = ()
+
+    def __repr__(self) -> str:
+        return f"AnyRank({self.tag!r})" if self.tag else "ANY"
+
+
+ANY = AnyRank()
+RankRef: TypeAlias = int | AnyRank
+
+
+@dataclass(frozen=True)
+class Point:
+    """Rank ``rank`` has called ``ctx.point(name)``."""
+
+    rank: RankRef
+    name: str
+
+    def __str__(self) -> str:
+        return f"rank {self.rank} at {self.name!r}"
+
+
+def after(rank: RankRef, name: str) -> Point:
+    """The moment rank ``rank`` reaches the point ``name``."""
+    return Point(rank, name)
+
+
+@dataclass(frozen=True)
+class Signal:
+    """Send ``sig`` to rank ``rank`` (a process) when ``at`` happens.
+
+    With ``blocked=True`` the signal is held until the rank, past ``at``, is asleep in a
+    system call other than the harness's own pipe (e.g. inside ``store.wait``), so it lands
+    mid-call rather than before the call.
+    """
+
+    sig: signal.Signals
+    rank: RankRef
+    at: Point
+    blocked: bool = False
+
+    def __str__(self) -> str:
+        how = " once blocked" if self.blocked else ""
+        return f"{self.sig.name} to rank {self.rank} when {self.at}{how}"
+
+
+@dataclass(frozen=True)
+class Missing:
+    """Rank ``rank`` never starts."""
+
+    rank: RankRef
+
+    def __str__(self) -> str:
+        return f"rank {self.rank} never starts"
+
+
+@dataclass(frozen=True)
+class Late:
+    """Rank ``rank`` starts only once ``after`` happens (never, if it never does)."""
+
+    rank: RankRef
+    after: Point
+
+    def __str__(self) -> str:
+        return f"rank {self.rank} starts when {self.after}"
+
+
+@dataclass(frozen=True)
+class KillServer:
+    """SIGKILL the store's server process when ``at`` happens (its data is lost)."""
+
+    at: Point
+
+    def __str__(self) -> str:
+        return f"kill the server when {self.at}"
+
+
+@dataclass(frozen=True)
+class RestartServer:
+    """Start a fresh server on the same endpoint (the same listening socket) when ``at`` happens."""
+
+    at: Point
+
+    def __str__(self) -> str:
+        return f"restart the server when {self.at}"
+
+
+@dataclass(frozen=True)
+class Delay:
+    """From ``at`` on, the proxy holds every chunk for ``seconds`` before passing it on."""
+
+    seconds: float
+    at: Point
+
+    def __str__(self) -> str:
+        return f"delay traffic by {self.seconds:g} s when {self.at}"
+
+
+@dataclass(frozen=True)
+class Drop:
+    """Reset every proxied connection when ``at`` happens; new connections still pass."""
+
+    at: Point
+
+    def __str__(self) -> str:
+        return f"drop every connection when {self.at}"
+
+
+@dataclass(frozen=True)
+class Blackhole:
+    """From ``at`` on, the proxy swallows all traffic (connections stay open, nothing arrives)."""
+
+    at: Point
+
+    def __str__(self) -> str:
+        return f"black-hole traffic when {self.at}"
+
+
+@dataclass(frozen=True)
+class Heal:
+    """Undo delay and black-holing when ``at`` happens."""
+
+    at: Point
+
+    def __str__(self) -> str:
+        return f"heal the network when {self.at}"
+
+
+Fault: TypeAlias = (
+    Signal | Missing | Late | KillServer | RestartServer | Delay | Drop | Blackhole | Heal
+)
+FAULT_TYPES = (Signal, Missing, Late, KillServer, RestartServer, Delay, Drop, Blackhole, Heal)
+SERVER_FAULTS = (KillServer, RestartServer)
+PROXY_FAULTS = (Delay, Drop, Blackhole, Heal)
+
+
+def trigger(fault: Fault) -> Point | None:
+    """The point that fires ``fault`` (``None`` for a missing rank)."""
+    if isinstance(fault, Missing):
+        return None
+    if isinstance(fault, Late):
+        return fault.after
+    return fault.at
+
+
+def resolve(faults: Sequence[Fault], world_size: int, seed: int) -> tuple[Fault, ...]:
+    """Concrete faults for a world of ``world_size``: ANY picked from ``seed``, negatives wrapped.
+
+    Raises ``ValueError`` naming the fault when a rank is outside the world.
+    """
+    rng = random.Random(seed)
+    chosen: dict[str, int] = {}
+
+    def pick(ref: RankRef, fault: Fault) -> int:
+        if isinstance(ref, AnyRank):
+            if ref.tag and ref.tag in chosen:
+                return chosen[ref.tag]
+            options = [r for r in range(world_size) if r not in ref.exclude]
+            if not options:
+                raise ValueError(f"{fault}: no rank left to pick in a world of {world_size}")
+            rank = rng.choice(options)
+            if ref.tag:
+                chosen[ref.tag] = rank
+            return rank
+        if not -world_size <= ref < world_size:
+            raise ValueError(
+                f"{fault}: rank {ref} is outside a world of {world_size} "
+                f"(use 0..{world_size - 1}, or -1 for the last rank)"
+            )
+        return ref % world_size
+
+    out = []
+    for fault in faults:
+        changes: dict[str, object] = {}
+        for f in fields(fault):
+            value = getattr(fault, f.name)
+            if f.name == "rank":
+                changes["rank"] = pick(value, fault)
+            elif isinstance(value, Point):
+                changes[f.name] = Point(pick(value.rank, fault), value.name)
+        out.append(replace(fault, **changes))  # type: ignore[arg-type]
+    return tuple(out)
+
+
+def check(faults: Iterable[object]) -> list[str]:
+    """Problems with a fault list, each saying how to fix it (empty when it is fine)."""
+    problems = []
+    for fault in faults:
+        if not isinstance(fault, FAULT_TYPES):
+            names = ", ".join(t.__name__ for t in FAULT_TYPES)
+            problems.append(f"{fault!r} is not a fault; use one of {names} from harness.faults")
+            continue
+        point = trigger(fault)
+        if point is not None and not (isinstance(point, Point) and point.name):
+            problems.append(f"{fault!r}: its trigger must be after(rank, 'point-name')")
+        sig: object = getattr(fault, "sig", signal.SIGINT)  # typed, but data can come from anywhere
+        if not isinstance(sig, signal.Signals):
+            problems.append(f"{fault!r}: sig must be a signal.Signals member such as SIGINT")
+        if isinstance(fault, Delay) and not fault.seconds > 0:
+            problems.append(f"{fault!r}: the delay must be > 0 seconds")
+    return problems

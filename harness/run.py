@@ -1,0 +1,210 @@
+"""Run one scenario case end to end and judge it: endpoint, world, faults, expectations, report.
+
+The command line and the pytest plugin both come through :func:`run_case`, so a failure reads
+the same in both and says how to replay it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import pkgutil
+import re
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+from .scenario import Case, Scenario
+from .targets import Endpoint
+from .world import WorldResult, run_world
+
+__all__ = ["CaseResult", "default_seed", "keyword_match", "load_scenarios", "run_case"]
+
+
+def default_seed(case: Case) -> int:
+    """The seed a case runs with unless told otherwise: stable across runs and machines."""
+    return zlib.crc32(f"{case.scenario.name}[{case.id}]".encode())
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """A judged run: did every rank do what the scenario expected, and what happened."""
+
+    case: Case
+    passed: bool
+    seed: int
+    elapsed: float
+    world: WorldResult | None = None
+    problems: dict[int, str] = field(default_factory=dict)
+    error: str = ""  # the run could not happen (the store would not start, ...)
+
+    @property
+    def outcome(self) -> str:
+        return "pass" if self.passed else ("ERROR" if self.error else "FAIL")
+
+    def replay(self) -> str:
+        """The command that runs exactly this case again, faults and seed included."""
+        where = self.case.scenario.file or self.case.scenario.module
+        size = self.case.world_size
+        return (
+            f"storeharness run {where} -k '{self.case.scenario.name}' --store {self.case.target} "
+            f"--workers {self.case.workers} --world-size {size} --seed {self.seed}"
+        )
+
+    def report(self) -> str:
+        """Every rank's fate against its expectation, the faults applied, and how to replay."""
+        case = self.case
+        lines = [f"{case.nodeid}: {self.outcome} in {self.elapsed:.2f} s (seed {self.seed})"]
+        if self.error:
+            lines.append(f"  could not run: {self.error}")
+        if self.world is not None:
+            plan = case.scenario.plan(case.world_size, self.seed)
+            for rank in self.world:
+                expect = case.scenario.expectation(rank.rank, case.world_size, plan)
+                mark = "✗" if rank.rank in self.problems else "✓"
+                lines.append(f"  {mark} {rank.describe()}  [expected: {expect}]")
+                if rank.rank in self.problems:
+                    lines.append(f"      {self.problems[rank.rank]}")
+            if self.world.events:
+                lines.append("  events:")
+                lines.extend(f"    {event}" for event in self.world.events)
+        if not self.passed:
+            lines.append(f"  replay: {self.replay()}")
+        return "\n".join(lines)
+
+    def logs(self) -> dict[int, str]:
+        """The tail of each rank's log (for failure reports)."""
+        if self.world is None:
+            return {}
+        return {r.rank: r.log for r in self.world if r.log.strip()}
+
+
+def run_case(
+    case: Case,
+    seed: int | None = None,
+    tmp_root: str | None = None,
+    start_method: str = "fork",
+) -> CaseResult:
+    """Run ``case`` in a temporary directory of its own (under ``tmp_root``) and judge it."""
+    sc: Scenario = case.scenario
+    seed = default_seed(case) if seed is None else seed
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="storeharness-", dir=tmp_root) as tmp:
+        try:
+            timeout = sc.op_timeout if sc.op_timeout is not None else sc.deadline
+            with Endpoint(case.target, tmp, timeout=timeout, proxy=sc.uses_network) as endpoint:
+                world = run_world(
+                    sc.fn,
+                    case.world_size,
+                    endpoint.opener(),
+                    case.workers,
+                    sc.deadline,
+                    fixed=not sc.nonfixed,
+                    faults=sc.faults,
+                    seed=seed,
+                    rank_budget=sc.rank_budget,
+                    op_timeout=sc.op_timeout,
+                    controls=endpoint,
+                    log_dir=tmp,
+                    start_method=start_method,
+                )
+        except Exception as exc:
+            spent = time.monotonic() - start
+            error = f"{type(exc).__name__}: {exc}"
+            return CaseResult(case, False, seed, spent, error=error)
+    plan = sc.plan(case.world_size, seed)
+    problems = {}
+    for rank in world:
+        problem = sc.expectation(rank.rank, case.world_size, plan).problem(rank)
+        if problem is not None:
+            problems[rank.rank] = problem
+    return CaseResult(case, not problems, seed, time.monotonic() - start, world, problems)
+
+
+# ------------------------------------------------------------------------------ loading
+
+
+def scenarios_in(module: ModuleType) -> list[Scenario]:
+    """The scenarios a module defines, in definition order."""
+    return [obj for obj in vars(module).values() if isinstance(obj, Scenario)]
+
+
+def load_scenarios(paths: Sequence[str] = ()) -> list[Scenario]:
+    """Scenarios from files and directories (``.py`` files, sorted), or the bundled library.
+
+    Raises ``FileNotFoundError`` for a path that does not exist, and whatever a scenario file
+    raises on import (a bad definition raises :class:`~harness.scenario.ScenarioError`).
+    """
+    if not paths:
+        import scenarios
+
+        found = []
+        for info in sorted(pkgutil.iter_modules(scenarios.__path__), key=lambda i: i.name):
+            if not info.name.startswith("_"):
+                found += scenarios_in(importlib.import_module(f"scenarios.{info.name}"))
+        return found
+    found = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise FileNotFoundError(f"no such scenario file or directory: {raw}")
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        for file in files:
+            if not file.name.startswith("_"):
+                found += scenarios_in(_import_file(file.resolve()))
+    return found
+
+
+def _import_file(path: Path) -> ModuleType:
+    """Import a file by path; inside a package on sys.path, under its package's name."""
+    for entry in map(Path, sys.path or ["."]):
+        try:
+            rel = path.relative_to(entry.resolve())
+        except (ValueError, OSError):
+            continue
+        parts = rel.with_suffix("").parts
+        pkg_ok = all(
+            (entry / Path(*parts[:i]) / "__init__.py").exists() for i in range(1, len(parts))
+        )
+        if parts and pkg_ok and all(p.isidentifier() for p in parts):
+            return importlib.import_module(".".join(parts))
+    name = f"storeharness_scenarios.{path.stem}_{zlib.crc32(str(path).encode()):08x}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import scenario file {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_TOKEN = re.compile(r"\s*(\(|\)|[^\s()]+)")
+
+
+def keyword_match(expr: str, text: str) -> bool:
+    """pytest's ``-k``: words match as case-insensitive substrings, with and/or/not/parentheses.
+
+    Raises ``ValueError`` for a malformed expression.
+    """
+    out = []
+    for token in _TOKEN.findall(expr):
+        if token in ("and", "or", "not", "(", ")"):
+            out.append(token)
+        else:
+            out.append(str(token.lower() in text.lower()))
+    try:
+        return bool(eval(" ".join(out) or "True", {"__builtins__": {}}, {}))
+    except SyntaxError:
+        raise ValueError(f"-k {expr!r} is not a valid expression") from None
+
+
+def select(cases: Iterable[Case], keyword: str | None) -> list[Case]:
+    """The cases whose ids (``scenario[store-workers-size]``) match ``keyword``."""
+    return [c for c in cases if keyword is None or keyword_match(keyword, c.nodeid)]

@@ -1,0 +1,434 @@
+"""Scenario authoring: a decorator that turns a rank function into a checked, runnable scenario.
+
+::
+
+    from harness import scenario, after, Signal, raises, returns
+    from stores import StoreTimeout
+
+    @scenario(world_size=[2, 8], workers="process", expect={-1: raises(StoreTimeout)})
+    def last_rank_times_out(ctx):
+        ...
+
+A scenario is data (a frozen record): its world size (a number, a list of sizes, or
+:class:`NonFixed`), worker kind, the capabilities it needs from a store, its faults, the
+outcome expected of each rank, and its time limits.  Every definition is checked when the
+decorator runs, so a bad one fails at import (and so at collection) with a message saying how to
+fix it.  :meth:`Scenario.cases` expands it over stores x worker kinds x world sizes in a fixed
+order, so every pytest-xdist worker collects the same items.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import signal
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+from stores import Capability
+
+from . import faults as F
+from .context import RankContext
+from .targets import TARGETS, TargetSpec
+from .world import Fate, RankResult
+
+__all__ = [
+    "Case",
+    "Expect",
+    "NonFixed",
+    "Scenario",
+    "ScenarioError",
+    "killed",
+    "never_starts",
+    "raises",
+    "returns",
+    "scenario",
+    "times_out",
+]
+
+WORKERS = ("process", "thread")
+
+
+class ScenarioError(ValueError):
+    """A scenario definition is wrong; the message says what and how to fix it."""
+
+
+# --------------------------------------------------------------------------- expectations
+
+_ANY_VALUE = object()
+
+
+@dataclass(frozen=True)
+class Expect:
+    """What a rank is expected to do; :meth:`problem` says how a result falls short."""
+
+    def problem(self, result: RankResult) -> str | None:
+        raise NotImplementedError
+
+    def _fate(self, result: RankResult, fate: Fate, what: str) -> str | None:
+        if result.fate is not fate:
+            return f"expected to {what}, but {result.describe().split(': ', 1)[1]}"
+        return None
+
+
+@dataclass(frozen=True)
+class Returns(Expect):
+    value: Any = _ANY_VALUE
+
+    def __str__(self) -> str:
+        return "returns" if self.value is _ANY_VALUE else f"returns {self.value!r}"
+
+    def problem(self, result: RankResult) -> str | None:
+        bad = self._fate(result, Fate.RETURNED, "return")
+        if bad is None and self.value is not _ANY_VALUE and result.value != self.value:
+            return f"expected to return {self.value!r}, but returned {result.value!r}"
+        return bad
+
+
+@dataclass(frozen=True)
+class Raises(Expect):
+    error: type[BaseException]
+    match: str | None = None
+
+    def __str__(self) -> str:
+        match = f" matching {self.match!r}" if self.match else ""
+        return f"raises {self.error.__name__}{match}"
+
+    def problem(self, result: RankResult) -> str | None:
+        bad = self._fate(result, Fate.RAISED, f"raise {self.error.__name__}")
+        if bad is not None:
+            return bad
+        exc = result.exception
+        if exc is None or not isinstance(exc, self.error):
+            return f"expected {self.error.__name__}, but raised {result.error}"
+        if self.match is not None and not re.search(self.match, str(exc)):
+            return f"expected a message matching {self.match!r}, but got {str(exc)!r}"
+        return None
+
+
+@dataclass(frozen=True)
+class Killed(Expect):
+    sig: signal.Signals | None = None
+
+    def __str__(self) -> str:
+        return f"is killed by {self.sig.name}" if self.sig else "is killed"
+
+    def problem(self, result: RankResult) -> str | None:
+        bad = self._fate(result, Fate.DIED, str(self).removeprefix("is "))
+        if bad is None and self.sig is not None and result.signal is not self.sig:
+            return f"expected to be killed by {self.sig.name}, but {result.describe()}"
+        return bad
+
+
+@dataclass(frozen=True)
+class TimesOut(Expect):
+    def __str__(self) -> str:
+        return "times out"
+
+    def problem(self, result: RankResult) -> str | None:
+        return self._fate(result, Fate.TIMED_OUT, "be stopped at its deadline")
+
+
+@dataclass(frozen=True)
+class NeverStarts(Expect):
+    def __str__(self) -> str:
+        return "never starts"
+
+    def problem(self, result: RankResult) -> str | None:
+        return self._fate(result, Fate.MISSING, "never start")
+
+
+def returns(value: Any = _ANY_VALUE) -> Expect:
+    """The rank returns (``value``, if given)."""
+    return Returns(value)
+
+
+def raises(error: type[BaseException], match: str | None = None) -> Expect:
+    """The rank raises ``error`` (a subclass counts), its message matching ``match``."""
+    return Raises(error, match)
+
+
+def killed(sig: signal.Signals | None = None) -> Expect:
+    """The rank's process dies (by ``sig``, if given) without a result."""
+    return Killed(sig)
+
+
+def times_out() -> Expect:
+    """The rank is still running at its deadline and is stopped by the runner."""
+    return TimesOut()
+
+
+def never_starts() -> Expect:
+    """The rank never starts (a ``Missing`` fault, or a ``Late`` trigger that never fires)."""
+    return NeverStarts()
+
+
+# ---------------------------------------------------------------------------- world sizes
+
+
+@dataclass(frozen=True)
+class NonFixed:
+    """A non-fixed world of ``slots`` ranks; rank ``r`` in ``late`` starts when ``late[r]`` fires.
+
+    Ranks leave by returning.  ``ctx.world_size`` is ``None``; ranks take ids from the store.
+    """
+
+    slots: int
+    late: Mapping[int, F.Point] = field(default_factory=dict)
+
+    def faults(self) -> tuple[F.Fault, ...]:
+        return tuple(F.Late(rank, point) for rank, point in sorted(self.late.items()))
+
+
+WorldSize: TypeAlias = int | Sequence[int] | NonFixed
+
+
+# ------------------------------------------------------------------------------- scenario
+
+
+@dataclass(frozen=True)
+class Case:
+    """One runnable combination: a scenario on a store, with a worker kind and a world size."""
+
+    scenario: Scenario
+    target: str
+    workers: str
+    world_size: int
+
+    @property
+    def id(self) -> str:
+        size = f"nonfixed{self.world_size}" if self.scenario.nonfixed else str(self.world_size)
+        return f"{self.target}-{self.workers}-{size}"
+
+    @property
+    def nodeid(self) -> str:
+        return f"{self.scenario.name}[{self.id}]"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A checked scenario definition (made by :func:`scenario`)."""
+
+    fn: Callable[[RankContext], Any]
+    name: str
+    doc: str
+    world_sizes: tuple[int, ...]
+    nonfixed: bool
+    workers: tuple[str, ...]
+    needs: frozenset[Capability]
+    stores: tuple[str, ...] | None
+    faults: tuple[F.Fault, ...]
+    expect: Mapping[int | str, Expect]
+    deadline: float
+    op_timeout: float | None
+    rank_budget: float | None
+    module: str
+    file: str
+
+    def __call__(self, ctx: RankContext) -> Any:
+        return self.fn(ctx)
+
+    @property
+    def uses_network(self) -> bool:
+        return any(isinstance(f, F.PROXY_FAULTS) for f in self.faults)
+
+    @property
+    def uses_server(self) -> bool:
+        return any(isinstance(f, F.SERVER_FAULTS) for f in self.faults)
+
+    @property
+    def uses_signals(self) -> bool:
+        return any(isinstance(f, F.Signal) for f in self.faults)
+
+    def why_not(self, spec: TargetSpec, workers: str | None = None) -> str | None:
+        """Why this scenario cannot run on ``spec`` (with ``workers``), or ``None`` if it can."""
+        if self.stores is not None and spec.name not in self.stores:
+            return f"the scenario names its stores: {', '.join(self.stores)}"
+        lacking = spec.lacks(self.needs)
+        if lacking:
+            return f"{spec.name} lacks {', '.join(sorted(lacking))}"
+        if self.uses_server and not spec.server:
+            return f"{spec.name} has no server process to kill or restart"
+        if self.uses_network and not spec.network:
+            return f"{spec.name} is not reached over TCP, so network faults cannot apply"
+        if workers is not None and workers not in spec.workers:
+            return f"{spec.name} cannot be shared by {workers} ranks"
+        if workers == "thread" and self.uses_signals:
+            return "signals cannot target thread ranks"
+        return None
+
+    def cases(
+        self,
+        targets: Iterable[str],
+        workers: str | None = None,
+        world_sizes: Sequence[int] | None = None,
+    ) -> list[Case]:
+        """Every runnable combination over ``targets``, in a fixed order."""
+        out = []
+        for target in targets:
+            spec = TARGETS[target]
+            for kind in self.workers:
+                if workers not in (None, kind) or self.why_not(spec, kind) is not None:
+                    continue
+                for size in world_sizes or self.world_sizes:
+                    out.append(Case(self, target, kind, size))
+        return out
+
+    def plan(self, world_size: int, seed: int) -> tuple[F.Fault, ...]:
+        return F.resolve(self.faults, world_size, seed)
+
+    def expectation(self, rank: int, world_size: int, plan: Sequence[F.Fault]) -> Expect:
+        """What rank ``rank`` of a world of ``world_size`` is expected to do."""
+        for key, expect in self.expect.items():
+            if isinstance(key, int) and key % world_size == rank:
+                return expect
+        if any(isinstance(f, F.Missing) and f.rank == rank for f in plan):
+            return NeverStarts()
+        return self.expect.get("*", Returns())
+
+
+def scenario(
+    fn: Callable[[RankContext], Any] | None = None,
+    *,
+    world_size: WorldSize = 4,
+    workers: str = "process",
+    needs: Iterable[Capability | str] = (),
+    stores: Iterable[str] | None = None,
+    faults: Iterable[F.Fault] = (),
+    expect: Mapping[int | str, Expect] | None = None,
+    deadline: float = 30.0,
+    op_timeout: float | None = 10.0,
+    rank_budget: float | None = None,
+    name: str | None = None,
+) -> Any:
+    """Declare a scenario: ``fn(ctx)`` runs on every rank (use as ``@scenario(...)``).
+
+    ``world_size``: an int, a list of ints (one case each) or :class:`NonFixed`.
+    ``workers``: ``"process"``, ``"thread"`` or ``"both"``.  ``needs``: store capabilities.
+    ``stores``: restrict to these targets.  ``faults``: from :mod:`harness.faults`.
+    ``expect``: rank → expectation (negative ranks count from the end; ``"*"`` for the rest;
+    the default is :func:`returns`).  ``deadline`` bounds the world, ``rank_budget`` each rank,
+    ``op_timeout`` each store operation.  Raises :class:`ScenarioError` for a bad definition.
+    """
+
+    def wrap(f: Callable[[RankContext], Any]) -> Scenario:
+        return _build(f, name, world_size, workers, needs, stores, faults, expect or {},
+                      deadline, op_timeout, rank_budget)  # fmt: skip
+
+    return wrap if fn is None else wrap(fn)
+
+
+def _build(
+    fn: Callable[[RankContext], Any],
+    name: str | None,
+    world_size: WorldSize,
+    workers: str,
+    needs: Iterable[Capability | str],
+    stores: Iterable[str] | None,
+    faults: Iterable[F.Fault],
+    expect: Mapping[int | str, Expect],
+    deadline: float,
+    op_timeout: float | None,
+    rank_budget: float | None,
+) -> Scenario:
+    label: str = name or str(getattr(fn, "__name__", repr(fn)))
+
+    def fail(problem: str) -> ScenarioError:
+        return ScenarioError(f"scenario {label!r}: {problem}")
+
+    if not callable(fn):
+        raise fail(f"@scenario decorates a function of one argument (ctx), got {fn!r}")
+    try:
+        inspect.signature(fn).bind(None)
+    except TypeError:
+        raise fail("its function must take exactly one argument, the rank's ctx") from None
+    except ValueError:
+        pass  # a builtin without a signature: let it run
+    sizes, nonfixed, extra = _sizes(world_size, fail)
+    kinds = {"process": ("process",), "thread": ("thread",), "both": WORKERS}.get(workers)
+    if kinds is None:
+        raise fail(f"workers={workers!r}; use 'process', 'thread' or 'both'")
+    caps = frozenset(_capability(c, fail) for c in needs)
+    names = None if stores is None else tuple(stores)
+    for store in names or ():
+        if store not in TARGETS:
+            raise fail(f"stores names {store!r}; known stores are {', '.join(TARGETS)}")
+    fault_list = (*extra, *faults)
+    problems = F.check(fault_list)
+    if problems:
+        raise fail("; ".join(problems))
+    for size in sizes:
+        try:
+            F.resolve(fault_list, size, 0)
+        except ValueError as exc:
+            raise fail(f"with world size {size}: {exc}") from None
+    if kinds == ("thread",) and any(isinstance(f, F.Signal) for f in fault_list):
+        raise fail("signal faults need process ranks; set workers='process' (or 'both')")
+    _check_expect(expect, sizes, fail)
+    for label_, value in (("deadline", deadline), ("op_timeout", op_timeout),
+                          ("rank_budget", rank_budget)):  # fmt: skip
+        if value is not None and not (isinstance(value, int | float) and value > 0):
+            raise fail(f"{label_}={value!r}; give a number of seconds > 0")
+    if deadline is None:
+        raise fail("deadline=None; every scenario needs a deadline in seconds")
+    built = Scenario(
+        fn, label, inspect.getdoc(fn) or "", sizes, nonfixed, kinds, caps, names, fault_list,
+        dict(expect), float(deadline), op_timeout, rank_budget,
+        getattr(fn, "__module__", "") or "", inspect.getsourcefile(fn) or "",
+    )  # fmt: skip
+    if names is not None:
+        for store in names:
+            why = built.why_not(TARGETS[store])
+            if why:
+                raise fail(f"it cannot run on the store it names, {store!r}: {why}")
+    return built
+
+
+def _sizes(
+    world_size: WorldSize, fail: Callable[[str], ScenarioError]
+) -> tuple[tuple[int, ...], bool, tuple[F.Fault, ...]]:
+    if isinstance(world_size, NonFixed):
+        slots = world_size.slots
+        if not isinstance(slots, int) or slots < 1:
+            raise fail(f"NonFixed(slots={slots!r}); slots must be an int >= 1")
+        for rank, point in world_size.late.items():
+            if not isinstance(point, F.Point):
+                raise fail(f"NonFixed late[{rank}] must be after(rank, 'point'), got {point!r}")
+        return (slots,), True, world_size.faults()
+    sizes = (world_size,) if isinstance(world_size, int) else tuple(world_size)
+    if not sizes or not all(isinstance(s, int) and not isinstance(s, bool) for s in sizes):
+        raise fail(f"world_size={world_size!r}; give an int, a list of ints, or NonFixed(...)")
+    if min(sizes) < 1:
+        raise fail(f"world_size={world_size!r}; every world size must be >= 1")
+    return sizes, False, ()
+
+
+def _capability(value: Capability | str, fail: Callable[[str], ScenarioError]) -> Capability:
+    try:
+        return Capability(value)
+    except ValueError:
+        known = ", ".join(c.value for c in Capability)
+        raise fail(f"needs {value!r}, which is not a capability; use one of {known}") from None
+
+
+def _check_expect(
+    expect: Mapping[int | str, Expect],
+    sizes: Sequence[int],
+    fail: Callable[[str], ScenarioError],
+) -> None:
+    if not isinstance(expect, Mapping):
+        raise fail(f"expect={expect!r}; give a dict of rank -> returns()/raises(...)/...")
+    for key, value in expect.items():
+        if not isinstance(value, Expect):
+            raise fail(
+                f"expect[{key!r}] = {value!r}; use returns(), raises(Error), killed(), "
+                "times_out() or never_starts() from harness"
+            )
+        if key == "*":
+            continue
+        if not isinstance(key, int) or isinstance(key, bool):
+            raise fail(f"expect key {key!r}; use a rank number (negative from the end) or '*'")
+        for size in sizes:
+            if not -size <= key < size:
+                raise fail(f"expect names rank {key}, outside a world of {size}")
