@@ -4,7 +4,8 @@ storeharness run [PATHS] [--store NAME]... [--workers process|thread] [-k EXPR] 
                  [--world-size N] [--json FILE] [--junit-xml FILE] [-x] [-q]
 storeharness list [PATHS] [--store NAME]...
 
-With no PATHS it runs the bundled scenario library; with no --store, against our TCPStore.
+With no PATHS it runs the bundled scenario library against our TCPStore; scenario files you
+name run against every bundled store (hash, file, tcp, prefix) unless --store says otherwise.
 Exit code: 0 all passed, 1 a case failed, 2 bad usage, 5 nothing selected (as pytest).
 """
 
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from .run import CaseResult, load_scenarios, run_case, select
 from .scenario import Case, ScenarioError
-from .targets import TARGETS, torch_missing
+from .targets import DEFAULT_TARGETS, TARGETS, torch_missing
 
 DEFAULT_STORES = ["tcp"]
 
@@ -30,7 +31,7 @@ def _cases(args: argparse.Namespace) -> list[Case]:
         scenarios = load_scenarios(args.paths)
     except (FileNotFoundError, ScenarioError, ImportError) as exc:
         raise SystemExit(f"storeharness: {exc}") from None
-    stores = args.store or DEFAULT_STORES
+    stores = _store_names(args.store, bool(args.paths))
     if any(TARGETS[s].torch for s in stores) and (why := torch_missing()):
         raise SystemExit(f"storeharness: --store {' '.join(stores)}: {why}")
     sizes = [args.world_size] if getattr(args, "world_size", None) else None
@@ -39,6 +40,20 @@ def _cases(args: argparse.Namespace) -> list[Case]:
         return select(cases, args.k)
     except ValueError as exc:
         raise SystemExit(f"storeharness: {exc}") from None
+
+
+def _store_names(asked: list[str] | None, paths: bool) -> list[str]:
+    """``--store`` values; ``all`` is every bundled store (and torch's, when installed)."""
+    if not asked:
+        return list(DEFAULT_TARGETS) if paths else DEFAULT_STORES
+    names: list[str] = []
+    for name in asked:
+        if name == "all":
+            extra = [] if torch_missing() else [n for n, t in TARGETS.items() if t.torch]
+            names += [*DEFAULT_TARGETS, *extra]
+        else:
+            names.append(name)
+    return list(dict.fromkeys(names))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -166,8 +181,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument(
             "--store",
             action="append",
-            choices=list(TARGETS),
-            help="store to run against (repeatable; default: tcp)",
+            choices=[*TARGETS, "all"],
+            help="store to run against (repeatable; 'all' for every one); default: tcp for "
+            "the bundled library, every bundled store for scenario files you name",
         )
         p.add_argument("--workers", choices=["process", "thread"], help="only this worker kind")
         p.add_argument("-k", metavar="EXPR", help="only cases whose id matches (as pytest -k)")

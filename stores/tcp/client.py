@@ -267,14 +267,33 @@ class TCPClient:
         """Send one request and read its reply (``parse=None``: the command has no reply)."""
         with self.lock:
             self._ensure(op)
+            start = time.monotonic()
             try:
                 self._send(payload)
-                return None if parse is None else self._reply(parse, None, op)
+                return None if parse is None else self._reply(parse, self._io_deadline(), op)
             except StoreValueError:
                 raise  # an error reply: the stream is still in step
+            except TimeoutError:
+                self._drop()
+                raise self._silent(op, [], start) from None
             except BaseException:
                 self._drop()  # mid-request the stream position is unknown
                 raise
+
+    def _io_deadline(self) -> float | None:
+        """When a reply that needs no waiting is overdue: the server went silent."""
+        limit = self.connect_timeout
+        return None if limit == 0 else time.monotonic() + limit
+
+    def _silent(self, op: str, keys: list[str], start: float) -> StoreTimeout:
+        return StoreTimeout(
+            op,
+            keys,
+            time.monotonic() - start,
+            self.connect_timeout,
+            f"TCPStore({self.endpoint})",
+            "the server sent no reply; the connection was dropped (server hung, or traffic lost?)",
+        )
 
     def blocking(
         self,
@@ -298,6 +317,9 @@ class TCPClient:
                         self._cancel(parse, op)
                     except _Late as late:
                         return late.value  # type: ignore[return-value]
+                    except TimeoutError:  # not even the cancel was answered
+                        self._drop()
+                        raise self._silent(op, keys, start) from None
                     elapsed = time.monotonic() - start
                     where = f"TCPStore({self.endpoint})"
                     raise StoreTimeout(op, keys, elapsed, timeout, where) from None
@@ -310,17 +332,18 @@ class TCPClient:
     def _cancel(self, parse: Parser[object], op: str) -> None:
         """Send CANCEL_WAIT and read up to its acknowledgement (torch's protocol)."""
         self._send(_CANCEL)
+        deadline = self._io_deadline()
         if not self.extended:
-            while self._read(parse_u8, None, op) != WAIT_CANCELED:
+            while self._read(parse_u8, deadline, op) != WAIT_CANCELED:
                 pass  # a STOP_WAITING that raced the cancel
             return
         late: object = _Late
         while True:
-            status = self._read(parse_u8, None, op)
+            status = self._read(parse_u8, deadline, op)
             if status == STATUS_CANCELED:
                 break
             if status == STATUS_OK:
-                late = self._read(parse, None, op)
+                late = self._read(parse, deadline, op)
         if late is not _Late:
             raise _Late(late)
 

@@ -330,6 +330,11 @@ class TCPStore(Store):
 
     # ----------------------------------------------------------------- lifecycle
 
+    def set_timeout(self, timeout: TimeoutLike) -> None:
+        """Change the timeout of later blocking calls, and how long a reply may be overdue."""
+        super().set_timeout(timeout)
+        self._client.connect_timeout = self._timeout
+
     def clone(self) -> TCPStore:
         """A new connection to the same server (no world-size handshake), same timeout."""
         self._c("clone")
