@@ -506,9 +506,10 @@ class _World:
                 slot.timed_out = slot.timed_out or "the runner was interrupted"
                 if slot.proc is not None:
                     _kill(slot.proc.pid, signal.SIGKILL)
+        joins_end = time.monotonic() + 2.0  # one bound for all threads, however many
         for slot in self.slots:
-            if slot.thread is not None and not slot.timed_out:
-                slot.thread.join(2)  # it closed its pipe; let it finish releasing its logger
+            if slot.thread is not None:  # past its pipe's end it only releases its logger
+                slot.thread.join(max(0.0, joins_end - time.monotonic()))
             if slot.proc is not None:
                 slot.proc.join(2)
                 if slot.proc.is_alive():

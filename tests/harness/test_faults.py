@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from harness import ANY, AnyRank, Endpoint, Fate, RankContext, run_world
-from harness.targets import open_checked
 from harness.faults import (
     Blackhole,
     Delay,
@@ -22,6 +21,7 @@ from harness.faults import (
     after,
     resolve,
 )
+from harness.targets import open_checked
 from stores import StoreBroken, StoreError, StoreTimeout
 
 
