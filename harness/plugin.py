@@ -85,8 +85,8 @@ def pytest_pycollect_makeitem(
     collector: pytest.Collector, name: str, obj: object
 ) -> list[pytest.Item] | None:
     """A scenario becomes one item per store x worker kind x world size: ``name[tcp-process-8]``."""
-    if not isinstance(obj, Scenario):
-        return None
+    if not isinstance(obj, Scenario) or name.startswith("_"):
+        return None  # a private scenario is a test's own material, not an item
     stores = _stores(collector.config)
     cases = obj.cases(stores)
     if not cases:

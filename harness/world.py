@@ -163,6 +163,7 @@ class _Slot:
     why_missing: str = ""
     log_path: str = ""
     control_fd: int = -1  # the rank's end of its pipe, numbered as in the rank's process
+    asking: bool = False  # it sent a point or an await and reads its pipe for the answer
 
 
 def run_world(
@@ -313,7 +314,7 @@ class _World:
         slot.state = "running"
         if self.mp is not None:
             ours, theirs = self.mp.Pipe(duplex=True)
-            inherited = [s.conn.fileno() for s in self.slots if s.conn is not None]
+            inherited = [s.conn.fileno() for s in self.slots if s.conn and not s.conn.closed]
             inherited += [ours.fileno(), *self.controls.inherited_fds()]
             args = (
                 theirs, self.fn, self.open_store, slot.rank, world_size, slot.log_path,
@@ -365,8 +366,10 @@ class _World:
         if kind == "fd":
             slot.control_fd = int(msg[1])
         elif kind == "point":
+            slot.asking = True
             self._reached(slot, msg[1])
         elif kind == "await":
+            slot.asking = True
             self._await(slot, int(msg[1]), str(msg[2]))
         elif kind == "result":
             slot.reply = msg
@@ -374,6 +377,7 @@ class _World:
     def _reply(self, slot: _Slot, *msg: Any) -> None:
         if slot.state != "running":
             return
+        slot.asking = False
         with contextlib.suppress(OSError):  # it died (perhaps by our own fault); EOF is next
             slot.conn.send(msg)
 
@@ -468,12 +472,14 @@ class _World:
         _wait_for_dumps(procs, sizes)
         for slot in procs:
             slot.where = _where(_read_from(slot.log_path, sizes[slot.rank]))
+        listening = [s for s in stuck if s.asking or s.thread is not None]
         for slot in stuck:
             self._reply(slot, "stop")
             if slot.store is not None:  # a thread cannot be killed: take its store away
                 with contextlib.suppress(Exception):
                     slot.store.close()
-        self._drain(stuck, _STOP_GRACE)
+        if listening:  # only a rank reading its pipe (or a thread) can act on the message
+            self._drain(listening, _STOP_GRACE)
         for step in (signal.SIGTERM, signal.SIGKILL):
             alive = [s for s in procs if s.state == "running"]
             for slot in alive:

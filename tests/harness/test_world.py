@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Fate, RankContext, run_world
+from harness import Fate, RankContext, RankStopped, run_world
 from harness.faults import Late, Missing, Signal, after
 from stores import FileStore, HashStore, StoreTimeout
 
@@ -114,6 +114,23 @@ def test_late_ranks_start_on_their_trigger_and_untriggered_ones_never(tmp_path: 
     assert result[2].fate is Fate.MISSING
     assert "rank 0 at 'no-such-point'" in result[2].error
     assert any("rank 1 starts" in e for e in result.events)
+
+
+def _after_an_ended_rank(ctx: RankContext) -> str:
+    if ctx.rank == 1:
+        try:
+            ctx.wait_for(0, "a point rank 0 never reaches")
+        except RankStopped:  # answered once rank 0 has ended and its pipe is closed
+            ctx.point("zero-gone")
+    return "ran"
+
+
+def test_a_late_rank_launches_after_others_have_ended(tmp_path: Path) -> None:
+    # Found by the xdist reliability run: launching collected the fds of every rank's pipe,
+    # including pipes already closed, and failed with "handle is closed".
+    opener = functools.partial(FileStore, str(tmp_path / "fs"))
+    result = run_world(_after_an_ended_rank, 3, opener, faults=[Late(2, after(1, "zero-gone"))])
+    assert result.values() == ["ran"] * 3
 
 
 def _stops(ctx: RankContext) -> None:
