@@ -16,11 +16,9 @@ import os
 import selectors
 import shutil
 import signal
-import sys
 import tempfile
 import threading
 import time
-import traceback
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +28,7 @@ import multiprocess
 
 from stores import Store
 
+from . import _inspect as I
 from . import faults as F
 from .context import (
     DUMP_SIGNAL,
@@ -48,7 +47,6 @@ RankFn = Callable[[RankContext], Any]
 _STOP_GRACE = 0.5  # seconds a stuck rank gets after the stop message, and after SIGTERM
 _DUMP_WAIT = 1.0  # seconds to wait for a faulthandler dump to land in the rank's log
 _BLOCKED_POLL = 0.002  # while a signal waits for its target to block in a system call
-_LOG_TAIL = 8000
 
 
 class Fate(enum.StrEnum):
@@ -449,7 +447,7 @@ class _World:
 
     def _deliver_blocked(self) -> None:
         for fault, slot in list(self.blocked_signals):
-            syscall = _blocked_in(slot.proc.pid, slot.control_fd) if slot.proc else None
+            syscall = I.blocked_in(slot.proc.pid, slot.control_fd) if slot.proc else None
             if syscall is not None:
                 self.blocked_signals.remove((fault, slot))
                 self._signal(slot, fault.sig, f" while blocked in system call {syscall}")
@@ -463,15 +461,15 @@ class _World:
             slot.timed_out = why
             self._event(f"rank {slot.rank} stuck at the {why}; collecting its stack")
         procs = [s for s in stuck if s.proc is not None]
-        sizes = {s.rank: _size(s.log_path) for s in procs}
+        sizes = {s.rank: I.size(s.log_path) for s in procs}
         for slot in procs:
-            _kill(slot.proc.pid, DUMP_SIGNAL)
+            I.kill(slot.proc.pid, DUMP_SIGNAL)
         for slot in stuck:
             if slot.thread is not None:
-                slot.where = _thread_stack(slot)
-        _wait_for_dumps(procs, sizes)
+                slot.where = I.thread_stack(slot.thread, slot.rank, slot.log_path)
+        I.wait_for_dumps({s.log_path: sizes[s.rank] for s in procs}, _DUMP_WAIT)
         for slot in procs:
-            slot.where = _where(_read_from(slot.log_path, sizes[slot.rank]))
+            slot.where = I.where(I.read_from(slot.log_path, sizes[slot.rank]))
         listening = [s for s in stuck if s.asking or s.thread is not None]
         for slot in stuck:
             self._reply(slot, "stop")
@@ -483,7 +481,7 @@ class _World:
         for step in (signal.SIGTERM, signal.SIGKILL):
             alive = [s for s in procs if s.state == "running"]
             for slot in alive:
-                _kill(slot.proc.pid, step)
+                I.kill(slot.proc.pid, step)
             if alive:
                 self._event(f"{step.name} sent to rank(s) {', '.join(str(s.rank) for s in alive)}")
             self._drain(alive, _STOP_GRACE if step is signal.SIGTERM else 5.0)
@@ -511,7 +509,7 @@ class _World:
             if slot.state == "running":  # only on an exception out of the loop
                 slot.timed_out = slot.timed_out or "the runner was interrupted"
                 if slot.proc is not None:
-                    _kill(slot.proc.pid, signal.SIGKILL)
+                    I.kill(slot.proc.pid, signal.SIGKILL)
         joins_end = time.monotonic() + 2.0  # one bound for all threads, however many
         for slot in self.slots:
             if slot.thread is not None:  # past its pipe's end it only releases its logger
@@ -538,7 +536,7 @@ class _World:
             "points": tuple(slot.points),
             "pid": pid,
             "exitcode": exitcode,
-            "log": _tail(slot.log_path),
+            "log": I.tail(slot.log_path),
         }
         if slot.state == "missing":
             return RankResult(slot.rank, Fate.MISSING, error=slot.why_missing, **common)
@@ -561,119 +559,3 @@ class _World:
             where=slot.where,
             **common,
         )
-
-
-# ------------------------------------------------------------------------------ helpers
-
-
-def _kill(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
-
-
-def _blocked_in(pid: int, control_fd: int) -> str | None:
-    """The system call ``pid`` sleeps in, unless it is reading the harness's own pipe."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-        with open(f"/proc/{pid}/syscall") as f:
-            fields = f.read().split()
-    except OSError:
-        return None
-    if state != "S" or not fields or fields[0] in ("running", "-1"):
-        return None
-    # The rank reads its go-ahead with read(2) on its end of the pipe; that is not the call
-    # the scenario means.
-    if fields[0] == "0" and int(fields[1], 16) == control_fd:
-        return None
-    return f"#{fields[0]}"
-
-
-def _size(path: str) -> int:
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return 0
-
-
-def _read_from(path: str, offset: int) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            return f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
-def _tail(path: str) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, _size(path) - _LOG_TAIL))
-            return f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
-def _wait_for_dumps(slots: list[_Slot], sizes: dict[int, int]) -> None:
-    """Wait (bounded) until each rank's faulthandler dump has been written to its log."""
-    end = time.monotonic() + _DUMP_WAIT
-    waiting = list(slots)
-    while waiting and time.monotonic() < end:
-        waiting = [s for s in waiting if "most recent call first" not in _tail_from(s, sizes)]
-        if waiting:
-            time.sleep(0.005)  # polling a file another process writes; bounded by _DUMP_WAIT
-
-
-def _tail_from(slot: _Slot, sizes: dict[int, int]) -> str:
-    return _read_from(slot.log_path, sizes[slot.rank])
-
-
-def _package_dirs() -> tuple[str, ...]:
-    import stores
-
-    dirs = [os.path.dirname(os.path.abspath(m.__file__ or "")) for m in (stores, multiprocess)]
-    dirs.append(os.path.dirname(os.path.abspath(__file__)))
-    return tuple(d + os.sep for d in dirs)
-
-
-# Frames that are the harness's or the store's own, not the scenario's.
-_INTERNAL = (*_package_dirs(), f"{os.sep}threading.py", "<frozen")
-
-
-def _where(dump: str) -> str:
-    """Where a dumped rank was: the innermost frame, and the innermost frame of scenario code."""
-    blocks: list[tuple[str, list[str]]] = []
-    for line in dump.splitlines():
-        if "most recent call first" in line:
-            blocks.append((line, []))
-        elif blocks and line.strip().startswith("File "):
-            blocks[-1][1].append(line.strip())
-    current = [frames for header, frames in blocks if header.startswith("Current thread")]
-    frames = current[0] if current and current[0] else (blocks[0][1] if blocks else [])
-    if not frames:
-        return ""
-    innermost = frames[0]
-    user = next((f for f in frames if not _internal(f)), "")
-    return innermost if not user or user == innermost else f"{user} → {innermost}"
-
-
-def _internal(frame: str) -> bool:
-    """Is this frame (a faulthandler line or a file name) inside harness, stores or stdlib glue?"""
-    return any(x in frame for x in _INTERNAL)
-
-
-def _thread_stack(slot: _Slot) -> str:
-    thread = slot.thread
-    frame = sys._current_frames().get(thread.ident or -1) if thread is not None else None
-    if frame is None:
-        return ""
-    stack = traceback.format_stack(frame)
-    with open(slot.log_path, "a", encoding="utf-8") as f:
-        f.write(f"Stack of rank {slot.rank} (thread) at its deadline:\n{''.join(stack)}")
-    summary = traceback.extract_stack(frame)
-    inner = summary[-1]
-    user = next((fs for fs in reversed(summary) if not _internal(fs.filename)), None)
-    here = f'File "{inner.filename}", line {inner.lineno} in {inner.name}'
-    if user is None or user is inner:
-        return here
-    return f'File "{user.filename}", line {user.lineno} in {user.name} → {here}'
