@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import multiprocess  # noqa: E402
+import multiprocess
 
-from harness import Endpoint, Fate, RankContext, run_world  # noqa: E402
+from harness import Endpoint, Fate, RankContext, run_world
 
 TARGET = 0.15
 
