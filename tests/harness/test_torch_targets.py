@@ -1,0 +1,38 @@
+"""torch's own stores as targets: the same scenarios, through stores.torch_adapter."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from harness.run import load_scenarios, run_case
+from harness.targets import torch_missing
+
+pytestmark = pytest.mark.skipif(torch_missing() is not None, reason=str(torch_missing()))
+
+
+@pytest.mark.parametrize("target", ["torch-tcp", "torch-file", "torch-hash"])
+def test_the_library_runs_on_torchs_stores(target: str) -> None:
+    library = {sc.name: sc for sc in load_scenarios()}
+    cases = [
+        *library["fixed_world_size"].cases([target], world_sizes=[4]),
+        *library["missing_clients"].cases([target], world_sizes=[2]),
+    ]
+    assert cases, f"no case of the library runs on {target}"
+    for case in cases:
+        result = run_case(case)
+        assert result.passed, result.report()
+
+
+def test_torchs_filestore_runs_a_signal_handler_only_after_wait_returns() -> None:
+    # A finding of the sigint scenario (docs/differences.md): torch's FileStore.wait is a C++
+    # loop that never lets Python run the handler, so the key is only set after the wait gave
+    # up.  Here with a short op timeout, so the case fails quickly and says so.
+    sc = {s.name: s for s in load_scenarios()}["sigint_during_wait"]
+    case = sc.cases(["torch-file"], world_sizes=[4])[0]
+    result = run_case(replace(case, scenario=replace(sc, op_timeout=1.0)))
+    assert not result.passed
+    assert result.world is not None
+    assert "StoreTimeout" in result.world[3].error
+    assert "SIGINT sent to rank 3 while blocked" in "\n".join(result.world.events)
