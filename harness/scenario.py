@@ -272,8 +272,19 @@ class Scenario:
                 if workers not in (None, kind) or self.why_not(spec, kind) is not None:
                     continue
                 for size in world_sizes or self.world_sizes:
-                    out.append(Case(self, target, kind, size))
+                    if self.fits(size):
+                        out.append(Case(self, target, kind, size))
         return out
+
+    def fits(self, world_size: int) -> bool:
+        """Whether every rank the faults and expectations name exists in ``world_size``."""
+        if self.nonfixed and world_size != self.world_sizes[0]:
+            return False  # a schedule is written for its number of slots
+        try:
+            self.plan(world_size, 0)
+        except ValueError:
+            return False
+        return all(k == "*" or -world_size <= int(k) < world_size for k in self.expect)
 
     def plan(self, world_size: int, seed: int) -> tuple[F.Fault, ...]:
         return F.resolve(self.faults, world_size, seed)

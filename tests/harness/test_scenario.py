@@ -104,3 +104,10 @@ def test_each_expectation_says_how_a_result_falls_short() -> None:
     assert "SIGKILL" in str(killed(signal.SIGKILL).problem(_result(Fate.DIED, exitcode=-15)))
     assert times_out().problem(_result(Fate.TIMED_OUT)) is None
     assert "never start" in str(never_starts().problem(_result(Fate.RETURNED)))
+
+
+def test_a_world_size_override_keeps_only_the_cases_it_fits() -> None:
+    sc = scenario(world_size=8, faults=[Signal(signal.SIGINT, 3, after(3, "p"))])(_fn)
+    assert [c.world_size for c in sc.cases(["file"], world_sizes=[2, 4])] == [4]
+    elastic = scenario(world_size=NonFixed(3))(_fn)
+    assert [c.world_size for c in elastic.cases(["file"], world_sizes=[5])] == []
