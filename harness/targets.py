@@ -197,6 +197,7 @@ class Endpoint:
         if proxy and not self.spec.network:
             raise ValueError(f"network faults need a TCP target, not {name!r}")
         self.name, self.workdir, self.timeout = name, workdir, timeout
+        os.makedirs(workdir, exist_ok=True)
         self.token = uuid.uuid4().hex
         self.namespace = f"run-{self.token[:8]}"
         self.sock: socket.socket | None = None
