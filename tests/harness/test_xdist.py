@@ -16,28 +16,16 @@ from pathlib import Path
 
 import pytest
 
+from .procs import TAG, tagged
+
 ROOT = Path(__file__).resolve().parents[2]
 RUNS = int(os.environ.get("STOREHARNESS_XDIST_RUNS", "2"))
-
-
-def _tagged(tag: str) -> list[int]:
-    needle = f"STOREHARNESS_RUN_TAG={tag}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/environ", "rb") as f:
-                    if needle in f.read():
-                        found.append(int(entry))
-            except OSError:
-                continue
-    return found
 
 
 @pytest.mark.parametrize("run", range(RUNS))
 def test_the_scenario_suite_under_xdist(run: int, tmp_path: Path) -> None:
     tag = uuid.uuid4().hex
-    env = {**os.environ, "STOREHARNESS_RUN_TAG": tag, "TMPDIR": str(tmp_path)}
+    env = {**os.environ, TAG: tag, "TMPDIR": str(tmp_path)}
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-n", "2", "-q", "-p", "no:cacheprovider",
          "scenarios", "tests/harness/test_world.py", "tests/harness/test_faults.py"],
@@ -47,6 +35,6 @@ def test_the_scenario_suite_under_xdist(run: int, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     counts = dict((k, int(v)) for v, k in re.findall(r"(\d+) (\w+)", summary))
     assert counts.get("passed", 0) >= 70 and not counts.get("failed") and not counts.get("error")
-    assert _tagged(tag) == [], "processes of the run outlived it"
+    assert tagged(tag) == [], "processes of the run outlived it"
     leftovers = [p for p in tmp_path.iterdir() if p.name.startswith("storeharness-")]
     assert leftovers == [], f"temporary files left: {leftovers}"
