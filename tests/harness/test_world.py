@@ -204,3 +204,21 @@ def test_bad_arguments_are_named() -> None:
         run_world(_sum, 2, HashStore, faults=[Missing(5)])
     with pytest.raises(ValueError, match="not a fault"):
         run_world(_sum, 2, HashStore, faults=["SIGINT"])  # type: ignore[list-item]
+
+
+def _one_stuck_one_asking(ctx: RankContext) -> None:
+    if ctx.rank == 0:
+        ctx.point("stuck")
+        ctx.store.wait(["never"], 0)
+    ctx.wait_for(0, "a point rank 0 never reaches")
+
+
+def test_the_stop_message_ends_a_rank_that_listens_before_any_signal() -> None:
+    result = run_world(_one_stuck_one_asking, 2, HashStore, "process", deadline=0.5)
+    assert [r.fate for r in result] == [Fate.TIMED_OUT, Fate.TIMED_OUT]
+    # Rank 1 was reading its pipe: the stop message ended it (RankStopped), so only rank 0,
+    # asleep in the store, needed SIGTERM.
+    assert [e.split("s  ", 1)[1] for e in result.events if "SIGTERM" in e] == [
+        "SIGTERM sent to rank(s) 0"
+    ]
+    assert result[1].exitcode == 0
