@@ -98,14 +98,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _row(r: CaseResult) -> dict[str, object]:
     ranks = []
     if r.world is not None:
-        plan = r.case.scenario.plan(r.case.world_size, r.seed)
         for rank in r.world:
-            expect = r.case.scenario.expectation(rank.rank, r.case.world_size, plan)
             ranks.append(
                 {
                     "rank": rank.rank,
                     "fate": str(rank.fate),
-                    "expected": str(expect),
+                    "expected": str(r.expected[rank.rank]),
                     "ok": rank.rank not in r.problems,
                     "detail": rank.describe(),
                     "problem": r.problems.get(rank.rank),

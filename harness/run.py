@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
-from .scenario import Case, Scenario
+from .scenario import Case, Expect, Scenario
 from .targets import Endpoint
 from .world import WorldResult, run_world
 
@@ -40,6 +40,7 @@ class CaseResult:
     seed: int
     elapsed: float
     world: WorldResult | None = None
+    expected: dict[int, Expect] = field(default_factory=dict)  # each rank's expectation
     problems: dict[int, str] = field(default_factory=dict)
     error: str = ""  # the run could not happen (the store would not start, ...)
 
@@ -63,9 +64,8 @@ class CaseResult:
         if self.error:
             lines.append(f"  could not run: {self.error}")
         if self.world is not None:
-            plan = case.scenario.plan(case.world_size, self.seed)
             for rank in self.world:
-                expect = case.scenario.expectation(rank.rank, case.world_size, plan)
+                expect = self.expected[rank.rank]
                 mark = "✗" if rank.rank in self.problems else "✓"
                 lines.append(f"  {mark} {rank.describe()}  [expected: {expect}]")
                 if rank.rank in self.problems:
@@ -118,12 +118,14 @@ def run_case(
             error = f"{type(exc).__name__}: {exc}"
             return CaseResult(case, False, seed, spent, error=error)
     plan = sc.plan(case.world_size, seed)
+    expected = {r.rank: sc.expectation(r.rank, case.world_size, plan) for r in world}
     problems = {}
     for rank in world:
-        problem = sc.expectation(rank.rank, case.world_size, plan).problem(rank)
+        problem = expected[rank.rank].problem(rank)
         if problem is not None:
             problems[rank.rank] = problem
-    return CaseResult(case, not problems, seed, time.monotonic() - start, world, problems)
+    spent = time.monotonic() - start
+    return CaseResult(case, not problems, seed, spent, world, expected, problems)
 
 
 # ------------------------------------------------------------------------------ loading
