@@ -122,7 +122,8 @@ def run_rank(
     except BaseException as exc:
         tb = traceback.format_exc()
         log.error("rank %d raised %s", rank, tb.rstrip())
-        reply = ("result", False, None, exc, _describe(exc), tb, time.monotonic() - start)
+        error = f"{type(exc).__name__}: {exc}"
+        reply = ("result", False, None, exc, error, tb, time.monotonic() - start)
     try:
         try:
             conn.send(reply)
@@ -134,10 +135,6 @@ def run_rank(
         pass  # the runner is gone; nobody is left to tell
     finally:
         conn.close()
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
 
 
 def rank_logger(rank: int, path: str, token: str) -> logging.Logger:

@@ -20,6 +20,8 @@ import threading
 from collections.abc import Coroutine
 from typing import Any
 
+from ._inspect import stop_child
+
 __all__ = ["Proxy", "ProxyProcess"]
 
 _CHUNK = 1 << 16
@@ -188,15 +190,7 @@ class ProxyProcess:
         return reply
 
     def close(self) -> None:
-        if self.proc.stdin is not None and not self.proc.stdin.closed:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        stop_child(self.proc)
 
 
 def main(argv: list[str] | None = None) -> None:

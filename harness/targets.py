@@ -24,9 +24,10 @@ from stores import Capability, FileStore, HashStore, PrefixStore, Store, StoreEr
 from stores.tcp import ServerProcess, bind_listener
 
 from . import faults as F
+from ._inspect import stop_child
 from .proxy import ProxyProcess
 
-__all__ = ["TARGETS", "Endpoint", "TargetSpec", "target_names"]
+__all__ = ["DEFAULT_TARGETS", "TARGETS", "Endpoint", "TargetSpec", "open_checked"]
 
 MARK = "storeharness/endpoint"
 
@@ -74,10 +75,6 @@ TARGETS: dict[str, TargetSpec] = {
 }  # fmt: skip
 #: What runs when nothing is asked for: our own stores.
 DEFAULT_TARGETS = ("hash", "file", "tcp", "prefix")
-
-
-def target_names() -> list[str]:
-    return list(TARGETS)
 
 
 def torch_missing() -> str | None:
@@ -169,14 +166,7 @@ class _TorchServer:
             raise StoreError(f"torch's TCPStore server on port {self.port} failed to start")
 
     def stop(self) -> None:
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream is not None and not stream.closed:
-                stream.close()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        stop_child(self.proc)
 
 
 # ------------------------------------------------------------------------------ endpoint
