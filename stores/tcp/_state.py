@@ -77,7 +77,7 @@ class ServerState:
     def __init__(self) -> None:
         self.data: dict[bytes, bytes] = {}
         self.queues: dict[bytes, deque[bytes]] = {}
-        self._waiters: dict[bytes, list[_Pending]] = {}
+        self.waiters: dict[bytes, list[_Pending]] = {}
         self.connections = 0
 
     # ----------------------------------------------------------------- connection lifecycle
@@ -93,11 +93,11 @@ class ServerState:
     def _drop_pending(self, conn: Conn) -> None:
         for pending in conn.pending:
             for key in pending.keys:
-                line = self._waiters.get(key)
+                line = self.waiters.get(key)
                 if line is not None and pending in line:
                     line.remove(pending)
                     if not line:
-                        del self._waiters[key]
+                        del self.waiters[key]
         conn.pending.clear()
 
     # ----------------------------------------------------------------- dispatch
@@ -127,7 +127,7 @@ class ServerState:
     # ----------------------------------------------------------------- writes
 
     def _created(self, key: bytes) -> None:
-        line = self._waiters.pop(key, None)
+        line = self.waiters.pop(key, None)
         if line is None:
             return
         for pending in line:
@@ -137,12 +137,12 @@ class ServerState:
 
     def _set(self, conn: Conn, key: bytes, value: bytes) -> None:
         self.data[key] = value
-        if self._waiters:
+        if self.waiters:
             self._created(key)
 
     def _append(self, conn: Conn, key: bytes, value: bytes) -> None:
         self.data[key] = self.data.get(key, b"") + value
-        if self._waiters:
+        if self.waiters:
             self._created(key)
 
     def _multi_set(self, conn: Conn, pairs: tuple[tuple[bytes, bytes], ...]) -> None:
@@ -153,7 +153,7 @@ class ServerState:
         total = next_counter(self.data.get(key), amount, key.decode("utf-8", "replace"))
         self.data[key] = str(total).encode()
         self._ok(conn, reply_i64(total))
-        if self._waiters:
+        if self.waiters:
             self._created(key)
 
     def _compare_set(self, conn: Conn, key: bytes, expected: bytes, desired: bytes) -> None:
@@ -161,7 +161,7 @@ class ServerState:
         if write:
             self.data[key] = desired
         self._ok(conn, string(result))
-        if write and self._waiters:
+        if write and self.waiters:
             self._created(key)
 
     def _delete(self, conn: Conn, key: bytes) -> None:
@@ -205,7 +205,7 @@ class ServerState:
         if line is None:
             self.queues[key] = line = deque()
         line.append(value)
-        waiters = self._waiters.get(key)
+        waiters = self.waiters.get(key)
         if waiters:  # like torch's libuv server: wake only the first waiter this satisfies
             for pending in list(waiters):
                 if pending.kind is not Query.WAIT:
@@ -216,7 +216,7 @@ class ServerState:
                     self._finish(pending)
                     break
             if not waiters:
-                self._waiters.pop(key, None)
+                self.waiters.pop(key, None)
 
     def _queue_pop(self, conn: Conn, key: bytes) -> None:
         line = self.queues.get(key)
@@ -242,7 +242,7 @@ class ServerState:
             return
         pending.missing = len(missing)
         for key in missing:
-            self._waiters.setdefault(key, []).append(pending)
+            self.waiters.setdefault(key, []).append(pending)
         pending.conn.pending.append(pending)
 
     def _wait(self, conn: Conn, keys: tuple[bytes, ...]) -> None:
@@ -279,7 +279,7 @@ class ServerState:
     def _park(self, pending: _Pending) -> None:
         """Register a barrier participant until its counter reaches the world size."""
         pending.missing = 1
-        self._waiters.setdefault(pending.keys[0], []).append(pending)
+        self.waiters.setdefault(pending.keys[0], []).append(pending)
         pending.conn.pending.append(pending)
 
     def _cancel_wait(self, conn: Conn) -> None:

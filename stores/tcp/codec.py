@@ -258,6 +258,21 @@ class RequestDecoder:
     def buffered(self) -> int:
         return len(self._buf)
 
+    @property
+    def buffer(self) -> bytearray:
+        """The unconsumed bytes, for an accelerated handler; :meth:`consume` what it used."""
+        return self._buf
+
+    @property
+    def ready(self) -> bool:
+        """Whether enough is buffered that a request may be complete (cheap; no parsing)."""
+        return len(self._buf) >= self._need
+
+    def consume(self, count: int) -> None:
+        """Drop ``count`` leading bytes that were handled outside :meth:`next`."""
+        del self._buf[:count]
+        self._need = 1
+
     def next(self) -> Request | None:
         buf = self._buf
         if len(buf) < self._need:

@@ -22,6 +22,7 @@ import threading
 from typing import Any
 
 from .._errors import StoreError
+from ._accel import speedups
 from ._state import Conn, ServerState
 from .codec import Limits, ProtocolError, RequestDecoder
 
@@ -111,20 +112,49 @@ class _Connection(asyncio.Protocol):
         self.server.protocols.add(self)
 
     def data_received(self, data: bytes) -> None:
-        if self.conn is None:
+        conn = self.conn
+        if conn is None:
             return
+        serve = self.server.serve_fast
+        if serve is not None and conn.validated and not self.paused and not self.decoder.buffered:
+            # The common case: whole requests in one read, answered in C without a copy.
+            try:
+                used = serve(data, *self.server.fast_args, conn.extended, *self.server.fast_limits,
+                             conn.send)  # fmt: skip
+            except Exception:
+                log.exception("dropping connection %s after an internal error", conn.name)
+                self.transport.abort()
+                return
+            if used == len(data):
+                return
+            data = data[used:]
         self.decoder.feed(data)
         self._process()
 
     def _process(self) -> None:
-        """Handle buffered requests until none is complete or the peer stops reading replies."""
+        """Handle buffered requests until none is complete or the peer stops reading replies.
+
+        With the C speedups, the leading requests they can answer are answered there (see
+        ``_speedups.c``); the first one they leave, the Python state machine handles.
+        """
         conn = self.conn
         if conn is None:
             return
         decoder = self.decoder
         handle = self.server.state.handle
+        serve = self.server.serve_fast
+        fast_args, fast_limits = self.server.fast_args, self.server.fast_limits
         try:
-            while not self.paused and (request := decoder.next()) is not None:
+            while not self.paused:
+                if serve is not None and conn.validated and decoder.ready:
+                    used = serve(decoder.buffer, *fast_args, conn.extended, *fast_limits,
+                                 conn.send)  # fmt: skip
+                    if used:
+                        decoder.consume(used)
+                        continue  # flow control may have paused us meanwhile
+                request = decoder.next()
+                if request is None:
+                    break
                 handle(conn, request)
                 decoder.extended = conn.extended
         except ProtocolError as exc:
@@ -163,12 +193,19 @@ class TCPServer:
         sock: socket.socket,
         limits: Limits | None = None,
         max_connections: int = 1 << 16,
+        accelerate: bool | None = None,
     ) -> None:
         self.sock = sock
         self.port: int = sock.getsockname()[1]
         self.limits = limits or Limits()
         self.max_connections = max_connections
         self.state = ServerState()
+        # The C fast path (None: pure Python).  accelerate=None: use it when built.
+        module = speedups(accelerate, "TCPServer")
+        self.serve_fast: Any = None if module is None else module.serve
+        self.fast_args = (self.state.data, self.state.waiters, self.state.queues)
+        lim = self.limits
+        self.fast_limits = (lim.max_key, lim.max_value, lim.max_keys)
         self.protocols: set[_Connection] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -254,12 +291,16 @@ class ServerProcess:
     from us and stops on EOF), so it cannot outlive its owner.
     """
 
-    def __init__(self, sock: socket.socket, limits: Limits | None = None) -> None:
+    def __init__(
+        self, sock: socket.socket, limits: Limits | None = None, accelerate: bool | None = None
+    ) -> None:
         self.port: int = sock.getsockname()[1]
         lim = limits or Limits()
+        speed = {None: "auto", True: "yes", False: "no"}[accelerate]
         args = [
             sys.executable, "-m", "stores.tcp", "--listen-fd", str(sock.fileno()),
             "--max-key", str(lim.max_key), "--max-value", str(lim.max_value),
+            "--accelerate", speed,
         ]  # fmt: skip
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, pass_fds=[sock.fileno()])
         sock.close()  # the child holds it now; the port stays bound, so no race
@@ -284,8 +325,10 @@ class ServerProcess:
             self.proc.stdin.close()
 
 
-def _serve_process(sock: socket.socket, limits: Limits, watch_stdin: bool) -> None:
-    server = TCPServer(sock, limits)
+def _serve_process(
+    sock: socket.socket, limits: Limits, watch_stdin: bool, accelerate: bool | None = None
+) -> None:
+    server = TCPServer(sock, limits, accelerate=accelerate)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -322,15 +365,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-key", type=int, default=defaults.max_key)
     parser.add_argument("--max-value", type=int, default=defaults.max_value)
     parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument(
+        "--accelerate",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="the C hot path: when built (auto), required (yes), or pure Python (no)",
+    )
     args = parser.parse_args(argv)
+    accelerate = {"auto": None, "yes": True, "no": False}[args.accelerate]
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(message)s")
     limits = Limits(max_key=args.max_key, max_value=args.max_value)
     if args.listen_fd is not None:
-        _serve_process(adopt_listener(args.listen_fd, 0), limits, watch_stdin=True)
+        _serve_process(adopt_listener(args.listen_fd, 0), limits, True, accelerate)
     else:
         sock = bind_listener(args.port)
         print(f"serving TCPStore on port {sock.getsockname()[1]}", flush=True)
-        _serve_process(sock, limits, watch_stdin=False)
+        _serve_process(sock, limits, False, accelerate)
 
 
 if __name__ == "__main__":

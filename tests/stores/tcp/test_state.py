@@ -99,7 +99,7 @@ def test_disconnect_frees_registrations(state: ServerState) -> None:
     gone(Query.WAIT, (b"x", b"y"))
     gone(Query.BARRIER, b"bar", 3)
     state.disconnect(gone.conn)
-    assert state._waiters == {}
+    assert state.waiters == {}
     assert gone.conn.pending == []
     Peer(state)(Query.SET, b"x", b"v")  # nothing left to wake
     assert gone.take() == b""
