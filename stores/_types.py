@@ -66,7 +66,7 @@ def as_keys(keys: Iterable[object], arg: str = "keys") -> list[str]:
         raise TypeError(
             f"{arg} must be a list of keys, got a single {type(keys).__name__} {keys!r}"
         )
-    return [as_key(k) for k in keys]
+    return [k if type(k) is str else as_key(k) for k in keys]
 
 
 def as_value(value: object, arg: str = "value") -> bytes:

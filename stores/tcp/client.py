@@ -11,16 +11,21 @@ forward only: no reverse DNS, so no resolver stalls.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import select
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from time import monotonic
+from typing import Any, TypeVar
 
 from .._errors import StoreBroken, StoreClosed, StoreTimeout, StoreValueError
+from ._accel import speedups
+from ._spin import SpinPolicy
 from .codec import (
     CHECK_READY,
     EXT_ACK,
@@ -33,7 +38,6 @@ from .codec import (
     WAIT_CANCELED,
     Incomplete,
     Query,
-    encode_multi_set,
     encode_request,
     parse_bytes,
     parse_bytes_list,
@@ -47,6 +51,12 @@ __all__ = ["TCPClient"]
 _T = TypeVar("_T")
 Parser = Callable[[bytearray, int], tuple[_T, int]]
 _CANCEL = encode_request(Query.CANCEL_WAIT)
+#: Requests up to this size go through the C fast path (sent whole, so a signal never splits
+#: one); larger ones, and replies of other shapes, take the Python path.
+_FAST_PAYLOAD = 1 << 16
+# The hot requests, encoded inline (the same bytes as encode_request, without its generality).
+_U64, _I64 = struct.Struct("<Q"), struct.Struct("<q")
+_SET, _ADD, _WAIT_GET = bytes([Query.SET]), bytes([Query.ADD]), bytes([Query.WAIT_GET])
 
 
 class _Late(Exception):
@@ -66,20 +76,24 @@ class TCPClient:
         connect_timeout: float,
         extensions: bool = True,
         spin: float = 50e-6,
+        accelerate: bool | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.endpoint = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
         self.connect_timeout = connect_timeout
         self.want_extensions = extensions
-        self.spin = spin
-        self._spin_budget = spin
-        self._misses = 0
-        self._resting = 0
+        #: How to wait for replies: spin first or sleep at once (learnt per connection).
+        self.spin = SpinPolicy(spin)
         self._poll = select.poll()
+        #: The C speedups module in use, or ``None``.
+        self.speedups = module = speedups(accelerate, "TCPClient")
+        self._fast: Any = None if module is None else module.call
+        self._rcvtimeo = 0.0  # the socket's SO_RCVTIMEO (see _arm_rcvtimeo)
         self.extended = False
         self.lock = threading.Lock()
         self._sock: socket.socket | None = None
+        self._fd = -1
         self._buf = bytearray()
         self._closed = False
         self._connect(None if connect_timeout == 0 else time.monotonic() + connect_timeout)
@@ -114,9 +128,10 @@ class TCPClient:
                     sock.connect(address)
                     sock.settimeout(None)
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    self._arm_rcvtimeo(sock)
                     self._poll = select.poll()
                     self._poll.register(sock, select.POLLIN)
-                    self._sock = sock
+                    self._sock, self._fd = sock, sock.fileno()
                     self._buf.clear()
                     self._handshake(deadline)
                     return
@@ -136,6 +151,18 @@ class TCPClient:
                 pause = min(pause, max(0.0, deadline - time.monotonic()))
             time.sleep(pause)  # backoff between connection attempts, not synchronisation
             delay = min(delay * 2, 1.0)
+
+    def _arm_rcvtimeo(self, sock: socket.socket) -> None:
+        """Give the socket SO_RCVTIMEO = the I/O timeout, so the C path can wait for a reply in
+        one blocking recv (no poll first).  Python's own reads poll first and never see it."""
+        self._rcvtimeo = 0.0
+        if self._fast is None or not 0 < self.connect_timeout < 1e6:
+            return
+        whole = int(self.connect_timeout)
+        micros = int((self.connect_timeout - whole) * 1e6)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", whole, micros))
+            self._rcvtimeo = self.connect_timeout
 
     def _handshake(self, deadline: float | None) -> None:
         nonce = EXT_HELLO if self.want_extensions else os.getpid() & 0xFFFFFFFF
@@ -207,49 +234,92 @@ class TCPClient:
                 ) from exc
             if not chunk:
                 self._drop()
-                raise StoreBroken(
-                    f"TCPStore {self.endpoint}: connection closed by the server during {op} "
-                    "(did the server shut down or crash, or reject the request?)",
-                    host=self.host,
-                    port=self.port,
-                )
+                raise self._closed_during(op)
             buf += chunk
 
     def _recv(self, deadline: float | None) -> bytes:
-        """Receive what has arrived: busy-poll briefly, then sleep in the kernel.
-
-        Measured on gVisor (this project's machines): a recv that has to sleep costs ~70 µs
-        more to wake than polling for the reply with MSG_DONTWAIT, most of a loopback round
-        trip.  So, like SO_BUSY_POLL, spin up to ``spin`` seconds first.  Spinning only pays
-        when replies come back within that window; when the server is loaded they do not, and
-        spinning clients would steal its CPU, so after three misses in a row the client stops
-        spinning for 64 reads before trying again.  ``spin=0`` turns it off.
-        """
+        """Receive what has arrived: spin for up to ``self.spin.budget`` seconds polling with
+        MSG_DONTWAIT, then sleep in the kernel (see :mod:`._spin` for when spinning pays)."""
         sock = self._sock
         assert sock is not None
-        if self._spin_budget:
-            give_up = time.perf_counter() + self._spin_budget
+        budget = self.spin.budget
+        if budget:
+            give_up = time.perf_counter() + budget
             while True:
                 try:
-                    chunk = sock.recv(1 << 16, socket.MSG_DONTWAIT)
+                    return sock.recv(1 << 16, socket.MSG_DONTWAIT)
                 except BlockingIOError:
                     if time.perf_counter() > give_up:
                         break
-                else:
-                    self._misses = 0
-                    return chunk
-            self._misses += 1
-            if self._misses >= 3:
-                self._spin_budget, self._resting = 0.0, 64
-        elif self.spin:
-            self._resting -= 1
-            if self._resting <= 0:
-                self._spin_budget, self._misses = self.spin, 0
         if deadline is not None:
             left = deadline - time.monotonic()
             if left <= 0 or not self._poll.poll(left * 1000):
                 raise TimeoutError
         return sock.recv(1 << 16)
+
+    def _exchange(
+        self, payload: bytes, parse: Parser[_T] | None, start: float, timeout: float, op: str
+    ) -> _T | None:
+        """Send one request and read its reply (none when ``parse`` is ``None``) by
+        ``start + timeout`` (``timeout=0``: no limit), else raise ``TimeoutError``.
+
+        Through the C speedups when the reply has a simple shape and nothing is buffered;
+        a reply they leave incomplete (deadline passed, a signal arrived) is finished here.
+        """
+        shape = _SHAPES.get(parse)
+        fast = self._fast
+        if fast is None or shape is None or self._buf or len(payload) > _FAST_PAYLOAD:
+            deadline = None if timeout == 0 else start + timeout
+            self._send(payload)
+            if parse is None:
+                return None
+            sent = time.perf_counter()
+            result = self._reply(parse, deadline, op)
+            self.spin.record(time.perf_counter() - sent)
+            return result
+        try:
+            status, value, rest, took = fast(
+                self._fd,
+                payload,
+                shape,
+                self.extended,
+                self.spin.budget if parse is not None else 0.0,
+                timeout or -1.0,
+                self._rcvtimeo,
+            )
+        except EOFError:
+            self._drop()
+            raise self._closed_during(op) from None
+        except OSError as exc:
+            self._drop()
+            raise StoreBroken(
+                f"TCPStore {self.endpoint}: {op} failed, connection lost ({exc.strerror})",
+                host=self.host,
+                port=self.port,
+            ) from exc
+        if parse is None:
+            return None
+        self.spin.record(took)
+        if rest:
+            self._buf += rest
+        if status == STATUS_OK:
+            if parse is _stop_waiting and value != STOP_WAITING:
+                raise StoreBroken(f"TCPStore: expected STOP_WAITING, got {value}")
+            return value  # type: ignore[no-any-return]
+        if status < 0:  # not complete yet: read the rest (and time out) in Python
+            return self._reply(parse, None if timeout == 0 else start + timeout, op)
+        if status == STATUS_ERROR:
+            raise StoreValueError(value.decode("utf-8", "replace"))
+        self._drop()
+        raise StoreBroken(f"TCPStore {self.endpoint}: unexpected status {status} in {op}")
+
+    def _closed_during(self, op: str) -> StoreBroken:
+        return StoreBroken(
+            f"TCPStore {self.endpoint}: connection closed by the server during {op} "
+            "(did the server shut down or crash, or reject the request?)",
+            host=self.host,
+            port=self.port,
+        )
 
     def _reply(self, parse: Parser[_T], deadline: float | None, op: str) -> _T:
         """Read a reply, first the status byte on extended connections."""
@@ -266,11 +336,11 @@ class TCPClient:
     def call(self, op: str, payload: bytes, parse: Parser[_T] | None) -> _T | None:
         """Send one request and read its reply (``parse=None``: the command has no reply)."""
         with self.lock:
-            self._ensure(op)
-            start = time.monotonic()
+            if self._sock is None:
+                self._ensure(op)
+            start = monotonic()
             try:
-                self._send(payload)
-                return None if parse is None else self._reply(parse, self._io_deadline(), op)
+                return self._exchange(payload, parse, start, self.connect_timeout, op)
             except StoreValueError:
                 raise  # an error reply: the stream is still in step
             except TimeoutError:
@@ -304,14 +374,13 @@ class TCPClient:
         keys: list[str],
     ) -> _T:
         """A request the server answers when ready; on timeout cancel it and raise."""
-        start = time.monotonic()
-        deadline = None if timeout == 0 else start + timeout
+        start = monotonic()
         with self.lock:
-            self._ensure(op)
+            if self._sock is None:
+                self._ensure(op)
             try:
-                self._send(payload)
                 try:
-                    return self._reply(parse, deadline, op)
+                    return self._exchange(payload, parse, start, timeout, op)  # type: ignore[return-value]
                 except TimeoutError:
                     try:
                         self._cancel(parse, op)
@@ -350,20 +419,20 @@ class TCPClient:
     # ----------------------------------------------------------------- operations
 
     def set(self, key: bytes, value: bytes) -> None:
-        self.call("set", encode_request(Query.SET, key, value), None)
+        pack = _U64.pack
+        self.call("set", b"".join((_SET, pack(len(key)), key, pack(len(value)), value)), None)
 
     def get(self, key: bytes, timeout: float, shown: str) -> bytes:
         if self.extended:
-            return self.blocking(
-                "get", encode_request(Query.WAIT_GET, key), parse_bytes, timeout, [shown]
-            )
+            payload = _WAIT_GET + _U64.pack(len(key)) + key
+            return self.blocking("get", payload, parse_bytes, timeout, [shown])
         self.wait([key], timeout, [shown], "get")
         result = self.call("get", encode_request(Query.GET, key), parse_bytes)
         assert result is not None
         return result
 
     def add(self, key: bytes, amount: int) -> int:
-        result = self.call("add", encode_request(Query.ADD, key, amount), parse_i64)
+        result = self.call("add", _ADD + _U64.pack(len(key)) + key + _I64.pack(amount), parse_i64)
         assert result is not None
         return result
 
@@ -404,8 +473,9 @@ class TCPClient:
         assert result is not None
         return result
 
-    def multi_set(self, pairs: list[tuple[bytes, bytes]]) -> None:
-        self.call("multi_set", encode_multi_set(pairs), None)
+    def multi_set(self, payload: bytes) -> None:
+        """Send a MULTI_SET request (see :func:`.codec.encode_multi_set`)."""
+        self.call("multi_set", payload, None)
 
     def queue_push(self, key: bytes, value: bytes) -> None:
         self.call("queue_push", encode_request(Query.QUEUE_PUSH, key, value), None)
@@ -451,3 +521,7 @@ def _stop_waiting(buf: bytearray, pos: int) -> tuple[int, int]:
     if value != STOP_WAITING:
         raise StoreBroken(f"TCPStore: expected STOP_WAITING, got {value}")
     return value, pos
+
+
+#: Reply parsers the C fast path can stand in for, with its shape codes (see _speedups.c).
+_SHAPES: dict[object, int] = {None: 0, parse_u8: 1, _stop_waiting: 1, parse_i64: 2, parse_bytes: 3}

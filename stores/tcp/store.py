@@ -24,13 +24,14 @@ from .._types import (
     check_world_size,
 )
 from .client import TCPClient
-from .codec import Limits
+from .codec import Limits, encode_multi_set
 from .server import ServerProcess, TCPServer, adopt_listener, bind_listener
 
 __all__ = ["TCPStore"]
 
 #: torch's client prefixes every user key with "/"; the world-size counter has no prefix.
 PREFIX = "/"
+PREFIX_BYTES = PREFIX.encode()
 INIT_KEY = b"init/"
 
 _tenants_lock = threading.Lock()
@@ -65,6 +66,8 @@ class TCPStore(Store):
     ``server_process=True`` in a process of its own); ``port=0`` binds an ephemeral port, read it
     from ``.port``.  With ``world_size`` set and ``wait_for_workers``, every participant counts
     itself in and the master's constructor returns once ``world_size`` have (itself included).
+    ``accelerate``: use the C hot paths of the server and client (``None``: when built;
+    ``False``: pure Python, the reference; ``True``: required).
 
     Raises :class:`StoreBroken` when no server answers in time, :class:`StoreError` when the
     port is in use, :class:`StoreTimeout` when workers are missing.
@@ -85,6 +88,7 @@ class TCPStore(Store):
         server_process: bool = False,
         limits: Limits | None = None,
         extensions: bool = True,
+        accelerate: bool | None = None,
     ) -> None:
         super().__init__(timeout)
         if not isinstance(host_name, str) or not host_name:
@@ -104,12 +108,14 @@ class TCPStore(Store):
         self._server_release: Any = None
         if is_master:
             self._server = self._start_server(
-                port, multi_tenant, master_listen_fd, server_process, limits
+                port, multi_tenant, master_listen_fd, server_process, limits, accelerate
             )
             port = self._server.port
         self._port = port
         try:
-            self._client = TCPClient(host_name, port, self._timeout, extensions)
+            self._client = TCPClient(
+                host_name, port, self._timeout, extensions, accelerate=accelerate
+            )
             if world_size is not None and wait_for_workers:
                 self._client.add(INIT_KEY, 1)
                 if is_master:
@@ -125,6 +131,7 @@ class TCPStore(Store):
         listen_fd: int | None,
         in_process: bool,
         limits: Limits | None,
+        accelerate: bool | None,
     ) -> TCPServer | ServerProcess:
         if multi_tenant and port > 0 and listen_fd is None:
             with _tenants_lock:
@@ -137,7 +144,9 @@ class TCPStore(Store):
                     return entry[0]
         sock = adopt_listener(listen_fd, port) if listen_fd is not None else bind_listener(port)
         server: TCPServer | ServerProcess = (
-            ServerProcess(sock, limits) if in_process else TCPServer(sock, limits).start()
+            ServerProcess(sock, limits, accelerate)
+            if in_process
+            else TCPServer(sock, limits, accelerate=accelerate).start()
         )
         if multi_tenant:
             with _tenants_lock:
@@ -277,7 +286,11 @@ class TCPStore(Store):
     def multi_set(self, keys: Sequence[KeyLike], values: Sequence[ValueLike]) -> None:
         names, data = self._pairs(keys, values)
         client = self._c("multi_set")
-        client.multi_set(list(zip(_enc_all(names), data, strict=True)))
+        encode = client.speedups and client.speedups.encode_multi_set
+        payload = encode and encode(PREFIX_BYTES, names, data)
+        if payload is None:  # no speedups, or a key with lone surrogates
+            payload = encode_multi_set(list(zip(_enc_all(names), data, strict=True)))
+        client.multi_set(payload)
 
     def queue_push(self, key: KeyLike, value: ValueLike) -> None:
         self._queues("queue_push").queue_push(_enc(as_key(key)), as_value(value))

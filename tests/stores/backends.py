@@ -12,7 +12,7 @@ from stores.conformance import Backend
 
 from .parties import process_parties
 
-NAMES = ["hash", "file", "tcp", "prefix-hash", "prefix-file", "prefix-tcp"]
+NAMES = ["hash", "file", "tcp", "tcp-pure", "prefix-hash", "prefix-file", "prefix-tcp"]
 #: Interoperability pairings; they need torch (``pip install torch==2.13.0``).
 TORCH_NAMES = ["torch-client-on-ours", "ours-on-torch-libuv", "ours-on-torch-legacy"]
 
@@ -45,6 +45,11 @@ def _open_prefixed(prefix: str, path: str) -> Store:
 def _tcp_opener(store: Store) -> Callable[[], Store]:
     assert isinstance(store, TCPStore)
     return functools.partial(TCPStore, "127.0.0.1", store.port, timeout=60)
+
+
+def _tcp_pure_opener(store: Store) -> Callable[[], Store]:
+    assert isinstance(store, TCPStore)
+    return functools.partial(TCPStore, "127.0.0.1", store.port, timeout=60, accelerate=False)
 
 
 def _open_prefixed_tcp(prefix: str, port: int) -> Store:
@@ -112,6 +117,10 @@ def make_backend(name: str, tmp_dir: str) -> Backend:
         return Backend(name, lambda: FileStore(path()), _file_opener, process_parties)
     if name == "tcp":
         return Backend(name, _tcp_master, _tcp_opener, process_parties)
+    if name == "tcp-pure":  # the Python server and client, without the C speedups
+        master = functools.partial(TCPStore, "127.0.0.1", 0, is_master=True, timeout=60)
+        return Backend(name, functools.partial(master, accelerate=False), _tcp_pure_opener,
+                       process_parties)  # fmt: skip
     if name == "prefix-tcp":
         return Backend(
             name,
