@@ -487,7 +487,7 @@ serve_one(In *in, PyObject *data, PyObject *waiters, PyObject *queues, int exten
 }
 
 PyDoc_STRVAR(serve_doc,
-"serve(buf, data, waiters, queues, extended, max_key, max_value, max_keys, write) -> int\n\n"
+"serve(data, waiters, queues, extended, max_key, max_value, max_keys, write, buf) -> int\n\n"
 "Answer the leading requests in buf that need only the data dict; write their replies with\n"
 "one write() call; return the number of bytes consumed (0: leave everything to Python).");
 
@@ -498,24 +498,25 @@ serve(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_Format(PyExc_TypeError, "serve() takes 9 arguments (%zd given)", nargs);
         return NULL;
     }
-    PyObject *data = args[1], *waiters = args[2], *queues = args[3], *write = args[8];
+    /* buf comes last so that a connection can bind the rest once (functools.partial) */
+    PyObject *data = args[0], *waiters = args[1], *queues = args[2], *write = args[7];
     if (!PyDict_CheckExact(data) || !PyDict_CheckExact(waiters) || !PyDict_CheckExact(queues)) {
         PyErr_SetString(PyExc_TypeError, "serve(): data, waiters and queues must be dicts");
         return NULL;
     }
-    int extended = PyObject_IsTrue(args[4]);
+    int extended = PyObject_IsTrue(args[3]);
     if (extended < 0) {
         return NULL;
     }
     In in = {0};
-    in.max_key = PyLong_AsUnsignedLongLong(args[5]);
-    in.max_value = PyLong_AsUnsignedLongLong(args[6]);
-    in.max_keys = PyLong_AsUnsignedLongLong(args[7]);
+    in.max_key = PyLong_AsUnsignedLongLong(args[4]);
+    in.max_value = PyLong_AsUnsignedLongLong(args[5]);
+    in.max_keys = PyLong_AsUnsignedLongLong(args[6]);
     if (PyErr_Occurred()) {
         return NULL;
     }
     Py_buffer view;
-    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) {
+    if (PyObject_GetBuffer(args[8], &view, PyBUF_SIMPLE) < 0) {
         return NULL;
     }
     in.b = view.buf;

@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import errno
+import functools
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from .._errors import StoreError
@@ -94,6 +96,8 @@ class _Connection(asyncio.Protocol):
         self.conn: Conn | None = None
         self.decoder = RequestDecoder(server.limits)
         self.paused = False
+        #: The C fast path bound to this connection (see _arm), or None.
+        self.serve: Callable[[bytes | bytearray], int] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -115,12 +119,11 @@ class _Connection(asyncio.Protocol):
         conn = self.conn
         if conn is None:
             return
-        serve = self.server.serve_fast
-        if serve is not None and conn.validated and not self.paused and not self.decoder.buffered:
+        serve = self.serve
+        if serve is not None and not self.paused and not self.decoder.buffered:
             # The common case: whole requests in one read, answered in C without a copy.
             try:
-                used = serve(data, *self.server.fast_args, conn.extended, *self.server.fast_limits,
-                             conn.send)  # fmt: skip
+                used = serve(data)
             except Exception:
                 log.exception("dropping connection %s after an internal error", conn.name)
                 self.transport.abort()
@@ -142,13 +145,11 @@ class _Connection(asyncio.Protocol):
             return
         decoder = self.decoder
         handle = self.server.state.handle
-        serve = self.server.serve_fast
-        fast_args, fast_limits = self.server.fast_args, self.server.fast_limits
         try:
             while not self.paused:
-                if serve is not None and conn.validated and decoder.ready:
-                    used = serve(decoder.buffer, *fast_args, conn.extended, *fast_limits,
-                                 conn.send)  # fmt: skip
+                serve = self.serve
+                if serve is not None and decoder.ready:
+                    used = serve(decoder.buffer)
                     if used:
                         decoder.consume(used)
                         continue  # flow control may have paused us meanwhile
@@ -156,13 +157,28 @@ class _Connection(asyncio.Protocol):
                 if request is None:
                     break
                 handle(conn, request)
-                decoder.extended = conn.extended
+                if conn.extended != decoder.extended or (conn.validated and not self.serve):
+                    decoder.extended = conn.extended
+                    if self.server.serve_fast is not None:
+                        self._arm()
         except ProtocolError as exc:
             log.warning("dropping connection %s: %s", conn.name, exc)
             self.transport.abort()
         except Exception:
             log.exception("dropping connection %s after an internal error", conn.name)
             self.transport.abort()
+
+    def _arm(self) -> None:
+        """Bind the C fast path to this connection once validated (again once extended)."""
+        conn, serve = self.conn, self.server.serve_fast
+        if serve is None or conn is None or not conn.validated:
+            self.serve = None
+            return
+        state, lim = self.server.state, self.server.limits
+        self.serve = functools.partial(
+            serve, state.data, state.waiters, state.queues, conn.extended,
+            lim.max_key, lim.max_value, lim.max_keys, conn.send,
+        )  # fmt: skip
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.conn is not None:
@@ -203,9 +219,6 @@ class TCPServer:
         # The C fast path (None: pure Python).  accelerate=None: use it when built.
         module = speedups(accelerate, "TCPServer")
         self.serve_fast: Any = None if module is None else module.serve
-        self.fast_args = (self.state.data, self.state.waiters, self.state.queues)
-        lim = self.limits
-        self.fast_limits = (lim.max_key, lim.max_value, lim.max_keys)
         self.protocols: set[_Connection] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None

@@ -132,7 +132,17 @@ def test_the_fast_path_really_answers_requests() -> None:
     with socket.socket() as sock:
         server = TCPServer(sock, LIMITS, accelerate=True)
     seen: list[bytes] = []
-    used = server.serve_fast(stream[5:], *server.fast_args, False, *server.fast_limits, seen.append)
+    state, lim = server.state, server.limits
+    args = (
+        state.data,
+        state.waiters,
+        state.queues,
+        False,
+        lim.max_key,
+        lim.max_value,
+        lim.max_keys,
+    )
+    used = server.serve_fast(*args, seen.append, stream[5:])
     assert used == len(stream) - 5
     assert seen == [struct.pack("<q", 5)]
     assert server.state.data == {b"/a": b"5"}
