@@ -10,7 +10,10 @@ Measured on gVisor (this project's machines), with the client and the server pin
 Which case holds depends on where the scheduler puts the two processes, and changes while a
 program runs.  So the client measures both: it uses the faster way for a stint, then tries the
 other for a few round trips to refresh its figure.  A probe that loses doubles the stint (up to
-:data:`STINT_MAX` replies), so the loser costs little; one that wins switches over.
+:data:`STINT_MAX` replies), so the loser costs little; one that wins switches over.  Spinning
+burns a CPU that the server (or other clients) may need, so it must be clearly faster
+(:data:`SPIN_MARGIN`) to be kept: with many client processes per CPU, round trips are long
+either way and the clients sleep.
 """
 
 from __future__ import annotations
@@ -18,10 +21,13 @@ from __future__ import annotations
 __all__ = ["SpinPolicy"]
 
 #: Round trips spent in the better mode before probing the other, first and at most.
-STINT, STINT_MAX = 64, 1 << 12
+STINT, STINT_MAX = 16, 1 << 12
 #: Round trips per probe.
 PROBE = 8
-#: Longer waits are blocked requests (a wait for a key), not round trips: not counted.
+#: Spinning is kept only when its average round trip is below this share of sleeping's.
+SPIN_MARGIN = 0.9
+#: Requests that may block (a wait for a key) are counted only when this quick; longer, they
+#: were waiting for a key, not for the server.
 MAX_SAMPLE = 1e-3
 
 
@@ -48,8 +54,9 @@ class SpinPolicy:
         return f"SpinPolicy({mode}; sleeping {sleeping}, spinning {spinning})"
 
     def record(self, seconds: float) -> None:
-        """Account one round trip made with the current :attr:`budget`."""
-        if not self.spin or seconds > MAX_SAMPLE:
+        """Account one round trip made with the current :attr:`budget` (see :data:`MAX_SAMPLE`
+        for requests that may block)."""
+        if not self.spin:
             return
         mode = 1 if self.budget else 0
         avg = self._avg
@@ -64,7 +71,7 @@ class SpinPolicy:
             return
         # probe over: keep whichever way is faster
         self._probing = False
-        spin_wins = avg[1] <= avg[0]
+        spin_wins = avg[1] < avg[0] * SPIN_MARGIN
         if spin_wins == bool(mode):  # the probe won: switch to it, stints short again
             self._stint = STINT
         else:

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from .._errors import StoreBroken, StoreClosed, StoreTimeout, StoreValueError
 from ._accel import speedups
-from ._spin import SpinPolicy
+from ._spin import MAX_SAMPLE, SpinPolicy
 from .codec import (
     CHECK_READY,
     EXT_ACK,
@@ -258,10 +258,18 @@ class TCPClient:
         return sock.recv(1 << 16)
 
     def _exchange(
-        self, payload: bytes, parse: Parser[_T] | None, start: float, timeout: float, op: str
+        self,
+        payload: bytes,
+        parse: Parser[_T] | None,
+        start: float,
+        timeout: float,
+        op: str,
+        may_block: bool = False,
     ) -> _T | None:
         """Send one request and read its reply (none when ``parse`` is ``None``) by
         ``start + timeout`` (``timeout=0``: no limit), else raise ``TimeoutError``.
+        ``may_block``: the server may hold the reply back (a wait), so a slow reply says
+        nothing about how fast the server answers (see :class:`SpinPolicy`).
 
         Through the C speedups when the reply has a simple shape and nothing is buffered;
         a reply they leave incomplete (deadline passed, a signal arrived) is finished here.
@@ -275,7 +283,9 @@ class TCPClient:
                 return None
             sent = time.perf_counter()
             result = self._reply(parse, deadline, op)
-            self.spin.record(time.perf_counter() - sent)
+            took = time.perf_counter() - sent
+            if not may_block or took <= MAX_SAMPLE:
+                self.spin.record(took)
             return result
         try:
             status, value, rest, took = fast(
@@ -299,7 +309,8 @@ class TCPClient:
             ) from exc
         if parse is None:
             return None
-        self.spin.record(took)
+        if not may_block or took <= MAX_SAMPLE:
+            self.spin.record(took)
         if rest:
             self._buf += rest
         if status == STATUS_OK:
@@ -380,7 +391,7 @@ class TCPClient:
                 self._ensure(op)
             try:
                 try:
-                    return self._exchange(payload, parse, start, timeout, op)  # type: ignore[return-value]
+                    return self._exchange(payload, parse, start, timeout, op, True)  # type: ignore[return-value]
                 except TimeoutError:
                     try:
                         self._cancel(parse, op)
