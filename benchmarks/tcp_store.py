@@ -10,6 +10,13 @@ torch reverse-resolves every new connection, and this sandbox's resolver stalls 
 (BENCHMARK_ANCHORS.md), which would measure the resolver, not the stores.  So the script builds
 ``nodns.c`` (a ``getnameinfo`` wrapper forcing numeric answers) and re-executes itself with it
 in ``LD_PRELOAD``, for every process, torch's and ours alike.  Ours never reverse-resolves.
+
+Round trips depend on where the scheduler puts client and server: on one CPU a round trip is
+two context switches (~10 µs here); on two, waking the sleeping side costs ~70-90 µs on gVisor.
+Left alone, the scheduler flips between the two from run to run, so the single-client rows are
+measured under both placements, set with ``sched_setaffinity`` on every thread of the client
+and the servers: "same CPU" (all on CPU 0) and "split CPUs" (client on 0, servers on 1).  The
+multi-process rows run unpinned.
 """
 
 from __future__ import annotations
@@ -59,7 +66,8 @@ sys.stdin.read()
 
 
 @contextlib.contextmanager
-def server(kind: str) -> Iterator[int]:
+def server(kind: str) -> Iterator[tuple[int, int]]:
+    """A server in its own process: ``(port, pid)``."""
     if kind == "torch":
         proc = subprocess.Popen(
             [sys.executable, "-c", TORCH_SERVER],
@@ -70,7 +78,7 @@ def server(kind: str) -> Iterator[int]:
         assert proc.stdout is not None and proc.stdin is not None
         port = int(proc.stdout.readline())
         try:
-            yield port
+            yield port, proc.pid
         finally:
             proc.stdin.close()
             proc.wait(30)
@@ -79,9 +87,21 @@ def server(kind: str) -> Iterator[int]:
 
         ours = ServerProcess(bind_listener(0))
         try:
-            yield ours.port
+            yield ours.port, ours.proc.pid
         finally:
             ours.stop()
+
+
+ALL_CPUS = frozenset(range(os.cpu_count() or 1))
+#: placement name -> (the client's CPUs, the servers' CPUs)
+PLACEMENTS = {"same CPU": ({0}, {0}), "split CPUs": ({0}, {1})}
+
+
+def pin(pid: int, cpus: set[int] | frozenset[int]) -> None:
+    """Set the CPU affinity of every thread of ``pid``."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(tid), cpus)
 
 
 def client(kind: str, port: int) -> Any:
@@ -231,28 +251,38 @@ def run(rounds: int, quick: bool) -> dict[str, dict[tuple[str, str], Any]]:
     table: dict[str, dict[tuple[str, str], Any]] = {}
 
     def record(name: str, pair: tuple[str, str], value: Any) -> None:
-        table.setdefault(name, {})[pair] = value
+        table.setdefault(name, {})[pair] = [*table.get(name, {}).get(pair, []), value]
 
-    with server("torch") as torch_port, server("ours") as our_port:
+    placements = PLACEMENTS if len(ALL_CPUS) > 1 else {}
+    with server("torch") as (torch_port, torch_pid), server("ours") as (our_port, our_pid):
         ports = {"torch": torch_port, "ours": our_port}
         for r in range(rounds):  # interleave pairings each round so drift hits all alike
+            for where, (client_cpus, server_cpus) in placements.items():
+                pin(os.getpid(), client_cpus)
+                pin(torch_pid, server_cpus)
+                pin(our_pid, server_cpus)
+                for pair in PAIRINGS:
+                    kind, srv = pair
+                    c = client(kind, ports[srv])
+                    tag = f"{kind}-{r}"
+                    for name, value in [
+                        ("add round trip (µs)", lat_add(c, tag, n)),
+                        ("get (µs)", lat_get(c, tag, n)),
+                        ("multi_set 1000 keys (ms)", multi(c, tag, 20, "multi_set")),
+                        ("multi_get 1000 keys (ms)", multi(c, tag, 20, "multi_get")),
+                    ]:
+                        record(f"{name}, {where}", pair, value)
+                    if hasattr(c, "close"):
+                        c.close()
+            for pid in (os.getpid(), torch_pid, our_pid):
+                pin(pid, ALL_CPUS)
             for pair in PAIRINGS:
                 kind, srv = pair
-                c = client(kind, ports[srv])
-                tag = f"{kind}-{r}"
-                for name, value in [
-                    ("add round trip (µs)", lat_add(c, tag, n)),
-                    ("get (µs)", lat_get(c, tag, n)),
-                    ("multi_set 1000 keys (ms)", multi(c, tag, 20, "multi_set")),
-                    ("multi_get 1000 keys (ms)", multi(c, tag, 20, "multi_get")),
-                ]:
-                    record(name, pair, [*table.get(name, {}).get(pair, []), value])
                 for procs, adds in [(1, n), (4, n), (64, max(50, n // 20))]:
                     name = f"adds/s, {procs} client process{'es' if procs > 1 else ''}"
-                    value = in_clean_process("throughput", kind, ports[srv], procs, adds)
-                    record(name, pair, [*table.get(name, {}).get(pair, []), value])
-                if hasattr(c, "close"):
-                    c.close()
+                    record(
+                        name, pair, in_clean_process("throughput", kind, ports[srv], procs, adds)
+                    )
         for pair in PAIRINGS:
             kind, srv = pair
             c = client(kind, ports[srv])
@@ -264,20 +294,29 @@ def run(rounds: int, quick: bool) -> dict[str, dict[tuple[str, str], Any]]:
             for procs in (128,) if quick else (128, 512):
                 name = f"add-then-wait barrier, {procs} processes, from go (s)"
                 record(name, pair, in_clean_process("barrier", kind, ports[srv], procs))
-    return {
-        name: {p: statistics.median(v) if isinstance(v, list) else v for p, v in row.items()}
-        for name, row in table.items()
-    }
+    return {name: {p: _median(v) for p, v in row.items()} for name, row in table.items()}
+
+
+def _median(values: list[Any]) -> Any:
+    """The median of the numbers; a failure's text when any round failed."""
+    failed = [v for v in values if not isinstance(v, float)]
+    return failed[0] if failed else statistics.median(values)
 
 
 #: (row, pairing compared with torch→torch, target, "le" = ratio must be <=, "ge" = >=)
 TARGETS = [
-    ("add round trip (µs)", ("torch", "ours"), 1.15, "le"),
-    ("add round trip (µs)", ("ours", "ours"), 1.3, "le"),
-    ("get (µs)", ("ours", "ours"), 0.6, "le"),
+    *(
+        target
+        for where in PLACEMENTS
+        for target in [
+            (f"add round trip (µs), {where}", ("torch", "ours"), 1.15, "le"),
+            (f"add round trip (µs), {where}", ("ours", "ours"), 1.3, "le"),
+            (f"get (µs), {where}", ("ours", "ours"), 0.6, "le"),
+            (f"multi_get 1000 keys (ms), {where}", ("ours", "ours"), 1.0, "le"),
+            (f"multi_set 1000 keys (ms), {where}", ("ours", "ours"), 1.0, "le"),
+        ]
+    ),
     ("adds/s, 4 client processes", ("ours", "ours"), 1.0, "ge"),
-    ("multi_get 1000 keys (ms)", ("ours", "ours"), 1.0, "le"),
-    ("multi_set 1000 keys (ms)", ("ours", "ours"), 1.0, "le"),
     ("add-then-wait barrier, 128 processes, from go (s)", ("ours", "ours"), 1.0, "le"),
     ("add-then-wait barrier, 512 processes, from go (s)", ("ours", "ours"), 1.0, "le"),
 ]
@@ -333,14 +372,25 @@ def main() -> None:
     text = markdown(result, args.rounds)
     print(text)
     if args.markdown:
-        Path(args.markdown).write_text(
+        out = Path(args.markdown)
+        # Keep the hand-written reading notes that follow the tables.
+        old = out.read_text() if out.exists() else ""
+        notes = old[old.find(NOTES) :] if NOTES in old else ""
+        out.write_text(
             "# TCPStore benchmark\n\n"
             f"`python benchmarks/tcp_store.py --rounds {args.rounds}"
             f"{' --quick' if args.quick else ''}`, on this machine kind (2 vCPUs, gVisor), "
             f"{time.strftime('%Y-%m-%d')}.  Pairings are client→server; every server runs in "
-            "its own process; reverse DNS is made numeric for every process (see the script's "
-            "docstring).  Lower is better except for adds/s.\n\n" + text + "\n"
+            "its own process; reverse DNS is made numeric for every process, and the "
+            "single-client rows are measured with client and servers pinned to one CPU and to "
+            "two (see the script's docstring).  Lower is better except for adds/s.\n\n"
+            + text
+            + "\n"
+            + (f"\n{notes}" if notes else "")
         )
+
+
+NOTES = "## Reading these figures"
 
 
 if __name__ == "__main__":
