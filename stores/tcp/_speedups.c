@@ -227,6 +227,23 @@ watched(PyObject *waiters, PyObject *key)
     return PyDict_Contains(waiters, key);
 }
 
+/* The key as bytes when no waiter watches it: 1 (*key is a new reference), 0 when a write to
+ * it must go through Python, -1 on error. */
+static int
+unwatched_key(PyObject *waiters, const unsigned char *k, Py_ssize_t klen, PyObject **key)
+{
+    *key = PyBytes_FromStringAndSize((const char *)k, klen);
+    if (*key == NULL) {
+        return -1;
+    }
+    int w = watched(waiters, *key);
+    if (w != 0) {
+        Py_CLEAR(*key);
+        return w < 0 ? -1 : 0;
+    }
+    return 1;
+}
+
 /* Are all `count` keys from in->pos in `data`?  Leaves in->pos after the keys.
  * 1 yes, 0 incomplete / too long / some key missing, -1 error. */
 static int
@@ -304,14 +321,10 @@ serve_one(In *in, PyObject *data, PyObject *waiters, PyObject *queues, int exten
         if (!take_str(in, in->max_key, &k, &klen) || !take_str(in, in->max_value, &v, &vlen)) {
             return 0;
         }
-        PyObject *key = PyBytes_FromStringAndSize((const char *)k, klen);
-        if (key == NULL) {
-            return -1;
-        }
-        int w = watched(waiters, key);
-        if (w != 0) {
-            Py_DECREF(key);
-            return w < 0 ? -1 : 0;
+        PyObject *key;
+        int rc_key = unwatched_key(waiters, k, klen, &key);
+        if (rc_key <= 0) {
+            return rc_key;
         }
         PyObject *value = PyBytes_FromStringAndSize((const char *)v, vlen);
         int rc = value == NULL ? -1 : PyDict_SetItem(data, key, value);
@@ -349,14 +362,10 @@ serve_one(In *in, PyObject *data, PyObject *waiters, PyObject *queues, int exten
         if (!take_str(in, in->max_key, &k, &klen) || !take_u64(in, &amount)) {
             return 0;
         }
-        PyObject *key = PyBytes_FromStringAndSize((const char *)k, klen);
-        if (key == NULL) {
-            return -1;
-        }
-        int w = watched(waiters, key);
-        if (w != 0) {
-            Py_DECREF(key);
-            return w < 0 ? -1 : 0;
+        PyObject *key;
+        int rc_key = unwatched_key(waiters, k, klen, &key);
+        if (rc_key <= 0) {
+            return rc_key;
         }
         PyObject *old = PyDict_GetItemWithError(data, key); /* borrowed */
         int64_t base = 0;

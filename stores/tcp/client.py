@@ -227,11 +227,7 @@ class TCPClient:
                 raise
             except OSError as exc:
                 self._drop()
-                raise StoreBroken(
-                    f"TCPStore {self.endpoint}: {op} failed, connection lost ({exc.strerror})",
-                    host=self.host,
-                    port=self.port,
-                ) from exc
+                raise self._lost(op, exc) from exc
             if not chunk:
                 self._drop()
                 raise self._closed_during(op)
@@ -302,11 +298,7 @@ class TCPClient:
             raise self._closed_during(op) from None
         except OSError as exc:
             self._drop()
-            raise StoreBroken(
-                f"TCPStore {self.endpoint}: {op} failed, connection lost ({exc.strerror})",
-                host=self.host,
-                port=self.port,
-            ) from exc
+            raise self._lost(op, exc) from exc
         if parse is None:
             return None
         if not may_block or took <= MAX_SAMPLE:
@@ -323,6 +315,13 @@ class TCPClient:
             raise StoreValueError(value.decode("utf-8", "replace"))
         self._drop()
         raise StoreBroken(f"TCPStore {self.endpoint}: unexpected status {status} in {op}")
+
+    def _lost(self, op: str, exc: OSError) -> StoreBroken:
+        return StoreBroken(
+            f"TCPStore {self.endpoint}: {op} failed, connection lost ({exc.strerror})",
+            host=self.host,
+            port=self.port,
+        )
 
     def _closed_during(self, op: str) -> StoreBroken:
         return StoreBroken(
