@@ -12,7 +12,8 @@
  * Replies of one call are written with a single write() call, in request order.
  *
  * call(): the client side.  Send a request on a blocking socket and read its reply, spinning
- * with MSG_DONTWAIT for up to `spin` seconds before sleeping in poll(), all without the GIL.
+ * with MSG_DONTWAIT for up to `spin` seconds before sleeping (in one recv bounded by the socket's
+ * SO_RCVTIMEO when the deadline allows, else poll() then recv()), all without the GIL.
  *
  * Byte layout: ../../../shared/TCP_PROTOCOL.md (little-endian integers; strings are u64 length
  * plus bytes).
@@ -227,14 +228,27 @@ watched(PyObject *waiters, PyObject *key)
     return PyDict_Contains(waiters, key);
 }
 
-/* The key as bytes when no waiter watches it: 1 (*key is a new reference), 0 when a write to
- * it must go through Python, -1 on error. */
+/* The key at in->pos as bytes: 1 (*key is a new reference), 0 incomplete or too long,
+ * -1 error. */
 static int
-unwatched_key(PyObject *waiters, const unsigned char *k, Py_ssize_t klen, PyObject **key)
+take_key(In *in, PyObject **key)
 {
+    const unsigned char *k;
+    Py_ssize_t klen;
+    if (!take_str(in, in->max_key, &k, &klen)) {
+        return 0;
+    }
     *key = PyBytes_FromStringAndSize((const char *)k, klen);
-    if (*key == NULL) {
-        return -1;
+    return *key == NULL ? -1 : 1;
+}
+
+/* take_key() for a write: 0 also when a waiter watches the key (Python must wake it). */
+static int
+take_unwatched_key(In *in, PyObject *waiters, PyObject **key)
+{
+    int rc = take_key(in, key);
+    if (rc <= 0) {
+        return rc;
     }
     int w = watched(waiters, *key);
     if (w != 0) {
@@ -250,14 +264,10 @@ static int
 all_present(In *in, PyObject *data, Py_ssize_t count)
 {
     for (Py_ssize_t i = 0; i < count; i++) {
-        const unsigned char *k;
-        Py_ssize_t klen;
-        if (!take_str(in, in->max_key, &k, &klen)) {
-            return 0;
-        }
-        PyObject *key = PyBytes_FromStringAndSize((const char *)k, klen);
-        if (key == NULL) {
-            return -1;
+        PyObject *key;
+        int rc = take_key(in, &key);
+        if (rc <= 0) {
+            return rc;
         }
         int has = PyDict_Contains(data, key);
         Py_DECREF(key);
@@ -269,21 +279,15 @@ all_present(In *in, PyObject *data, Py_ssize_t count)
 }
 
 /* Append the values of `count` keys from in->pos (b"" for a missing key when `missing_ok`,
- * else stop).  1 done, 0 stop, -1 error.  On 0 the reply buffer is rolled back. */
+ * else stop).  1 done, 0 stop (the caller rolls the reply buffer back), -1 error. */
 static int
 put_values(In *in, PyObject *data, Py_ssize_t count, Out *o, int missing_ok)
 {
-    size_t mark = o->len;
     for (Py_ssize_t i = 0; i < count; i++) {
-        const unsigned char *k;
-        Py_ssize_t klen;
-        if (!take_str(in, in->max_key, &k, &klen)) {
-            o->len = mark;
-            return 0;
-        }
-        PyObject *key = PyBytes_FromStringAndSize((const char *)k, klen);
-        if (key == NULL) {
-            return -1;
+        PyObject *key;
+        int rc = take_key(in, &key);
+        if (rc <= 0) {
+            return rc;
         }
         PyObject *value = PyDict_GetItemWithError(data, key); /* borrowed */
         Py_DECREF(key);
@@ -292,7 +296,6 @@ put_values(In *in, PyObject *data, Py_ssize_t count, Out *o, int missing_ok)
         }
         if (value == NULL) {
             if (!missing_ok) {
-                o->len = mark;
                 return 0;
             }
             if (out_u64(o, 0) < 0) {
@@ -309,25 +312,26 @@ put_values(In *in, PyObject *data, Py_ssize_t count, Out *o, int missing_ok)
 /* Handle one request at in->pos.  1 handled (in->pos moved past it), 0 leave it to Python,
  * -1 error.  Nothing is changed in the state unless 1 is returned. */
 static int
-serve_one(In *in, PyObject *data, PyObject *waiters, PyObject *queues, int extended, Out *o)
+serve_one(In *in, PyObject *data, PyObject *waiters, int extended, Out *o)
 {
     const unsigned char *k, *v;
     Py_ssize_t klen, vlen, count;
+    PyObject *key;
+    int rc;
     int cmd = in->b[in->pos];
     in->pos += 1;
 
     switch (cmd) {
     case Q_SET: {
-        if (!take_str(in, in->max_key, &k, &klen) || !take_str(in, in->max_value, &v, &vlen)) {
+        if ((rc = take_unwatched_key(in, waiters, &key)) <= 0) {
+            return rc;
+        }
+        if (!take_str(in, in->max_value, &v, &vlen)) {
+            Py_DECREF(key);
             return 0;
         }
-        PyObject *key;
-        int rc_key = unwatched_key(waiters, k, klen, &key);
-        if (rc_key <= 0) {
-            return rc_key;
-        }
         PyObject *value = PyBytes_FromStringAndSize((const char *)v, vlen);
-        int rc = value == NULL ? -1 : PyDict_SetItem(data, key, value);
+        rc = value == NULL ? -1 : PyDict_SetItem(data, key, value);
         Py_DECREF(key);
         Py_XDECREF(value);
         return rc < 0 ? -1 : 1;
@@ -337,12 +341,8 @@ serve_one(In *in, PyObject *data, PyObject *waiters, PyObject *queues, int exten
         if (cmd == Q_WAIT_GET && !extended) {
             return 0; /* Python raises the protocol error */
         }
-        if (!take_str(in, in->max_key, &k, &klen)) {
-            return 0;
-        }
-        PyObject *key = PyBytes_FromStringAndSize((const char *)k, klen);
-        if (key == NULL) {
-            return -1;
+        if ((rc = take_key(in, &key)) <= 0) {
+            return rc;
         }
         PyObject *value = PyDict_GetItemWithError(data, key); /* borrowed */
         Py_DECREF(key);
@@ -359,13 +359,12 @@ serve_one(In *in, PyObject *data, PyObject *waiters, PyObject *queues, int exten
     }
     case Q_ADD: {
         uint64_t amount;
-        if (!take_str(in, in->max_key, &k, &klen) || !take_u64(in, &amount)) {
-            return 0;
+        if ((rc = take_unwatched_key(in, waiters, &key)) <= 0) {
+            return rc;
         }
-        PyObject *key;
-        int rc_key = unwatched_key(waiters, k, klen, &key);
-        if (rc_key <= 0) {
-            return rc_key;
+        if (!take_u64(in, &amount)) {
+            Py_DECREF(key);
+            return 0;
         }
         PyObject *old = PyDict_GetItemWithError(data, key); /* borrowed */
         int64_t base = 0;
@@ -382,7 +381,7 @@ serve_one(In *in, PyObject *data, PyObject *waiters, PyObject *queues, int exten
         char text[24];
         int tlen = snprintf(text, sizeof text, "%lld", (long long)total);
         PyObject *value = PyBytes_FromStringAndSize(text, tlen);
-        int rc = value == NULL ? -1 : PyDict_SetItem(data, key, value);
+        rc = value == NULL ? -1 : PyDict_SetItem(data, key, value);
         Py_DECREF(key);
         Py_XDECREF(value);
         if (rc < 0 || out_status(o, extended) < 0 || out_u64(o, (uint64_t)total) < 0) {
@@ -408,12 +407,8 @@ serve_one(In *in, PyObject *data, PyObject *waiters, PyObject *queues, int exten
                    ? -1
                    : 1;
     case Q_DELETE_KEY: {
-        if (!take_str(in, in->max_key, &k, &klen)) {
-            return 0;
-        }
-        PyObject *key = PyBytes_FromStringAndSize((const char *)k, klen);
-        if (key == NULL) {
-            return -1;
+        if ((rc = take_key(in, &key)) <= 0) {
+            return rc;
         }
         int has = PyDict_Contains(data, key);
         if (has == 1 && PyDict_DelItem(data, key) < 0) {
@@ -437,7 +432,7 @@ serve_one(In *in, PyObject *data, PyObject *waiters, PyObject *queues, int exten
         if (out_status(o, extended) < 0) {
             return -1;
         }
-        int rc = put_values(in, data, count, o, cmd == Q_MULTI_GET);
+        rc = put_values(in, data, count, o, cmd == Q_MULTI_GET);
         if (rc == 0) {
             o->len = mark;
         }
@@ -447,7 +442,8 @@ serve_one(In *in, PyObject *data, PyObject *waiters, PyObject *queues, int exten
         if (!take_count(in, &count)) {
             return 0;
         }
-        /* Check the whole request first: it is applied entirely here or entirely in Python. */
+        /* Applied entirely here or entirely in Python: first check that the request is
+         * complete and within the limits, and that no waiter watches any of its keys. */
         Py_ssize_t first = in->pos;
         for (Py_ssize_t i = 0; i < count; i++) {
             if (!take_str(in, in->max_key, &k, &klen) ||
@@ -456,76 +452,69 @@ serve_one(In *in, PyObject *data, PyObject *waiters, PyObject *queues, int exten
             }
         }
         Py_ssize_t end = in->pos;
-        int check_waiters = PyDict_GET_SIZE(waiters) != 0;
-        for (int pass = check_waiters ? 0 : 1; pass < 2; pass++) {
+        if (PyDict_GET_SIZE(waiters) != 0) {
             in->pos = first;
             for (Py_ssize_t i = 0; i < count; i++) {
-                take_str(in, in->max_key, &k, &klen);
-                take_str(in, in->max_value, &v, &vlen);
-                PyObject *key = PyBytes_FromStringAndSize((const char *)k, klen);
-                if (key == NULL) {
-                    return -1;
-                }
-                int rc;
-                if (pass == 0) {
-                    rc = PyDict_Contains(waiters, key);
-                    if (rc != 0) {
-                        Py_DECREF(key);
-                        return rc < 0 ? -1 : 0;
-                    }
-                }
-                else {
-                    PyObject *value = PyBytes_FromStringAndSize((const char *)v, vlen);
-                    rc = value == NULL ? -1 : PyDict_SetItem(data, key, value);
-                    Py_XDECREF(value);
-                    if (rc < 0) {
-                        Py_DECREF(key);
-                        return -1;
-                    }
+                if ((rc = take_unwatched_key(in, waiters, &key)) <= 0) {
+                    return rc;
                 }
                 Py_DECREF(key);
+                take_str(in, in->max_value, &v, &vlen);
+            }
+        }
+        in->pos = first;
+        for (Py_ssize_t i = 0; i < count; i++) {
+            if ((rc = take_key(in, &key)) < 0) {
+                return -1;
+            }
+            take_str(in, in->max_value, &v, &vlen);
+            PyObject *value = PyBytes_FromStringAndSize((const char *)v, vlen);
+            rc = value == NULL ? -1 : PyDict_SetItem(data, key, value);
+            Py_DECREF(key);
+            Py_XDECREF(value);
+            if (rc < 0) {
+                return -1;
             }
         }
         in->pos = end;
         return 1;
     }
     default:
-        (void)queues;
         return 0;
     }
 }
 
 PyDoc_STRVAR(serve_doc,
-"serve(data, waiters, queues, extended, max_key, max_value, max_keys, write, buf) -> int\n\n"
+"serve(data, waiters, extended, max_key, max_value, max_keys, write, buf) -> int\n\n"
 "Answer the leading requests in buf that need only the data dict; write their replies with\n"
 "one write() call; return the number of bytes consumed (0: leave everything to Python).");
 
 static PyObject *
 serve(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 9) {
-        PyErr_Format(PyExc_TypeError, "serve() takes 9 arguments (%zd given)", nargs);
+    if (nargs != 8) {
+        PyErr_Format(PyExc_TypeError, "serve() takes 8 arguments (%zd given)", nargs);
         return NULL;
     }
     /* buf comes last so that a connection can bind the rest once (functools.partial) */
-    PyObject *data = args[0], *waiters = args[1], *queues = args[2], *write = args[7];
-    if (!PyDict_CheckExact(data) || !PyDict_CheckExact(waiters) || !PyDict_CheckExact(queues)) {
-        PyErr_SetString(PyExc_TypeError, "serve(): data, waiters and queues must be dicts");
+    PyObject *data = args[0], *waiters = args[1], *write = args[6];
+    if (!PyDict_CheckExact(data) || !PyDict_CheckExact(waiters)) {
+        PyErr_SetString(PyExc_TypeError, "serve(): data and waiters must be dicts");
         return NULL;
     }
-    int extended = PyObject_IsTrue(args[3]);
+    int extended = PyObject_IsTrue(args[2]);
     if (extended < 0) {
         return NULL;
     }
     In in = {0};
-    in.max_key = PyLong_AsUnsignedLongLong(args[4]);
-    in.max_value = PyLong_AsUnsignedLongLong(args[5]);
-    in.max_keys = PyLong_AsUnsignedLongLong(args[6]);
+    in.max_key = PyLong_AsUnsignedLongLong(args[3]);
+    in.max_value = PyLong_AsUnsignedLongLong(args[4]);
+    in.max_keys = PyLong_AsUnsignedLongLong(args[5]);
     if (PyErr_Occurred()) {
         return NULL;
     }
     Py_buffer view;
-    if (PyObject_GetBuffer(args[8], &view, PyBUF_SIMPLE) < 0) {
+    if (PyObject_GetBuffer(args[7], &view, PyBUF_SIMPLE) < 0) {
         return NULL;
     }
     in.b = view.buf;
@@ -535,7 +524,7 @@ serve(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     int rc = 1;
     while (done < in.n && o.len < BATCH_REPLY_BYTES) {
         in.pos = done;
-        rc = serve_one(&in, data, waiters, queues, extended, &o);
+        rc = serve_one(&in, data, waiters, extended, &o);
         if (rc <= 0) {
             break;
         }

@@ -26,11 +26,14 @@ from typing import Any
 from .._errors import StoreError
 from ._accel import speedups
 from ._state import Conn, ServerState
-from .codec import Limits, ProtocolError, RequestDecoder
+from .codec import Limits, ProtocolError, Query, RequestDecoder
 
 __all__ = ["ServerProcess", "TCPServer", "bind_listener"]
 
 log = logging.getLogger("stores.tcp.server")
+
+#: The requests that change a connection's handshake state (validated, extended).
+_HANDSHAKE = frozenset({Query.VALIDATE, Query.PING})
 
 
 def bind_listener(port: int, backlog: int = 4096) -> socket.socket:
@@ -125,8 +128,7 @@ class _Connection(asyncio.Protocol):
             try:
                 used = serve(data)
             except Exception:
-                log.exception("dropping connection %s after an internal error", conn.name)
-                self.transport.abort()
+                self._internal_error(conn)
                 return
             if used == len(data):
                 return
@@ -157,16 +159,18 @@ class _Connection(asyncio.Protocol):
                 if request is None:
                     break
                 handle(conn, request)
-                if conn.extended != decoder.extended or (conn.validated and not self.serve):
+                if request[0] in _HANDSHAKE:  # validated or extended: rebind the fast path
                     decoder.extended = conn.extended
-                    if self.server.serve_fast is not None:
-                        self._arm()
+                    self._arm()
         except ProtocolError as exc:
             log.warning("dropping connection %s: %s", conn.name, exc)
             self.transport.abort()
         except Exception:
-            log.exception("dropping connection %s after an internal error", conn.name)
-            self.transport.abort()
+            self._internal_error(conn)
+
+    def _internal_error(self, conn: Conn) -> None:
+        log.exception("dropping connection %s after an internal error", conn.name)
+        self.transport.abort()
 
     def _arm(self) -> None:
         """Bind the C fast path to this connection once validated (again once extended)."""
@@ -176,7 +180,7 @@ class _Connection(asyncio.Protocol):
             return
         state, lim = self.server.state, self.server.limits
         self.serve = functools.partial(
-            serve, state.data, state.waiters, state.queues, conn.extended,
+            serve, state.data, state.waiters, conn.extended,
             lim.max_key, lim.max_value, lim.max_keys, conn.send,
         )  # fmt: skip
 
