@@ -1,11 +1,14 @@
 """How the client waits for a reply: spin (poll with MSG_DONTWAIT) or sleep in the kernel.
 
-Measured on gVisor (this project's machines), with the client and the server pinned:
+Measured on gVisor (this project's machines), with the client and the server pinned to CPUs:
 
 - on different CPUs, a recv that has to sleep costs ~70 µs more to wake than spinning for the
-  reply (a 100 µs round trip against 30 µs), so spinning wins, as SO_BUSY_POLL does;
+  reply (an ``add`` round trip of about 100 µs against 40 µs), so spinning wins, as
+  SO_BUSY_POLL does;
 - on one CPU, the spinning client delays the server it waits for, and sleeping wins
-  (12 µs against 17 µs).
+  (about 12 µs against 16 µs).
+
+``benchmarks/tcp_store.py`` shows both placements (its "same CPU" and "split CPUs" rows).
 
 Which case holds depends on where the scheduler puts the two processes, and changes while a
 program runs.  So the client measures both: it uses the faster way for a stint, then tries the
@@ -53,10 +56,11 @@ class SpinPolicy:
         mode = "spin" if self.budget else "sleep"
         return f"SpinPolicy({mode}; sleeping {sleeping}, spinning {spinning})"
 
-    def record(self, seconds: float) -> None:
-        """Account one round trip made with the current :attr:`budget` (see :data:`MAX_SAMPLE`
-        for requests that may block)."""
-        if not self.spin:
+    def record(self, seconds: float, may_block: bool = False) -> None:
+        """Account one round trip made with the current :attr:`budget`.  ``may_block``: the
+        server may have held the reply back (a wait); then only a quick reply counts
+        (:data:`MAX_SAMPLE`)."""
+        if not self.spin or (may_block and seconds > MAX_SAMPLE):
             return
         mode = 1 if self.budget else 0
         avg = self._avg

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from .._errors import StoreBroken, StoreClosed, StoreTimeout, StoreValueError
 from ._accel import speedups
-from ._spin import MAX_SAMPLE, SpinPolicy
+from ._spin import SpinPolicy
 from .codec import (
     CHECK_READY,
     EXT_ACK,
@@ -270,18 +270,16 @@ class TCPClient:
         Through the C speedups when the reply has a simple shape and nothing is buffered;
         a reply they leave incomplete (deadline passed, a signal arrived) is finished here.
         """
+        deadline = None if timeout == 0 else start + timeout
         shape = _SHAPES.get(parse)
         fast = self._fast
         if fast is None or shape is None or self._buf or len(payload) > _FAST_PAYLOAD:
-            deadline = None if timeout == 0 else start + timeout
             self._send(payload)
             if parse is None:
                 return None
             sent = time.perf_counter()
             result = self._reply(parse, deadline, op)
-            took = time.perf_counter() - sent
-            if not may_block or took <= MAX_SAMPLE:
-                self.spin.record(took)
+            self.spin.record(time.perf_counter() - sent, may_block)
             return result
         try:
             status, value, rest, took = fast(
@@ -301,8 +299,7 @@ class TCPClient:
             raise self._lost(op, exc) from exc
         if parse is None:
             return None
-        if not may_block or took <= MAX_SAMPLE:
-            self.spin.record(took)
+        self.spin.record(took, may_block)
         if rest:
             self._buf += rest
         if status == STATUS_OK:
@@ -310,7 +307,7 @@ class TCPClient:
                 raise StoreBroken(f"TCPStore: expected STOP_WAITING, got {value}")
             return value  # type: ignore[no-any-return]
         if status < 0:  # not complete yet: read the rest (and time out) in Python
-            return self._reply(parse, None if timeout == 0 else start + timeout, op)
+            return self._reply(parse, deadline, op)
         if status == STATUS_ERROR:
             raise StoreValueError(value.decode("utf-8", "replace"))
         self._drop()

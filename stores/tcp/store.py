@@ -286,8 +286,8 @@ class TCPStore(Store):
     def multi_set(self, keys: Sequence[KeyLike], values: Sequence[ValueLike]) -> None:
         names, data = self._pairs(keys, values)
         client = self._c("multi_set")
-        encode = client.speedups and client.speedups.encode_multi_set
-        payload = encode and encode(PREFIX_BYTES, names, data)
+        fast = client.speedups
+        payload = fast.encode_multi_set(PREFIX_BYTES, names, data) if fast else None
         if payload is None:  # no speedups, or a key with lone surrogates
             payload = encode_multi_set(list(zip(_enc_all(names), data, strict=True)))
         client.multi_set(payload)
