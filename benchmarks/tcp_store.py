@@ -253,7 +253,8 @@ def run(rounds: int, quick: bool) -> dict[str, dict[tuple[str, str], Any]]:
     def record(name: str, pair: tuple[str, str], value: Any) -> None:
         table.setdefault(name, {})[pair] = [*table.get(name, {}).get(pair, []), value]
 
-    placements = PLACEMENTS if len(ALL_CPUS) > 1 else {}
+    # With one CPU there is one placement only.
+    placements = PLACEMENTS if len(ALL_CPUS) > 1 else {"same CPU": PLACEMENTS["same CPU"]}
     with server("torch") as (torch_port, torch_pid), server("ours") as (our_port, our_pid):
         ports = {"torch": torch_port, "ours": our_port}
         for r in range(rounds):  # interleave pairings each round so drift hits all alike
