@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import multiprocess
 
-from harness import Endpoint, Fate, RankContext, run_world
+from storeharness.harness import Endpoint, Fate, RankContext, run_world
 
 TARGET = 0.15
 

@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stores import FileStore, HashStore
+from storeharness.stores import FileStore, HashStore
 
 OPS = ("set", "get", "add", "check")
 TARGETS = {"hash": 5.0, "file": 2.0}

@@ -83,7 +83,7 @@ def server(kind: str) -> Iterator[tuple[int, int]]:
             proc.stdin.close()
             proc.wait(30)
     else:
-        from stores.tcp import ServerProcess, bind_listener
+        from storeharness.stores.tcp import ServerProcess, bind_listener
 
         ours = ServerProcess(bind_listener(0))
         try:
@@ -109,7 +109,7 @@ def client(kind: str, port: int) -> Any:
         import torch.distributed as dist
 
         return dist.TCPStore("127.0.0.1", port, None, False, timedelta(seconds=600))
-    from stores import TCPStore
+    from storeharness.stores import TCPStore
 
     return TCPStore("127.0.0.1", port, timeout=600)
 

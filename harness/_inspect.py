@@ -110,7 +110,7 @@ def wait_for_dumps(logs: dict[str, int], limit: float) -> None:
 
 
 def _package_dirs() -> tuple[str, ...]:
-    import stores
+    from .. import stores
 
     dirs = [os.path.dirname(os.path.abspath(m.__file__ or "")) for m in (stores, multiprocess)]
     dirs.append(os.path.dirname(os.path.abspath(__file__)))

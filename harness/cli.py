@@ -169,7 +169,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``storeharness`` and ``python -m harness``; returns the exit code."""
+    """Entry point of ``storeharness`` and ``python -m storeharness``; returns the exit code."""
     parser = argparse.ArgumentParser(prog="storeharness", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="run scenarios and print a report (the default)")

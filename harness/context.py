@@ -26,7 +26,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from stores import Store
+from ..stores import Store
 
 __all__ = ["DUMP_SIGNAL", "RankContext", "RankStopped"]
 

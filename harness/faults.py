@@ -229,7 +229,9 @@ def check(faults: Iterable[object]) -> list[str]:
     for fault in faults:
         if not isinstance(fault, FAULT_TYPES):
             names = ", ".join(t.__name__ for t in FAULT_TYPES)
-            problems.append(f"{fault!r} is not a fault; use one of {names} from harness.faults")
+            problems.append(
+                f"{fault!r} is not a fault; use one of {names} from storeharness.harness.faults"
+            )
             continue
         point = trigger(fault)
         if point is not None and not (isinstance(point, Point) and point.name):

@@ -22,8 +22,7 @@ from typing import Any
 
 import pytest
 
-from stores import Capability, Store
-
+from ..stores import Capability, Store
 from .run import CaseResult, run_case
 from .scenario import Case, Scenario
 from .targets import DEFAULT_TARGETS, TARGETS, Endpoint, torch_missing

@@ -163,7 +163,8 @@ class ProxyProcess:
         self.port: int = listener.getsockname()[1]
         self.upstream = (upstream_host, upstream_port)
         args = [
-            sys.executable, "-m", "harness.proxy", "--listen-fd", str(listener.fileno()),
+            sys.executable, "-m", "storeharness.harness.proxy",
+            "--listen-fd", str(listener.fileno()),
             "--upstream", f"{upstream_host}:{upstream_port}",
         ]  # fmt: skip
         self.proc = subprocess.Popen(

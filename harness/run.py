@@ -143,7 +143,7 @@ def load_scenarios(paths: Sequence[str] = ()) -> list[Scenario]:
     raises on import (a bad definition raises :class:`~harness.scenario.ScenarioError`).
     """
     if not paths:
-        import scenarios
+        from .. import scenarios
 
         found = []
         for info in sorted(pkgutil.iter_modules(scenarios.__path__), key=lambda i: i.name):

@@ -2,8 +2,8 @@
 
 ::
 
-    from harness import scenario, after, Signal, raises, returns
-    from stores import StoreTimeout
+    from ..harness import scenario, after, Signal, raises, returns
+    from ..stores import StoreTimeout
 
     @scenario(world_size=[2, 8], workers="process", expect={-1: raises(StoreTimeout)})
     def last_rank_times_out(ctx):
@@ -24,10 +24,9 @@ import re
 import signal
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, overload
 
-from stores import Capability
-
+from ..stores import Capability
 from . import faults as F
 from .context import RankContext
 from .targets import TARGETS, TargetSpec
@@ -299,8 +298,14 @@ class Scenario:
         return self.expect.get("*", Returns())
 
 
+@overload
+def scenario(fn: Callable[[RankContext], Any], /) -> Scenario: ...
+
+
+@overload
 def scenario(
-    fn: Callable[[RankContext], Any] | None = None,
+    fn: None = None,
+    /,
     *,
     world_size: WorldSize = 4,
     workers: str = "process",
@@ -312,7 +317,24 @@ def scenario(
     op_timeout: float | None = 10.0,
     rank_budget: float | None = None,
     name: str | None = None,
-) -> Any:
+) -> Callable[[Callable[[RankContext], Any]], Scenario]: ...
+
+
+def scenario(
+    fn: Callable[[RankContext], Any] | None = None,
+    /,
+    *,
+    world_size: WorldSize = 4,
+    workers: str = "process",
+    needs: Iterable[Capability | str] = (),
+    stores: Iterable[str] | None = None,
+    faults: Iterable[F.Fault] = (),
+    expect: Mapping[int | str, Expect] | None = None,
+    deadline: float = 30.0,
+    op_timeout: float | None = 10.0,
+    rank_budget: float | None = None,
+    name: str | None = None,
+) -> Scenario | Callable[[Callable[[RankContext], Any]], Scenario]:
     """Declare a scenario: ``fn(ctx)`` runs on every rank (use as ``@scenario(...)``).
 
     ``world_size``: an int, a list of ints (one case each) or :class:`NonFixed`.

@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from stores import Capability, FileStore, HashStore, PrefixStore, Store, StoreError, TCPStore
-from stores.tcp import ServerProcess, bind_listener
-
+from ..stores import Capability, FileStore, HashStore, PrefixStore, Store, StoreError, TCPStore
+from ..stores.tcp import ServerProcess, bind_listener
 from . import faults as F
 from ._inspect import stop_child
 from .proxy import ProxyProcess
@@ -119,7 +118,7 @@ def _prefixed_tcp_client(port: int, timeout: float) -> Store:
 
 
 def _torch_tcp_client(port: int, timeout: float) -> Store:
-    from stores.torch_adapter import torch_tcp_client
+    from ..stores.torch_adapter import torch_tcp_client
 
     return torch_tcp_client("127.0.0.1", port, timeout)
 
@@ -127,7 +126,7 @@ def _torch_tcp_client(port: int, timeout: float) -> Store:
 def _torch_file(path: str, timeout: float) -> Store:
     from datetime import timedelta
 
-    from stores.torch_adapter import TorchStore, dist
+    from ..stores.torch_adapter import TorchStore, dist
 
     def reopen() -> Any:
         store = dist.FileStore(path, -1)
@@ -220,7 +219,7 @@ class Endpoint:
         elif self.name == "hash":
             self._local = HashStore(timeout=self.timeout)
         elif self.name == "torch-hash":
-            from stores.torch_adapter import TorchStore, dist
+            from ..stores.torch_adapter import TorchStore, dist
 
             self._local = TorchStore(dist.HashStore())
         elif self.name == "file":
@@ -253,7 +252,7 @@ class Endpoint:
         local = self._local
         assert local is not None
         if self.name == "torch-hash":
-            from stores.torch_adapter import TorchStore
+            from ..stores.torch_adapter import TorchStore
 
             return functools.partial(TorchStore, local.torch_store)  # type: ignore[attr-defined]
         return local.clone

@@ -26,8 +26,7 @@ from typing import Any, Protocol
 
 import multiprocess
 
-from stores import Store
-
+from ..stores import Store
 from . import _inspect as I
 from . import faults as F
 from .context import (

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import signal
 
-from harness import NonFixed, Signal, after, raises, returns, scenario
-from harness.context import RankContext
-from harness.faults import Missing
-from stores import StoreTimeout
+from storeharness import NonFixed, Signal, after, raises, returns, scenario
+from storeharness.harness.context import RankContext
+from storeharness.harness.faults import Missing
+from storeharness.stores import StoreTimeout
 
 
 @scenario(world_size=[2, 8], workers="both")

@@ -25,7 +25,8 @@ class PrefixStore(Store):
             raise ValueError("PrefixStore: store argument cannot be None")
         if not isinstance(store, Store):
             raise TypeError(
-                f"PrefixStore: store must be a stores.Store, got {type(store).__name__}"
+                "PrefixStore: store must be a storeharness.stores.Store, "
+                f"got {type(store).__name__}"
             )
         if not isinstance(prefix, str):
             raise TypeError(f"PrefixStore: prefix must be str, got {type(prefix).__name__}")

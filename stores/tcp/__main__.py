@@ -1,4 +1,4 @@
-"""``python -m stores.tcp``: serve a TCPStore (see ``stores.tcp.server.main`` for the options)."""
+"""``python -m storeharness.stores.tcp``: serve a TCPStore (options: ``server.main``)."""
 
 from .server import main
 

@@ -30,7 +30,8 @@ def speedups(accelerate: bool | None, who: str) -> Any:
             module = None
     if accelerate and module is None:
         raise StoreError(
-            f"{who}(accelerate=True): the C speedups (stores.tcp._speedups) are not built; "
+            f"{who}(accelerate=True): the C speedups (storeharness.stores.tcp._speedups) "
+            "are not built; "
             "reinstall with a C compiler available (pip install -e .)"
         )
     return module

@@ -41,7 +41,7 @@ from .codec import (
 
 __all__ = ["Conn", "ServerState"]
 
-log = logging.getLogger("stores.tcp.server")
+log = logging.getLogger("storeharness.stores.tcp.server")
 
 
 class Conn:

@@ -2,7 +2,7 @@
 
 A bad peer (wrong magic, garbage, a length over the limits, an unknown command) loses only its
 own connection, which is logged; a client that stops reading has its reads paused so memory stays
-bounded.  Run standalone with ``python -m stores.tcp --port 29500``.
+bounded.  Run standalone with ``python -m storeharness.stores.tcp --port 29500``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from .codec import Limits, ProtocolError, Query, RequestDecoder
 
 __all__ = ["ServerProcess", "TCPServer", "bind_listener"]
 
-log = logging.getLogger("stores.tcp.server")
+log = logging.getLogger("storeharness.stores.tcp.server")
 
 #: The requests that change a connection's handshake state (validated, extended).
 _HANDSHAKE = frozenset({Query.VALIDATE, Query.PING})
@@ -315,7 +315,7 @@ class ServerProcess:
         lim = limits or Limits()
         speed = {None: "auto", True: "yes", False: "no"}[accelerate]
         args = [
-            sys.executable, "-m", "stores.tcp", "--listen-fd", str(sock.fileno()),
+            sys.executable, "-m", "storeharness.stores.tcp", "--listen-fd", str(sock.fileno()),
             "--max-key", str(lim.max_key), "--max-value", str(lim.max_value),
             "--accelerate", speed,
         ]  # fmt: skip

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import main
+from storeharness.harness.cli import main
 
 # What the README promises a new user can write: 8 process ranks, SIGINT to rank 3 while it
 # waits, and an expected outcome.
 USER_SCENARIO = """
 import signal
-from harness import Signal, after, returns, scenario
+from storeharness.harness import Signal, after, returns, scenario
 
 @scenario(world_size=8, faults=[Signal(signal.SIGINT, 3, after(3, "waiting"), blocked=True)],
           expect={3: returns("interrupted, then woke")})
@@ -33,7 +33,7 @@ def sigint_while_waiting(ctx):
 """
 
 BROKEN_SCENARIO = """
-from harness import returns, scenario
+from storeharness.harness import returns, scenario
 
 @scenario(world_size=3, expect={1: returns("one")})
 def rank_one_lies(ctx):
@@ -116,7 +116,7 @@ def test_the_default_run_is_the_bundled_library_on_tcp(capsys: pytest.CaptureFix
 
 def test_python_m_harness_is_the_same_command() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "harness", "list", "--store", "file"],
+        [sys.executable, "-m", "storeharness", "list", "--store", "file"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 0 and "missing_clients" in proc.stdout, proc.stderr

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import ANY, AnyRank, Endpoint, Fate, RankContext, run_world
-from harness.faults import (
+from storeharness.harness import ANY, AnyRank, Endpoint, Fate, RankContext, run_world
+from storeharness.harness.faults import (
     Blackhole,
     Delay,
     Drop,
@@ -21,8 +21,8 @@ from harness.faults import (
     after,
     resolve,
 )
-from harness.targets import open_checked
-from stores import StoreBroken, StoreError, StoreTimeout
+from storeharness.harness.targets import open_checked
+from storeharness.stores import StoreBroken, StoreError, StoreTimeout
 
 
 def _survives_a_restart(ctx: RankContext) -> tuple[str, bool, bytes]:

@@ -7,11 +7,11 @@ import os
 import signal
 from pathlib import Path
 
-from harness import RankContext, scenario
-from harness.faults import KillServer, Missing, RestartServer, Signal, after
-from harness.run import run_case
-from harness.scenario import Case, killed, never_starts, raises, returns, times_out
-from stores import StoreBroken, StoreTimeout
+from storeharness.harness import RankContext, scenario
+from storeharness.harness.faults import KillServer, Missing, RestartServer, Signal, after
+from storeharness.harness.run import run_case
+from storeharness.harness.scenario import Case, killed, never_starts, raises, returns, times_out
+from storeharness.stores import StoreBroken, StoreTimeout
 
 RUNS = 200
 

@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from harness import (
+from storeharness.harness import (
     Fate,
     NonFixed,
     RankResult,
@@ -20,9 +20,9 @@ from harness import (
     scenario,
     times_out,
 )
-from harness.faults import KillServer, Missing
-from harness.targets import TARGETS
-from stores import StoreTimeout
+from storeharness.harness.faults import KillServer, Missing
+from storeharness.harness.targets import TARGETS
+from storeharness.stores import StoreTimeout
 
 
 def _fn(ctx: object) -> None:

@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from harness.run import load_scenarios, run_case
-from harness.targets import torch_missing
+from storeharness.harness.run import load_scenarios, run_case
+from storeharness.harness.targets import torch_missing
 
 pytestmark = pytest.mark.skipif(torch_missing() is not None, reason=str(torch_missing()))
 

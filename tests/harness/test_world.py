@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import Fate, RankContext, RankStopped, run_world
-from harness.faults import Late, Missing, Signal, after
-from stores import FileStore, HashStore, StoreTimeout
+from storeharness.harness import Fate, RankContext, RankStopped, run_world
+from storeharness.harness.faults import Late, Missing, Signal, after
+from storeharness.stores import FileStore, HashStore, StoreTimeout
 
 
 def _alive(pid: int | None) -> bool:

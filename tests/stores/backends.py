@@ -7,8 +7,8 @@ import itertools
 import os
 from collections.abc import Callable
 
-from stores import Capability, FileStore, HashStore, PrefixStore, Store, TCPStore
-from stores.conformance import Backend
+from storeharness.stores import Capability, FileStore, HashStore, PrefixStore, Store, TCPStore
+from storeharness.stores.conformance import Backend
 
 from .parties import process_parties
 
@@ -68,8 +68,8 @@ def _tcp_master() -> TCPStore:
 
 
 def _torch_client_on_ours() -> Store:
-    from stores.tcp import ServerProcess, bind_listener
-    from stores.torch_adapter import torch_tcp_client
+    from storeharness.stores.tcp import ServerProcess, bind_listener
+    from storeharness.stores.torch_adapter import torch_tcp_client
 
     # Our server in its own process: torch's client holds the GIL during list_keys/queue_len.
     server = ServerProcess(bind_listener(0))
@@ -81,7 +81,7 @@ def _torch_client_on_ours() -> Store:
 
 
 def _torch_client_opener(store: Store) -> Callable[[], Store]:
-    from stores.torch_adapter import TorchStore, torch_tcp_client
+    from storeharness.stores.torch_adapter import TorchStore, torch_tcp_client
 
     assert isinstance(store, TorchStore)
     return functools.partial(torch_tcp_client, "127.0.0.1", store.torch_store.port, 60)

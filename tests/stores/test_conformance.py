@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stores.conformance import CASES, Case, CaseSkipped
+from storeharness.stores.conformance import CASES, Case, CaseSkipped
 
 from .backends import NAMES, TORCH_NAMES, make_backend, torch_missing
 

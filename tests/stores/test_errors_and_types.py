@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from stores import (
+from storeharness.stores import (
     QueueEmpty,
     StoreBroken,
     StoreClosed,
@@ -16,7 +16,7 @@ from stores import (
     StoreValueError,
     UnsupportedOperation,
 )
-from stores._types import as_key, as_seconds, as_value, parse_counter, wrap_int64
+from storeharness.stores._types import as_key, as_seconds, as_value, parse_counter, wrap_int64
 
 ERRORS = [
     StoreError("plain", extra=1),

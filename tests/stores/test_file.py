@@ -8,8 +8,8 @@ from pathlib import Path
 import multiprocess
 import pytest
 
-from stores import FileStore, StoreBroken, StoreError, _filelog
-from stores._filelog import MAGIC, OP_SET, encode
+from storeharness.stores import FileStore, StoreBroken, StoreError, _filelog
+from storeharness.stores._filelog import MAGIC, OP_SET, encode
 
 from .parties import process_parties
 

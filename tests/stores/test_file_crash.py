@@ -17,8 +17,8 @@ from typing import Any
 import multiprocess
 import pytest
 
-from stores import FileStore, QueueEmpty
-from stores._filelog import Log
+from storeharness.stores import FileStore, QueueEmpty
+from storeharness.stores._filelog import Log
 
 # Writers fork from a small forkserver, not from the test worker: forking a worker that has
 # imported torch (the interop tests) costs far more per child here, and we fork 200 of them.

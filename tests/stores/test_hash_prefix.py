@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from stores import FileStore, HashStore, PrefixStore, StoreClosed, StoreTimeout
-from stores._waiters import Waiter, WaiterTable
+from storeharness.stores import FileStore, HashStore, PrefixStore, StoreClosed, StoreTimeout
+from storeharness.stores._waiters import Waiter, WaiterTable
 
 
 def test_a_write_wakes_only_the_waiters_it_satisfies() -> None:

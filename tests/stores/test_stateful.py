@@ -12,8 +12,8 @@ import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from stores import QueueEmpty, Store
-from stores.conformance import ReferenceModel
+from storeharness.stores import QueueEmpty, Store
+from storeharness.stores.conformance import ReferenceModel
 
 from .backends import NAMES, make_backend
 

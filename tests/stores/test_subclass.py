@@ -8,9 +8,17 @@ from collections.abc import Sequence
 
 import pytest
 
-from stores import HashStore, PrefixStore, Store, StoreTimeout, UnsupportedOperation
-from stores._types import KeyLike, TimeoutLike, ValueLike, as_key, as_keys, as_seconds, as_value
-from stores.conformance import Backend, check_store
+from storeharness.stores import HashStore, PrefixStore, Store, StoreTimeout, UnsupportedOperation
+from storeharness.stores._types import (
+    KeyLike,
+    TimeoutLike,
+    ValueLike,
+    as_key,
+    as_keys,
+    as_seconds,
+    as_value,
+)
+from storeharness.stores.conformance import Backend, check_store
 
 
 class CoreOnlyStore(Store):

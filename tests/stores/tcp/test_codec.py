@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stores.tcp.codec import (
+from storeharness.stores.tcp.codec import (
     EXT_HELLO,
     MAGIC,
     Incomplete,

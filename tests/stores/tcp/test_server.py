@@ -14,9 +14,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from stores import StoreBroken, TCPStore
-from stores.tcp import ServerProcess, TCPServer, bind_listener
-from stores.tcp.codec import EXT_HELLO, MAGIC, Query, encode_request
+from storeharness.stores import StoreBroken, TCPStore
+from storeharness.stores.tcp import ServerProcess, TCPServer, bind_listener
+from storeharness.stores.tcp.codec import EXT_HELLO, MAGIC, Query, encode_request
 
 from ..parties import process_parties
 
@@ -68,7 +68,7 @@ def test_bad_input_costs_only_its_connection(
     good = TCPStore("127.0.0.1", server.port, timeout=30)
     good.set("before", "1")
     bad = raw(server.port)
-    with caplog.at_level(logging.WARNING, "stores.tcp.server"):
+    with caplog.at_level(logging.WARNING, "storeharness.stores.tcp.server"):
         bad.sendall(BAD_INPUTS[name])
         assert closed_by_server(bad)
     bad.close()
@@ -182,7 +182,9 @@ TCP_SHARE = 2000  # through real TCP connects (the accept path); the rest throug
 
 
 def test_fuzz_while_legitimate_clients_run(server: TCPServer) -> None:
-    logging.getLogger("stores.tcp.server").setLevel(logging.ERROR)  # 100k drop warnings
+    logging.getLogger("storeharness.stores.tcp.server").setLevel(
+        logging.ERROR
+    )  # 100k drop warnings
     port = server.port
     results: list[tuple[int, int]] = []
     legit = threading.Thread(
@@ -211,7 +213,7 @@ def test_fuzz_while_legitimate_clients_run(server: TCPServer) -> None:
         done = TCPStore("127.0.0.1", port, timeout=30)
         done.set("fuzz-done", "1")
         legit.join(120)
-        logging.getLogger("stores.tcp.server").setLevel(logging.NOTSET)
+        logging.getLogger("storeharness.stores.tcp.server").setLevel(logging.NOTSET)
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert not legit.is_alive()
     assert len(results) == 3 and all(adds > 0 for adds, _ in results), results

@@ -17,11 +17,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stores import StoreError, TCPStore
-from stores.tcp import Limits, TCPServer
-from stores.tcp._accel import PURE_ENV, speedups
-from stores.tcp.codec import EXT_HELLO, MAGIC, Query, encode_multi_set, encode_request
-from stores.tcp.server import _Connection
+from storeharness.stores import StoreError, TCPStore
+from storeharness.stores.tcp import Limits, TCPServer
+from storeharness.stores.tcp._accel import PURE_ENV, speedups
+from storeharness.stores.tcp.codec import EXT_HELLO, MAGIC, Query, encode_multi_set, encode_request
+from storeharness.stores.tcp.server import _Connection
 
 pytestmark = pytest.mark.skipif(
     speedups(None, "test") is None,
@@ -182,7 +182,7 @@ def test_the_environment_switches_to_pure_python_unless_asked_otherwise(pure_env
 
 
 def test_asking_for_missing_speedups_says_how_to_get_them(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "stores.tcp._speedups", None)  # import now fails
+    monkeypatch.setitem(sys.modules, "storeharness.stores.tcp._speedups", None)  # import now fails
     with socket.socket() as sock, pytest.raises(StoreError, match=r"not built.*pip install"):
         TCPServer(sock, accelerate=True)
     with socket.socket() as sock:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from stores.tcp._spin import PROBE, STINT, STINT_MAX, SpinPolicy
+from storeharness.stores.tcp._spin import PROBE, STINT, STINT_MAX, SpinPolicy
 
 SPIN = 50e-6
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from stores.tcp._state import Conn, ServerState
-from stores.tcp.codec import (
+from storeharness.stores.tcp._state import Conn, ServerState
+from storeharness.stores.tcp.codec import (
     EXT_ACK,
     EXT_HELLO,
     MAGIC,

@@ -10,8 +10,8 @@ from datetime import timedelta
 
 import pytest
 
-from stores import StoreBroken, StoreError, StoreTimeout, TCPStore
-from stores.tcp import Limits, ServerProcess, bind_listener
+from storeharness.stores import StoreBroken, StoreError, StoreTimeout, TCPStore
+from storeharness.stores.tcp import Limits, ServerProcess, bind_listener
 
 from ..backends import torch_missing
 
