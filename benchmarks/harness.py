@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import multiprocess
 
-from storeharness.harness import Endpoint, Fate, RankContext, run_world
+from storeharness.harness import Endpoint, Fate, RankContext, run_world, targets
 
 TARGET = 0.15
 
@@ -67,7 +67,7 @@ def main() -> None:
     print(f"{'store':<8} {'median':>9} {'target':>8} {'bare 8 forks':>13} {'ratio':>7}")
     with tempfile.TemporaryDirectory(prefix="storeharness-bench-") as tmp:
         for name in ("tcp", "file"):
-            with Endpoint(name, str(Path(tmp) / name), timeout=60) as endpoint:
+            with targets.start(name, Path(tmp) / name, timeout=60) as endpoint:
                 world_once(endpoint, 8, "process")  # warm: imports, page cache, server
                 worlds, bares = [], []
                 for _ in range(args.rounds):
@@ -83,7 +83,7 @@ def main() -> None:
             big = [("tcp", 256, "process"), ("file", 256, "process"),
                    ("tcp", 1024, "thread"), ("hash", 1024, "thread")]  # fmt: skip
             for name, n, workers in big:
-                with Endpoint(name, str(Path(tmp) / f"big-{name}-{n}"), timeout=600) as endpoint:
+                with targets.start(name, Path(tmp) / f"big-{name}-{n}", timeout=600) as endpoint:
                     spent = world_once(endpoint, n, workers)
                 print(f"{n} {workers} ranks on {name}: completed in {spent:.2f} s")
 

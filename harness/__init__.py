@@ -10,6 +10,7 @@ Write a scenario::
 and run it with ``pytest`` (the plugin collects it) or ``storeharness run FILE``.
 """
 
+from . import targets
 from .context import RankContext, RankStopped
 from .faults import (
     ANY,
@@ -39,12 +40,11 @@ from .scenario import (
     scenario,
     times_out,
 )
-from .targets import TARGETS, Endpoint
+from .targets import Endpoint, Target, TargetSpec
 from .world import Fate, RankFn, RankResult, WorldResult, run_world
 
 __all__ = [
     "ANY",
-    "TARGETS",
     "AnyRank",
     "Blackhole",
     "Case",
@@ -67,6 +67,8 @@ __all__ = [
     "Scenario",
     "ScenarioError",
     "Signal",
+    "Target",
+    "TargetSpec",
     "WorldResult",
     "after",
     "killed",
@@ -77,5 +79,6 @@ __all__ = [
     "run_case",
     "run_world",
     "scenario",
+    "targets",
     "times_out",
 ]

@@ -19,21 +19,40 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import targets
+from ._settings import SettingError, Settings, ini_file_values, resolve
 from .run import CaseResult, load_scenarios, run_case, select
 from .scenario import Case, ScenarioError
-from .targets import DEFAULT_TARGETS, TARGETS, torch_missing
 
-DEFAULT_STORES = ["tcp"]
+#: The bundled library runs on our TCPStore unless told otherwise (scenario files you name run
+#: on every one of our stores).
+LIBRARY_STORES = ("tcp",)
 
 
-def _cases(args: argparse.Namespace) -> list[Case]:
+def _settings(args: argparse.Namespace) -> Settings:
+    cli = {
+        "stores": ("--store", args.store),
+        "seed": ("--seed", getattr(args, "seed", None)),
+        "time_scale": ("--time-scale", getattr(args, "time_scale", None)),
+    }
+    try:
+        return resolve(cli=cli, ini=ini_file_values())
+    except SettingError as exc:
+        raise SystemExit(f"storeharness: {exc}") from None
+
+
+def _cases(args: argparse.Namespace, settings: Settings) -> list[Case]:
     try:
         scenarios = load_scenarios(args.paths)
     except (FileNotFoundError, ScenarioError, ImportError) as exc:
         raise SystemExit(f"storeharness: {exc}") from None
-    stores = _store_names(args.store, bool(args.paths))
-    if any(TARGETS[s].torch for s in stores) and (why := torch_missing()):
-        raise SystemExit(f"storeharness: --store {' '.join(stores)}: {why}")
+    default = targets.DEFAULT if args.paths else LIBRARY_STORES
+    try:
+        stores, skipped = targets.expand(settings.stores or (), default)
+    except ValueError as exc:
+        raise SystemExit(f"storeharness: {exc}") from None
+    for why in skipped:
+        print(f"storeharness: --store all skips {why}", file=sys.stderr)
     sizes = [args.world_size] if getattr(args, "world_size", None) else None
     cases = [c for sc in scenarios for c in sc.cases(stores, args.workers, sizes)]
     try:
@@ -42,22 +61,9 @@ def _cases(args: argparse.Namespace) -> list[Case]:
         raise SystemExit(f"storeharness: {exc}") from None
 
 
-def _store_names(asked: list[str] | None, paths: bool) -> list[str]:
-    """``--store`` values; ``all`` is every bundled store (and torch's, when installed)."""
-    if not asked:
-        return list(DEFAULT_TARGETS) if paths else DEFAULT_STORES
-    names: list[str] = []
-    for name in asked:
-        if name == "all":
-            extra = [] if torch_missing() else [n for n, t in TARGETS.items() if t.torch]
-            names += [*DEFAULT_TARGETS, *extra]
-        else:
-            names.append(name)
-    return list(dict.fromkeys(names))
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    cases = _cases(args)
+    settings = _settings(args)
+    cases = _cases(args, settings)
     if not cases:
         print("storeharness: no scenario case matches (see storeharness list)", file=sys.stderr)
         return 5
@@ -67,7 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for i, case in enumerate(cases, 1):
         if not args.quiet:
             print(f"[{i}/{len(cases)}] {case.nodeid} ...", file=sys.stderr, flush=True)
-        result = run_case(case, seed=args.seed)
+        result = run_case(case, seed=settings.seed, time_scale=settings.time_scale)
         results.append(result)
         if not args.quiet:
             print(f"[{i}/{len(cases)}] {case.nodeid} {result.outcome}", file=sys.stderr)
@@ -157,7 +163,7 @@ def _junit(results: list[CaseResult], spent: float) -> ET.ElementTree:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    cases = _cases(args)
+    cases = _cases(args, _settings(args))
     seen: dict[str, list[str]] = {}
     for case in cases:
         seen.setdefault(case.scenario.name, []).append(case.id)
@@ -179,14 +185,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument(
             "--store",
             action="append",
-            choices=[*TARGETS, "all"],
-            help="store to run against (repeatable; 'all' for every one); default: tcp for "
-            "the bundled library, every bundled store for scenario files you name",
+            metavar="NAME",
+            help=f"store to run against (repeatable): {', '.join(targets.names())}, 'all' for "
+            "every one, your own as module.path:factory, or a running server as "
+            "tcp://HOST:PORT; default: tcp for the bundled library, "
+            f"{', '.join(targets.DEFAULT)} for scenario files you name",
         )
         p.add_argument("--workers", choices=["process", "thread"], help="only this worker kind")
         p.add_argument("-k", metavar="EXPR", help="only cases whose id matches (as pytest -k)")
         p.add_argument("--world-size", type=int, help="override every scenario's world size")
-    run.add_argument("--seed", type=int, help="fault-plan seed (default: stable per case)")
+    run.add_argument("--seed", help="fault-plan seed (default: stable per case)")
+    run.add_argument(
+        "--time-scale", metavar="FACTOR", help="multiply every time limit (a slow machine: 2, 3)"
+    )
     run.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     run.add_argument("--junit-xml", metavar="FILE", help="also write a JUnit XML report")
     run.add_argument("-x", "--exitfirst", action="store_true", help="stop at the first failure")

@@ -16,19 +16,25 @@
 
 from __future__ import annotations
 
+import fnmatch
+import importlib
 from collections.abc import Generator, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 
 from ..stores import Capability, Store
+from . import targets
+from ._settings import INI, SettingError, Settings, resolve
 from .run import CaseResult, run_case
 from .scenario import Case, Scenario
-from .targets import DEFAULT_TARGETS, TARGETS, Endpoint, torch_missing
+from .targets import Endpoint
 from .world import RankFn, WorldResult, run_world
 
 _RESULTS = pytest.StashKey[list[WorldResult]]()
+_SETTINGS = pytest.StashKey[Settings]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -37,17 +43,38 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--store",
         action="append",
         dest="storeharness_stores",
-        choices=list(TARGETS),
         metavar="NAME",
-        help=f"store to test against (repeatable): {', '.join(TARGETS)}; "
-        f"default: {', '.join(DEFAULT_TARGETS)}",
+        help=f"store to test against (repeatable): {', '.join(targets.names())}, all, your "
+        "own as module.path:factory, or a running server as tcp://HOST:PORT; "
+        f"default: {', '.join(targets.DEFAULT)}",
     )
     group.addoption(
         "--harness-seed",
-        type=int,
+        dest="storeharness_seed",
         default=None,
         help="seed for scenario fault plans (default: a stable seed per case)",
     )
+    group.addoption(
+        "--time-scale",
+        dest="storeharness_time_scale",
+        default=None,
+        metavar="FACTOR",
+        help="multiply every time limit by FACTOR (a slow machine: 2, 3, ...)",
+    )
+    parser.addini(INI["stores"], "stores to test against (as --store)", type="args")
+    parser.addini(INI["seed"], "seed for scenario fault plans (as --harness-seed)")
+    parser.addini(INI["time_scale"], "multiply every time limit (as --time-scale)")
+
+
+def _resolve(config: pytest.Config, marker: dict[str, object] | None = None) -> Settings:
+    cli = {
+        "stores": ("--store", config.getoption("storeharness_stores")),
+        "seed": ("--harness-seed", config.getoption("storeharness_seed")),
+        "time_scale": ("--time-scale", config.getoption("storeharness_time_scale")),
+    }
+    where = str(config.inipath or "ini")
+    ini = {name: (where, config.getini(INI[name])) for name in INI}
+    return resolve(marker=marker, cli=cli, ini=ini)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -57,26 +84,89 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "needs(*capabilities): only stores with these stores.Capability values"
     )
+    config.addinivalue_line(
+        "markers", "storeharness(time_scale=None, seed=None): settings for this test"
+    )
     config.addinivalue_line("markers", "scenario: a storeharness scenario case")
-    stores = config.getoption("storeharness_stores") or []
-    torch_asked = [s for s in stores if TARGETS[s].torch]
-    if torch_asked and (why := torch_missing()):
-        raise pytest.UsageError(f"--store {' '.join(torch_asked)}: {why}")
+    try:
+        settings = _resolve(config)
+        stores, _ = targets.expand(settings.stores or ())
+    except (SettingError, ValueError) as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[_SETTINGS] = Settings(tuple(stores), settings.seed, settings.time_scale)
+
+
+def _settings(config: pytest.Config, node: pytest.Item | None = None) -> Settings:
+    settings = config.stash[_SETTINGS]
+    marker = node.get_closest_marker("storeharness") if node is not None else None
+    if marker is None:
+        return settings
+    if marker.args:
+        raise pytest.UsageError(
+            f"{node.nodeid if node else ''}: @pytest.mark.storeharness takes keyword "
+            "arguments only (time_scale=..., seed=...)"
+        )
+    try:
+        found = _resolve(config, dict(marker.kwargs))
+    except SettingError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    return Settings(settings.stores, found.seed, found.time_scale)
 
 
 def _stores(config: pytest.Config) -> list[str]:
-    return list(config.getoption("storeharness_stores") or DEFAULT_TARGETS)
+    return list(config.stash[_SETTINGS].stores or targets.DEFAULT)
 
 
 # ------------------------------------------------------------------------- collection
 
 
+def _bundled_library() -> Path:
+    from .. import scenarios
+
+    return Path(scenarios.__file__).resolve().parent
+
+
+def _python_collects(file_path: Path, parent: pytest.Collector) -> bool:
+    """Whether pytest's own python plugin makes a module of this file (then we must not)."""
+    if parent.session.isinitpath(file_path):
+        return True
+    patterns = parent.config.getini("python_files")
+    return any(fnmatch.fnmatch(file_path.name, pattern) for pattern in patterns)
+
+
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Module | None:
-    name = file_path.name
-    if file_path.suffix != ".py" or name.startswith(("_", "test_")) or name.endswith("_test.py"):
-        return None  # test modules are pytest's own; their scenarios come through makeitem
-    if name.startswith("scenario_") or file_path.parent.name == "scenarios":
-        return pytest.Module.from_parent(parent, path=file_path)
+    """Scenario files: ``scenario_*.py`` and the bundled library; nothing else is imported.
+
+    Test modules (and any file named on the command line) are pytest's own; scenarios they
+    define become items through :func:`pytest_pycollect_makeitem`.
+    """
+    if file_path.suffix != ".py" or file_path.name.startswith("_"):
+        return None
+    if _python_collects(file_path, parent):
+        return None
+    if file_path.name.startswith("scenario_") or file_path.resolve().parent == _bundled_library():
+        module: pytest.Module = parent.ihook.pytest_pycollect_makemodule(
+            module_path=file_path, parent=parent
+        )
+        return module
+    return None
+
+
+class LibraryModule(pytest.Module):
+    """A file of the bundled library, imported under its one name (storeharness.scenarios.*)."""
+
+    def _getobj(self) -> ModuleType:
+        return importlib.import_module(
+            f"{__package__.rpartition('.')[0]}.scenarios.{self.path.stem}"
+        )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makemodule(
+    module_path: Path, parent: pytest.Collector
+) -> pytest.Module | None:
+    if module_path.resolve().parent == _bundled_library() and module_path.name != "__init__.py":
+        return LibraryModule.from_parent(parent, path=module_path)
     return None
 
 
@@ -89,7 +179,9 @@ def pytest_pycollect_makeitem(
     stores = _stores(collector.config)
     cases = obj.cases(stores)
     if not cases:
-        why = "; ".join(f"{s}: {obj.why_not(TARGETS[s]) or 'no worker kind fits'}" for s in stores)
+        why = "; ".join(
+            f"{s}: {obj.why_not(targets.get(s).spec) or 'no worker kind fits'}" for s in stores
+        )
         return [ScenarioItem.from_parent(collector, name=name, case=None, why=why)]
     return [
         ScenarioItem.from_parent(collector, name=f"{name}[{c.id}]", case=c, why="") for c in cases
@@ -114,7 +206,8 @@ class ScenarioItem(pytest.Item):
     def runtest(self) -> None:
         if self.case is None:
             pytest.skip(f"no selected store can run this scenario ({self.why})")
-        result = run_case(self.case, seed=self.config.getoption("harness_seed"))
+        settings = _settings(self.config, self)
+        result = run_case(self.case, seed=settings.seed, time_scale=settings.time_scale)
         if not result.passed:
             for rank, log in result.logs().items():
                 self.add_report_section("call", f"rank {rank} log", log)
@@ -147,14 +240,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     need = metafunc.definition.get_closest_marker("needs")
     if need is not None:
         caps = frozenset(Capability(c) for c in need.args)
-        names = [n for n in names if not TARGETS[n].lacks(caps)]
+        names = [n for n in names if not targets.get(n).spec.lacks(caps)]
     metafunc.parametrize("store_target", names, ids=names)
 
 
 @pytest.fixture
-def store_endpoint(store_target: str, tmp_path: Path) -> Iterator[Endpoint]:
+def store_endpoint(
+    request: pytest.FixtureRequest, store_target: str, tmp_path: Path
+) -> Iterator[Endpoint]:
     """The live store of the current ``store_target``, in this test's temporary directory."""
-    with Endpoint(store_target, str(tmp_path), timeout=30) as endpoint:
+    scale = _settings(request.config, request.node).time_scale
+    with targets.get(store_target).start(tmp_path / "store", timeout=30 * scale) as endpoint:
         yield endpoint
 
 
@@ -168,13 +264,20 @@ def store(store_endpoint: Endpoint) -> Iterator[Store]:
         handle.close()
 
 
+#: The options of :func:`run_world` that are durations, scaled by the time_scale setting.
+_TIME_LIMITS = ("deadline", "time_limit", "rank_budget", "op_timeout")
+
+
 class WorldRunner:
     """``world(fn, world_size, workers="process", **run_world_options)`` → :class:`WorldResult`."""
 
-    def __init__(self, endpoint: Endpoint, log_root: Path, results: list[WorldResult]) -> None:
+    def __init__(
+        self, endpoint: Endpoint, log_root: Path, results: list[WorldResult], settings: Settings
+    ) -> None:
         self.endpoint = endpoint
         self.log_root = log_root
         self.results = results
+        self.settings = settings
 
     def __call__(
         self, fn: RankFn, world_size: int, workers: str = "process", **options: Any
@@ -183,8 +286,13 @@ class WorldRunner:
         if workers not in spec.workers:
             pytest.skip(f"store {spec.name} cannot be shared by {workers} ranks")
         logs = self.log_root / f"world-{len(self.results)}"
-        logs.mkdir()
+        logs.mkdir(parents=True)
         options.setdefault("controls", self.endpoint)
+        if self.settings.seed is not None:
+            options.setdefault("seed", self.settings.seed)
+        for limit in _TIME_LIMITS:
+            if options.get(limit) is not None:
+                options[limit] = options[limit] * self.settings.time_scale
         result = run_world(
             fn, world_size, self.endpoint.opener(), workers, log_dir=str(logs), **options
         )
@@ -197,7 +305,8 @@ def world(request: pytest.FixtureRequest, store_endpoint: Endpoint, tmp_path: Pa
     """Run a function on N ranks (processes or threads) against the store under test."""
     results: list[WorldResult] = []
     request.node.stash[_RESULTS] = results
-    return WorldRunner(store_endpoint, tmp_path, results)
+    settings = _settings(request.config, request.node)
+    return WorldRunner(store_endpoint, tmp_path / "worlds", results, settings)
 
 
 @pytest.hookimpl(hookwrapper=True)

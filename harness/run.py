@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
+from . import targets
 from .scenario import Case, Expect, Scenario
-from .targets import Endpoint
 from .world import WorldResult, run_world
 
 __all__ = ["CaseResult", "default_seed", "keyword_match", "load_scenarios", "run_case"]
@@ -89,28 +89,37 @@ def run_case(
     seed: int | None = None,
     tmp_root: str | None = None,
     start_method: str = "fork",
+    time_scale: float = 1.0,
 ) -> CaseResult:
-    """Run ``case`` in a temporary directory of its own (under ``tmp_root``) and judge it."""
+    """Run ``case`` in a temporary directory of its own (under ``tmp_root``) and judge it.
+
+    ``time_scale`` multiplies the scenario's time limits (a slow machine).
+    """
     sc: Scenario = case.scenario
     seed = default_seed(case) if seed is None else seed
     start = time.monotonic()
+    time_limit = sc.time_limit * time_scale
+    rank_budget = None if sc.rank_budget is None else sc.rank_budget * time_scale
+    # Every store operation's timeout reaches the ranks one way: the store they open.
+    op_timeout = time_limit if sc.op_timeout is None else sc.op_timeout * time_scale
     with tempfile.TemporaryDirectory(prefix="storeharness-", dir=tmp_root) as tmp:
+        workdir, logs = Path(tmp, "store"), Path(tmp, "logs")
+        logs.mkdir()
         try:
-            timeout = sc.op_timeout if sc.op_timeout is not None else sc.deadline
-            with Endpoint(case.target, tmp, timeout=timeout, proxy=sc.uses_network) as endpoint:
+            target = targets.get(case.target)
+            with target.start(workdir, timeout=op_timeout, proxy=sc.uses_network) as endpoint:
                 world = run_world(
                     sc.fn,
                     case.world_size,
                     endpoint.opener(),
                     case.workers,
-                    sc.deadline,
+                    time_limit,
                     fixed=not sc.nonfixed,
                     faults=sc.faults,
                     seed=seed,
-                    rank_budget=sc.rank_budget,
-                    op_timeout=sc.op_timeout,
+                    rank_budget=rank_budget,
                     controls=endpoint,
-                    log_dir=tmp,
+                    log_dir=str(logs),
                     start_method=start_method,
                 )
         except Exception as exc:

@@ -28,8 +28,9 @@ from typing import Any, TypeAlias, overload
 
 from ..stores import Capability
 from . import faults as F
+from . import targets
 from .context import RankContext
-from .targets import TARGETS, TargetSpec
+from .targets import TargetSpec
 from .world import Fate, RankResult
 
 __all__ = [
@@ -219,7 +220,7 @@ class Scenario:
     stores: tuple[str, ...] | None
     faults: tuple[F.Fault, ...]
     expect: Mapping[int | str, Expect]
-    deadline: float
+    time_limit: float
     op_timeout: float | None
     rank_budget: float | None
     module: str
@@ -248,6 +249,8 @@ class Scenario:
         if lacking:
             return f"{spec.name} lacks {', '.join(sorted(lacking))}"
         if self.uses_server and not spec.server:
+            if spec.kind == "remote":
+                return f"the server at {spec.name} is not the harness's to kill or restart"
             return f"{spec.name} has no server process to kill or restart"
         if self.uses_network and not spec.network:
             return f"{spec.name} is not reached over TCP, so network faults cannot apply"
@@ -259,14 +262,14 @@ class Scenario:
 
     def cases(
         self,
-        targets: Iterable[str],
+        stores: Iterable[str],
         workers: str | None = None,
         world_sizes: Sequence[int] | None = None,
     ) -> list[Case]:
-        """Every runnable combination over ``targets``, in a fixed order."""
+        """Every runnable combination over the ``stores`` named, in a fixed order."""
         out = []
-        for target in targets:
-            spec = TARGETS[target]
+        for target in stores:
+            spec = targets.get(target).spec
             for kind in self.workers:
                 if workers not in (None, kind) or self.why_not(spec, kind) is not None:
                     continue
@@ -313,7 +316,7 @@ def scenario(
     stores: Iterable[str] | None = None,
     faults: Iterable[F.Fault] = (),
     expect: Mapping[int | str, Expect] | None = None,
-    deadline: float = 30.0,
+    time_limit: float = 30.0,
     op_timeout: float | None = 10.0,
     rank_budget: float | None = None,
     name: str | None = None,
@@ -330,7 +333,7 @@ def scenario(
     stores: Iterable[str] | None = None,
     faults: Iterable[F.Fault] = (),
     expect: Mapping[int | str, Expect] | None = None,
-    deadline: float = 30.0,
+    time_limit: float = 30.0,
     op_timeout: float | None = 10.0,
     rank_budget: float | None = None,
     name: str | None = None,
@@ -341,13 +344,13 @@ def scenario(
     ``workers``: ``"process"``, ``"thread"`` or ``"both"``.  ``needs``: store capabilities.
     ``stores``: restrict to these targets.  ``faults``: from :mod:`harness.faults`.
     ``expect``: rank → expectation (negative ranks count from the end; ``"*"`` for the rest;
-    the default is :func:`returns`).  ``deadline`` bounds the world, ``rank_budget`` each rank,
+    the default is :func:`returns`).  ``time_limit`` bounds the world, ``rank_budget`` each rank,
     ``op_timeout`` each store operation.  Raises :class:`ScenarioError` for a bad definition.
     """
 
     def wrap(f: Callable[[RankContext], Any]) -> Scenario:
         return _build(f, name, world_size, workers, needs, stores, faults, expect or {},
-                      deadline, op_timeout, rank_budget)  # fmt: skip
+                      time_limit, op_timeout, rank_budget)  # fmt: skip
 
     return wrap if fn is None else wrap(fn)
 
@@ -361,7 +364,7 @@ def _build(
     stores: Iterable[str] | None,
     faults: Iterable[F.Fault],
     expect: Mapping[int | str, Expect],
-    deadline: float,
+    time_limit: float,
     op_timeout: float | None,
     rank_budget: float | None,
 ) -> Scenario:
@@ -384,9 +387,13 @@ def _build(
         raise fail(f"workers={workers!r}; use 'process', 'thread' or 'both'")
     caps = frozenset(_capability(c, fail) for c in needs)
     names = None if stores is None else tuple(stores)
+    known = targets.names()
     for store in names or ():
-        if store not in TARGETS:
-            raise fail(f"stores names {store!r}; known stores are {', '.join(TARGETS)}")
+        if store not in known and ":" not in store:
+            raise fail(
+                f"stores names {store!r}; known stores are {', '.join(known)} (or your own as "
+                "module.path:factory, or tcp://HOST:PORT)"
+            )
     fault_list = (*extra, *faults)
     problems = F.check(fault_list)
     if problems:
@@ -399,20 +406,20 @@ def _build(
     if kinds == ("thread",) and any(isinstance(f, F.Signal) for f in fault_list):
         raise fail("signal faults need process ranks; set workers='process' (or 'both')")
     _check_expect(expect, sizes, fail)
-    for label_, value in (("deadline", deadline), ("op_timeout", op_timeout),
+    for label_, value in (("time_limit", time_limit), ("op_timeout", op_timeout),
                           ("rank_budget", rank_budget)):  # fmt: skip
         if value is not None and not (isinstance(value, int | float) and value > 0):
             raise fail(f"{label_}={value!r}; give a number of seconds > 0")
-    if deadline is None:
-        raise fail("deadline=None; every scenario needs a deadline in seconds")
+    if time_limit is None:
+        raise fail("time_limit=None; every scenario needs a time limit in seconds")
     built = Scenario(
         fn, label, inspect.getdoc(fn) or "", sizes, nonfixed, kinds, caps, names, fault_list,
-        dict(expect), float(deadline), op_timeout, rank_budget,
+        dict(expect), float(time_limit), op_timeout, rank_budget,
         getattr(fn, "__module__", "") or "", inspect.getsourcefile(fn) or "",
     )  # fmt: skip
     if names is not None:
-        for store in names:
-            why = built.why_not(TARGETS[store])
+        for store in (n for n in names if n in known):
+            why = built.why_not(targets.get(store).spec)
             if why:
                 raise fail(f"it cannot run on the store it names, {store!r}: {why}")
     return built

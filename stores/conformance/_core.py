@@ -60,6 +60,9 @@ class Backend:
     #: Capabilities the store declares but this setup cannot deliver (e.g. our client against
     #: torch's legacy server, which does not wake waiters on compare_set).
     lacks: frozenset[Capability] = frozenset()
+    #: Called with each store from ``make`` after the case closed it (to stop what ``make``
+    #: started for it: a server, say).
+    release: Callable[[Store], None] | None = None
 
 
 @dataclass
@@ -102,6 +105,8 @@ class Case:
             self.fn(ctx)
         finally:
             store.close()
+            if backend.release is not None:
+                backend.release(store)
 
 
 CASES: list[Case] = []

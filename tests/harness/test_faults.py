@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from storeharness.harness import ANY, AnyRank, Endpoint, Fate, RankContext, run_world
+from storeharness.harness import ANY, AnyRank, Fate, RankContext, run_world, targets
 from storeharness.harness.faults import (
     Blackhole,
     Delay,
@@ -40,7 +40,7 @@ def _survives_a_restart(ctx: RankContext) -> tuple[str, bool, bytes]:
 
 @pytest.mark.parametrize("target", ["tcp", "prefix"])
 def test_server_killed_and_restarted_on_the_same_endpoint(tmp_path: Path, target: str) -> None:
-    with Endpoint(target, str(tmp_path), timeout=10) as endpoint:
+    with targets.start(target, tmp_path, timeout=10) as endpoint:
         port = endpoint.port
         faults = [KillServer(after(0, "kill")), RestartServer(after(0, "restart"))]
         result = run_world(
@@ -88,7 +88,7 @@ def test_proxy_delays_blackholes_heals_and_drops(tmp_path: Path) -> None:
         Heal(after(0, "heal")),
         Drop(after(0, "drop")),
     ]
-    with Endpoint("tcp", str(tmp_path), timeout=0.5, proxy=True) as endpoint:
+    with targets.start("tcp", tmp_path, timeout=0.5, proxy=True) as endpoint:
         result = run_world(
             _through_the_proxy, 1, endpoint.opener(), "process", faults=faults,
             controls=endpoint,
@@ -104,12 +104,12 @@ def test_proxy_delays_blackholes_heals_and_drops(tmp_path: Path) -> None:
 
 def test_a_rank_that_reaches_another_runs_store_fails_fast(tmp_path: Path) -> None:
     with (
-        Endpoint("tcp", str(tmp_path / "a"), timeout=5) as mine,
-        Endpoint("tcp", str(tmp_path / "b"), timeout=5) as theirs,
+        targets.start("tcp", tmp_path / "a", timeout=5) as mine,
+        targets.start("tcp", tmp_path / "b", timeout=5) as theirs,
     ):
         # This run's token and namespace, but the other run's address (a stale port, say).
         with pytest.raises(StoreError, match="is not the store this run set up"):
-            open_checked(theirs._raw(), mine.token, mine.namespace)
+            open_checked(theirs.raw(), mine.token, mine.namespace)
         with mine.opener()() as store:  # the right address passes
             store.set("k", "v")
 
@@ -129,10 +129,10 @@ def test_seeded_plans_replay_and_negative_ranks_wrap() -> None:
 
 
 def test_network_faults_need_a_proxy(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="need a TCP target"):
-        Endpoint("file", str(tmp_path), timeout=5, proxy=True)
+    with pytest.raises(ValueError, match="network faults need a store reached over TCP"):
+        targets.start("file", tmp_path, timeout=5, proxy=True)
     with (
-        Endpoint("file", str(tmp_path), timeout=5) as endpoint,
+        targets.start("file", tmp_path, timeout=5) as endpoint,
         pytest.raises(ValueError, match="no server to kill"),
     ):
         endpoint.kill_server()

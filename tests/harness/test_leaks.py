@@ -65,7 +65,7 @@ def _exchange(ctx: RankContext) -> int:
 
 @scenario(
     world_size=3,
-    deadline=0.3,
+    time_limit=0.3,
     faults=[Missing(2)],
     expect={0: times_out(), 1: raises(StoreTimeout), 2: never_starts()},
 )

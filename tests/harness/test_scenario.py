@@ -18,10 +18,10 @@ from storeharness.harness import (
     raises,
     returns,
     scenario,
+    targets,
     times_out,
 )
 from storeharness.harness.faults import KillServer, Missing
-from storeharness.harness.targets import TARGETS
 from storeharness.stores import StoreTimeout
 
 
@@ -47,7 +47,7 @@ def _fn(ctx: object) -> None:
         ({"expect": {9: returns()}}, "outside a world of 4"),
         ({"expect": {0: "returns"}}, "use returns\\(\\), raises\\(Error\\)"),
         ({"expect": {"first": returns()}}, "use a rank number"),
-        ({"deadline": 0}, "deadline=0; give a number of seconds > 0"),
+        ({"time_limit": 0}, "time_limit=0; give a number of seconds > 0"),
         ({"op_timeout": -1}, "op_timeout=-1"),
         ({"stores": ["file"], "faults": [KillServer(after(0, "x"))]}, "no server process"),
         ({"world_size": NonFixed(0)}, "slots must be an int >= 1"),
@@ -71,7 +71,7 @@ def test_cases_expand_in_a_fixed_order_and_skip_what_cannot_run() -> None:
     # hash takes only threads and signals need processes: no hash case, no thread case.
     assert ids == ["file-process-2", "file-process-8", "tcp-process-2", "tcp-process-8"]
     assert sc.cases(["hash", "file", "tcp"]) == sc.cases(["hash", "file", "tcp"])
-    assert sc.why_not(TARGETS["hash"], "thread") == "signals cannot target thread ranks"
+    assert sc.why_not(targets.get("hash").spec, "thread") == "signals cannot target thread ranks"
 
 
 def test_expectations_default_and_negative_ranks() -> None:

@@ -8,10 +8,9 @@ from pathlib import Path
 import multiprocess
 import pytest
 
+from storeharness.harness._parties import process_parties
 from storeharness.stores import FileStore, StoreBroken, StoreError, _filelog
 from storeharness.stores._filelog import MAGIC, OP_SET, encode
-
-from .parties import process_parties
 
 FORK = multiprocess.get_context("fork")
 

@@ -14,11 +14,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from storeharness.harness._parties import process_parties
 from storeharness.stores import StoreBroken, TCPStore
 from storeharness.stores.tcp import ServerProcess, TCPServer, bind_listener
 from storeharness.stores.tcp.codec import EXT_HELLO, MAGIC, Query, encode_request
-
-from ..parties import process_parties
 
 HELLO = encode_request(Query.VALIDATE, MAGIC)
 

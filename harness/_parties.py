@@ -1,4 +1,4 @@
-"""Run conformance parties as real processes (fork) and collect their results."""
+"""Conformance parties as real processes (fork): the `parties` of cross-process targets."""
 
 from __future__ import annotations
 
@@ -24,6 +24,9 @@ def _party_main(conn: Any, worker: Callable[..., Any], rank: int, args: tuple[An
         conn.send(("ok", result, ""))
     finally:
         conn.close()
+
+
+__all__ = ["process_parties"]
 
 
 def process_parties(
