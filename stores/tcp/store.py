@@ -331,7 +331,9 @@ class TCPStore(Store):
         try:
             client.barrier(_enc(k), world_size, limit, k)
         except StoreTimeout as exc:
-            arrived = client.add(_enc(k), 0)
+            # Read the count without writing it: torch's servers release a barrier's waiters on
+            # any write to its counter, so add(key, 0) here would let the others pass early.
+            arrived = int(client.get(_enc(k), limit, k) or 0)
             raise StoreTimeout(
                 "barrier",
                 [k],
