@@ -21,9 +21,11 @@ from pathlib import Path
 
 from . import targets
 from ._settings import SettingError, Settings, ini_file_values, resolve
-from .run import CaseResult, load_scenarios, run_case, select
+from .run import CaseResult, load_package, load_scenarios, run_case, select
 from .scenario import Case, ScenarioError
 
+#: The bundled scenario library, by package name: data the CLI hands to the runner.
+LIBRARY = f"{(__package__ or '').rpartition('.')[0]}.scenarios"
 #: The bundled library runs on our TCPStore unless told otherwise (scenario files you name run
 #: on every one of our stores).
 LIBRARY_STORES = ("tcp",)
@@ -43,7 +45,10 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _cases(args: argparse.Namespace, settings: Settings) -> list[Case]:
     try:
-        scenarios = load_scenarios(args.paths)
+        if args.paths:
+            scenarios = load_scenarios(args.paths, library=LIBRARY)
+        else:
+            scenarios = load_package(LIBRARY)
     except (FileNotFoundError, ScenarioError, ImportError) as exc:
         raise SystemExit(f"storeharness: {exc}") from None
     default = targets.DEFAULT if args.paths else LIBRARY_STORES

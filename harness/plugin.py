@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import importlib
 from collections.abc import Generator, Iterator
 from pathlib import Path
@@ -28,7 +29,7 @@ import pytest
 from ..stores import Capability, Store
 from . import targets
 from ._settings import INI, SettingError, Settings, resolve
-from .run import CaseResult, run_case
+from .run import CaseResult, package_dir, run_case
 from .scenario import Case, Scenario
 from .targets import Endpoint
 from .world import RankFn, WorldResult, run_world
@@ -120,10 +121,13 @@ def _stores(config: pytest.Config) -> list[str]:
 # ------------------------------------------------------------------------- collection
 
 
-def _bundled_library() -> Path:
-    from .. import scenarios
+#: The bundled scenario library, by package name (collected as data, never imported here).
+LIBRARY = f"{(__package__ or '').rpartition('.')[0]}.scenarios"
 
-    return Path(scenarios.__file__).resolve().parent
+
+@functools.cache
+def _bundled_library() -> Path | None:
+    return package_dir(LIBRARY)
 
 
 def _python_collects(file_path: Path, parent: pytest.Collector) -> bool:

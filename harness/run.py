@@ -23,7 +23,14 @@ from . import targets
 from .scenario import Case, Expect, Scenario
 from .world import WorldResult, run_world
 
-__all__ = ["CaseResult", "default_seed", "keyword_match", "load_scenarios", "run_case"]
+__all__ = [
+    "CaseResult",
+    "default_seed",
+    "keyword_match",
+    "load_package",
+    "load_scenarios",
+    "run_case",
+]
 
 
 def default_seed(case: Case) -> int:
@@ -145,29 +152,43 @@ def scenarios_in(module: ModuleType) -> list[Scenario]:
     return [obj for obj in vars(module).values() if isinstance(obj, Scenario)]
 
 
-def load_scenarios(paths: Sequence[str] = ()) -> list[Scenario]:
-    """Scenarios from files and directories (``.py`` files, sorted), or the bundled library.
+def load_package(name: str) -> list[Scenario]:
+    """The scenarios of every public module of package ``name`` (the bundled library, say)."""
+    package = importlib.import_module(name)
+    found = []
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+        if not info.name.startswith("_"):
+            found += scenarios_in(importlib.import_module(f"{name}.{info.name}"))
+    return found
 
+
+def package_dir(name: str) -> Path | None:
+    """Where package ``name`` lives (resolved), without importing it; ``None`` if absent."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))).resolve()
+
+
+def load_scenarios(paths: Sequence[str], library: str | None = None) -> list[Scenario]:
+    """Scenarios from files, and from the ``scenario_*.py`` files of directories (sorted).
+
+    A directory that is package ``library`` (the bundled library) loads as that package.
     Raises ``FileNotFoundError`` for a path that does not exist, and whatever a scenario file
     raises on import (a bad definition raises :class:`~harness.scenario.ScenarioError`).
     """
-    if not paths:
-        from .. import scenarios
-
-        found = []
-        for info in sorted(pkgutil.iter_modules(scenarios.__path__), key=lambda i: i.name):
-            if not info.name.startswith("_"):
-                found += scenarios_in(importlib.import_module(f"scenarios.{info.name}"))
-        return found
+    home = package_dir(library) if library else None
     found = []
     for raw in paths:
         path = Path(raw)
         if not path.exists():
             raise FileNotFoundError(f"no such scenario file or directory: {raw}")
-        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        if path.is_dir() and library and path.resolve() == home:
+            found += load_package(library)
+            continue
+        files = sorted(path.rglob("scenario_*.py")) if path.is_dir() else [path]
         for file in files:
-            if not file.name.startswith("_"):
-                found += scenarios_in(_import_file(file.resolve()))
+            found += scenarios_in(_import_file(file.resolve()))
     return found
 
 
