@@ -6,6 +6,7 @@ default — pytest-timeout's order.  The pytest plugin and the command line both
 :func:`resolve`, and a bad value names where it came from::
 
     STOREHARNESS_TIME_SCALE='fast' (environment): not a number; give a number > 0
+    @pytest.mark.storeharness(time_scale=0): give a finite number > 0
 
 ===============  ===================  ============================  ==========================
 setting          command line         environment                   ini
@@ -100,13 +101,15 @@ def resolve(
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
     for name, parse in _PARSERS.items():
-        for label, raw in _candidates(name, marker or {}, cli or {}, env, ini or {}):
+        for spelled, where, raw in _candidates(name, marker or {}, cli or {}, env, ini or {}):
             if raw is None or raw == "" or raw == []:
                 continue
             try:
                 values[name] = parse(raw)
             except ValueError as exc:
-                raise SettingError(f"{label}={raw!r}: {exc}") from None
+                given = f"{spelled}={raw!r})" if where == "marker" else f"{spelled}={raw!r}"
+                source = "" if where == "marker" else f" ({where})"
+                raise SettingError(f"{given}{source}: {exc}") from None
             break
     return Settings(**values)
 
@@ -117,17 +120,18 @@ def _candidates(
     cli: Mapping[str, tuple[str, Any]],
     env: Mapping[str, str],
     ini: Mapping[str, tuple[str, Any]],
-) -> Sequence[tuple[str, Any]]:
-    out: list[tuple[str, Any]] = []
+) -> Sequence[tuple[str, str, Any]]:
+    """``(how it is spelled, where it came from, raw value)`` in order of precedence."""
+    out: list[tuple[str, str, Any]] = []
     if name in marker:
-        out.append((f"@pytest.mark.storeharness({name})", marker[name]))
+        out.append((f"@pytest.mark.storeharness({name}", "marker", marker[name]))
     if name in cli:
         flag, raw = cli[name]
-        out.append((f"{flag} (command line)", raw))
-    out.append((f"{ENV[name]} (environment)", env.get(ENV[name])))
+        out.append((flag, "command line", raw))
+    out.append((ENV[name], "environment", env.get(ENV[name])))
     if name in ini:
         where, raw = ini[name]
-        out.append((f"{INI[name]} ({where})", raw))
+        out.append((INI[name], where, raw))
     return out
 
 

@@ -16,17 +16,32 @@ from ._errors import (
     StoreValueError,
     UnsupportedOperation,
 )
-from ._types import DEFAULT_TIMEOUT
+from ._types import (
+    DEFAULT_TIMEOUT,
+    KeyLike,
+    TimeoutLike,
+    ValueLike,
+    as_key,
+    as_keys,
+    as_seconds,
+    as_value,
+    check_amount,
+    compare_set_outcome,
+    next_counter,
+)
 from .file import FileStore
 from .hash import HashStore
 from .prefix import PrefixStore
 from .tcp import TCPStore
 
+# For store authors (a Store subclass of your own): torch's conversions and rules, so your store
+# reads keys, values, timeouts, counters and compare_set exactly as ours and torch's do.
 __all__ = [
     "DEFAULT_TIMEOUT",
     "Capability",
     "FileStore",
     "HashStore",
+    "KeyLike",
     "PrefixStore",
     "QueueEmpty",
     "Store",
@@ -36,5 +51,14 @@ __all__ = [
     "StoreTimeout",
     "StoreValueError",
     "TCPStore",
+    "TimeoutLike",
     "UnsupportedOperation",
+    "ValueLike",
+    "as_key",
+    "as_keys",
+    "as_seconds",
+    "as_value",
+    "check_amount",
+    "compare_set_outcome",
+    "next_counter",
 ]

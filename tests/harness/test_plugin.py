@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -65,3 +66,63 @@ def test_store_option_picks_stores_and_refuses_unknown_ones(tmp_path: Path) -> N
     bad = _pytest(tmp_path, "--store", "redis")
     assert bad.returncode == 4  # a usage error, as pytest's own
     assert "unknown store 'redis'; choose from hash, file, tcp" in bad.stderr
+
+
+SQLITE = Path(__file__).resolve().parents[2] / "examples" / "sqlite_store"
+
+
+def test_a_users_project_keeps_its_own_packages_and_runs_its_own_store(tmp_path: Path) -> None:
+    # A project with packages named like our folders, and a helper script in scenarios/ that
+    # must never be imported by a test run.
+    for package in ("stores", "harness", "scenarios"):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text(f"NAME = 'users-{package}'\n")
+    (tmp_path / "scenarios" / "generate_load.py").write_text("raise SystemExit('imported!')\n")
+    (tmp_path / "test_own.py").write_text(
+        "import harness, stores\n\n"
+        "def test_own_packages():\n"
+        "    assert (stores.NAME, harness.NAME) == ('users-stores', 'users-harness')\n"
+    )
+    for name in ("sqlitestore.py", "scenario_sqlite.py", "test_sqlitestore.py"):
+        (tmp_path / name).write_text((SQLITE / name).read_text())
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    run = functools.partial(
+        subprocess.run, capture_output=True, text=True, cwd=tmp_path, timeout=300, env=env
+    )
+    proc = run([sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-o", "addopts=",
+                "--rootdir", str(tmp_path), "--store", "sqlitestore:make"])  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "test_own.py::test_own_packages PASSED" in proc.stdout
+    assert "test_every_rank_reads_what_rank_zero_wrote[sqlitestore:make] PASSED" in proc.stdout
+    assert "everyone_counts_in[sqlitestore:make-process-6] PASSED" in proc.stdout
+    assert "imported!" not in proc.stdout + proc.stderr
+    # A scenario file named on the command line is collected once.
+    once = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
+                "--rootdir", str(tmp_path), "--store", "sqlitestore:make", "scenario_sqlite.py",
+                "--collect-only"])  # fmt: skip
+    assert once.returncode == 0, once.stdout + once.stderr
+    assert "4 tests collected" in once.stdout
+    cli = run([sys.executable, "-m", "storeharness", "run", "--store", "sqlitestore:SQLiteStore",
+               "-q"])  # fmt: skip
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    assert "16 passed, 0 failed" in cli.stdout
+
+
+def test_settings_resolve_marker_then_cli_then_env_then_ini(tmp_path: Path) -> None:
+    (tmp_path / "test_settings.py").write_text(
+        "import pytest\n\n"
+        "def test_scale(world):\n"
+        "    r = world(lambda ctx: 1, 1, workers='thread', time_limit=10)\n"
+        "    assert r.ranks[0].value == 1\n\n"
+        "@pytest.mark.storeharness(time_scale='soon')\n"
+        "def test_bad_marker(store):\n"
+        "    pass\n"
+    )
+    env = {**os.environ, "STOREHARNESS_TIME_SCALE": "fast"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
+         "--rootdir", str(tmp_path), str(tmp_path / "test_settings.py")],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert "STOREHARNESS_TIME_SCALE='fast' (environment): not a number" in proc.stderr
