@@ -13,6 +13,7 @@ from storeharness.harness.faults import (
     Blackhole,
     Delay,
     Drop,
+    Fault,
     Heal,
     KillServer,
     Missing,
@@ -22,6 +23,7 @@ from storeharness.harness.faults import (
     resolve,
 )
 from storeharness.harness.targets import open_checked
+from storeharness.harness.targets.server import ServerEndpoint
 from storeharness.stores import StoreBroken, StoreError, StoreTimeout
 
 
@@ -41,8 +43,9 @@ def _survives_a_restart(ctx: RankContext) -> tuple[str, bool, bytes]:
 @pytest.mark.parametrize("target", ["tcp", "prefix"])
 def test_server_killed_and_restarted_on_the_same_endpoint(tmp_path: Path, target: str) -> None:
     with targets.start(target, tmp_path, timeout=10) as endpoint:
+        assert isinstance(endpoint, ServerEndpoint)
         port = endpoint.port
-        faults = [KillServer(after(0, "kill")), RestartServer(after(0, "restart"))]
+        faults: list[Fault] = [KillServer(after(0, "kill")), RestartServer(after(0, "restart"))]
         result = run_world(
             _survives_a_restart, 1, endpoint.opener(), "process", faults=faults,
             controls=endpoint,
@@ -82,7 +85,7 @@ def _through_the_proxy(ctx: RankContext) -> dict[str, object]:
 
 
 def test_proxy_delays_blackholes_heals_and_drops(tmp_path: Path) -> None:
-    faults = [
+    faults: list[Fault] = [
         Delay(0.2, after(0, "slow")),
         Blackhole(after(0, "hole")),
         Heal(after(0, "heal")),
@@ -115,13 +118,13 @@ def test_a_rank_that_reaches_another_runs_store_fails_fast(tmp_path: Path) -> No
 
 
 def test_seeded_plans_replay_and_negative_ranks_wrap() -> None:
-    faults = [Signal(signal.SIGINT, ANY, after(AnyRank("t"), "p")), Missing(-1)]
+    faults: list[Fault] = [Signal(signal.SIGINT, ANY, after(AnyRank("t"), "p")), Missing(-1)]
     first = resolve(faults, 8, seed=7)
     assert resolve(faults, 8, seed=7) == first
     assert first[1] == Missing(7)
-    picks = {resolve(faults, 8, seed)[0].rank for seed in range(40)}
+    picks = {getattr(resolve(faults, 8, seed)[0], "rank") for seed in range(40)}  # noqa: B009
     assert len(picks) > 1  # the seed matters
-    tagged = [Missing(AnyRank("x")), Missing(AnyRank("x"))]
+    tagged: list[Fault] = [Missing(AnyRank("x")), Missing(AnyRank("x"))]
     a, b = resolve(tagged, 8, seed=3)
     assert a == b  # one tag, one pick
     with pytest.raises(ValueError, match="no rank left"):

@@ -55,12 +55,12 @@ def _fn(ctx: object) -> None:
 )
 def test_bad_definitions_are_rejected_with_a_fix(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ScenarioError, match=f"scenario '_fn': .*{message}"):
-        scenario(**kwargs)(_fn)  # type: ignore[arg-type]
+        scenario(**kwargs)(_fn)  # type: ignore[call-overload]
 
 
 def test_the_function_must_take_the_context() -> None:
     with pytest.raises(ScenarioError, match="exactly one argument"):
-        scenario(lambda: None)  # type: ignore[arg-type]
+        scenario(lambda: None)  # type: ignore[arg-type, misc]
 
 
 def test_cases_expand_in_a_fixed_order_and_skip_what_cannot_run() -> None:

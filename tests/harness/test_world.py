@@ -52,7 +52,7 @@ def test_every_fate_is_reported_and_no_child_survives(tmp_path: Path) -> None:
     assert "test_world.py" in stuck.where and "_mixed" in stuck.where, stuck.where
     assert "line " in stuck.log and "in _mixed" in stuck.log  # the dump is in its log
     assert "never started" in result[4].describe()
-    for rank in result[:4]:
+    for rank in result.ranks[:4]:
         assert rank.exitcode is not None and not _alive(rank.pid)
 
 

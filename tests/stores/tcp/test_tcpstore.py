@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -108,7 +109,9 @@ def test_missing_workers_time_out_saying_how_many_joined() -> None:
         ({"port": 70000}, ValueError, "port must be an int in 0..65535"),
     ],
 )
-def test_bad_arguments_fail_before_any_io(kwargs: dict, kind: type, match: str) -> None:
+def test_bad_arguments_fail_before_any_io(
+    kwargs: dict[str, Any], kind: type[BaseException], match: str
+) -> None:
     args = {"host_name": "127.0.0.1", "port": 1, "timeout": 1, **kwargs}
     with pytest.raises(kind, match=match):
         TCPStore(**args)
@@ -199,7 +202,7 @@ def test_server_in_its_own_process_stops_with_its_owner() -> None:
 
 
 def _torch_rank(port: int, rank: int, out: list[object]) -> None:
-    import torch.distributed as dist
+    from storeharness.stores.torch_adapter import dist
 
     store = dist.TCPStore("127.0.0.1", port, 5, False, timedelta(seconds=30))
     store.set(f"rank{rank}", f"torch {rank}")
