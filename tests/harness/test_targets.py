@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from storeharness.harness import Fate, RankContext, run_world, targets
+from storeharness.harness import (
+    Fate,
+    KillServer,
+    RankContext,
+    after,
+    returns,
+    run_world,
+    scenario,
+    targets,
+)
 from storeharness.harness.run import load_package, run_case
 from storeharness.stores import Capability
 from storeharness.stores.conformance import check_store
@@ -168,3 +177,30 @@ def test_an_entry_point_registers_a_named_target(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "user ('process', 'thread')" in proc.stdout
     assert "store 'broken' (entry point nosuch:thing" in proc.stdout
+
+
+@pytest.mark.parametrize("server", ["ours", "torch"])
+def test_the_library_runs_against_a_server_started_by_hand(server: str, tmp_path: Path) -> None:
+    if server == "torch" and (why := targets.torch_missing()):
+        pytest.skip(why)
+    from storeharness.harness.targets.torch import TorchServer
+
+    running = ServerProcess(bind_listener(0)) if server == "ours" else TorchServer(bind_listener(0))
+    try:
+        url = f"tcp://127.0.0.1:{running.port}"
+        cases = [c for sc in load_package("storeharness.scenarios") for c in sc.cases([url])]
+        assert {c.scenario.name for c in cases} >= {"fixed_world_size", "missing_clients"}
+        for case in cases:
+            result = run_case(case, tmp_root=str(tmp_path))
+            assert result.passed, result.report()
+        # a server fault cannot apply to a server the harness does not own: skipped, with why
+        assert _kills_the_server.cases([url]) == []
+        why = _kills_the_server.why_not(targets.get(url).spec)
+        assert why == f"the server at {url} is not the harness's to kill or restart"
+    finally:
+        running.stop()
+
+
+@scenario(world_size=2, faults=[KillServer(after(0, "now"))], expect={"*": returns()})
+def _kills_the_server(ctx: RankContext) -> None:
+    ctx.point("now")
