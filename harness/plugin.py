@@ -83,7 +83,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "stores(*names): run this test only against these stores (see --store)"
     )
     config.addinivalue_line(
-        "markers", "needs(*capabilities): only stores with these stores.Capability values"
+        "markers",
+        "needs(*capabilities): only stores with these storeharness.stores.Capability values",
     )
     config.addinivalue_line(
         "markers", "storeharness(time_scale=None, seed=None): settings for this test"

@@ -175,7 +175,8 @@ def load_scenarios(paths: Sequence[str], library: str | None = None) -> list[Sce
 
     A directory that is package ``library`` (the bundled library) loads as that package.
     Raises ``FileNotFoundError`` for a path that does not exist, and whatever a scenario file
-    raises on import (a bad definition raises :class:`~harness.scenario.ScenarioError`).
+    raises on import (a bad definition raises
+    :class:`~storeharness.harness.scenario.ScenarioError`).
     """
     home = package_dir(library) if library else None
     found = []

@@ -2,8 +2,8 @@
 
 ::
 
-    from ..harness import scenario, after, Signal, raises, returns
-    from ..stores import StoreTimeout
+    from storeharness import scenario, after, Signal, raises, returns
+    from storeharness.stores import StoreTimeout
 
     @scenario(world_size=[2, 8], workers="process", expect={-1: raises(StoreTimeout)})
     def last_rank_times_out(ctx):
@@ -342,7 +342,7 @@ def scenario(
 
     ``world_size``: an int, a list of ints (one case each) or :class:`NonFixed`.
     ``workers``: ``"process"``, ``"thread"`` or ``"both"``.  ``needs``: store capabilities.
-    ``stores``: restrict to these targets.  ``faults``: from :mod:`harness.faults`.
+    ``stores``: restrict to these targets.  ``faults``: from :mod:`storeharness.harness.faults`.
     ``expect``: rank → expectation (negative ranks count from the end; ``"*"`` for the rest;
     the default is :func:`returns`).  ``time_limit`` bounds the world, ``rank_budget`` each rank,
     ``op_timeout`` each store operation.  Raises :class:`ScenarioError` for a bad definition.

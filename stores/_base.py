@@ -15,8 +15,8 @@ A subclass implements the *core* — ``set``, ``get``, ``add``, ``compare_set``,
 
 Conventions shared by every operation:
 
-* keys are ``str`` (``bytes`` accepted; see :func:`stores._types.as_key`); values are ``str`` or
-  ``bytes`` in and always ``bytes`` out;
+* keys are ``str`` (``bytes`` accepted; see :func:`storeharness.stores.as_key`); values are
+  ``str`` or ``bytes`` in and always ``bytes`` out;
 * a timeout is a ``datetime.timedelta`` or seconds; ``None`` means the store's default
   (``store.timeout``, 300 s unless set) and ``0`` means no limit;
 * a key *exists* when it holds a value **or** names a non-empty queue (torch's rule for

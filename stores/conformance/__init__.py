@@ -2,7 +2,7 @@
 
 No pytest needed::
 
-    from stores.conformance import Backend, check_store
+    from storeharness.stores.conformance import Backend, check_store
     for outcome in check_store(Backend("mine", make=MyStore)):
         print(outcome)
 
