@@ -2,7 +2,7 @@
 
 Write a scenario::
 
-    from ..harness import scenario, Signal, after, returns
+    from storeharness import scenario, Signal, after, returns
 
     @scenario(world_size=8, faults=[Signal(SIGINT, 3, after(3, "waiting"), blocked=True)])
     def my_scenario(ctx): ...
