@@ -1,11 +1,10 @@
-"""Processes seen from outside: system calls they sleep in, stack dumps, log tails, stopping."""
+"""Processes seen from outside: system calls they sleep in, stack dumps, log tails."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -18,7 +17,6 @@ __all__ = [
     "kill",
     "read_from",
     "size",
-    "stop_child",
     "tail",
     "thread_stack",
     "wait_for_dumps",
@@ -33,18 +31,6 @@ _SYSCALLS = {
     "47": "recvmsg", "61": "wait4", "202": "futex", "230": "clock_nanosleep",
     "232": "epoll_wait", "270": "pselect6", "271": "ppoll", "281": "epoll_pwait",
 }  # fmt: skip
-
-
-def stop_child(proc: subprocess.Popen[str], grace: float = 5.0) -> None:
-    """Stop a helper that exits when its stdin closes; SIGKILL it after ``grace`` seconds."""
-    for stream in (proc.stdin, proc.stdout):
-        if stream is not None and not stream.closed:
-            stream.close()
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(grace)
 
 
 def kill(pid: int, sig: signal.Signals) -> None:

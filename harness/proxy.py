@@ -20,7 +20,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any
 
-from ._inspect import stop_child
+from ..stores._process import stop_process
 
 __all__ = ["Proxy", "ProxyProcess"]
 
@@ -191,7 +191,8 @@ class ProxyProcess:
         return reply
 
     def close(self) -> None:
-        stop_child(self.proc)
+        """Close its stdin (it stops), then SIGTERM, then SIGKILL, each with a bounded wait."""
+        stop_process(self.proc)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,9 +21,9 @@ from types import TracebackType
 from typing import Any
 
 from ..stores import Capability, FileStore, HashStore, PrefixStore, Store, StoreError, TCPStore
+from ..stores._process import stop_process
 from ..stores.tcp import ServerProcess, bind_listener
 from . import faults as F
-from ._inspect import stop_child
 from .proxy import ProxyProcess
 
 __all__ = ["DEFAULT_TARGETS", "TARGETS", "Endpoint", "TargetSpec", "open_checked"]
@@ -165,7 +165,7 @@ class _TorchServer:
             raise StoreError(f"torch's TCPStore server on port {self.port} failed to start")
 
     def stop(self) -> None:
-        stop_child(self.proc)
+        stop_process(self.proc)
 
 
 # ------------------------------------------------------------------------------ endpoint

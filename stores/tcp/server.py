@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._errors import StoreError
+from .._process import stop_process
 from ._accel import speedups
 from ._state import Conn, ServerState
 from .codec import Limits, ProtocolError, Query, RequestDecoder
@@ -326,20 +327,8 @@ class ServerProcess:
         return f"ServerProcess(port={self.port}, pid={self.proc.pid})"
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(5)
-        elif self.proc.stdin is not None:
-            self.proc.stdin.close()
+        """Close its stdin (it stops serving), then SIGTERM, then SIGKILL; idempotent."""
+        stop_process(self.proc)
 
 
 def _serve_process(
