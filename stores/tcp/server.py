@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import errno
 import functools
 import logging
@@ -302,6 +303,18 @@ def _finish(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
+_LIMIT_FIELDS = tuple(f.name for f in dataclasses.fields(Limits))
+
+
+def _option(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def _limit_options(limits: Limits) -> list[str]:
+    """``limits`` as the server's command-line options (``--max-key N ...``), every field."""
+    return [arg for name in _LIMIT_FIELDS for arg in (_option(name), str(getattr(limits, name)))]
+
+
 class ServerProcess:
     """A TCPStore server in a process of its own, on a socket this process bound.
 
@@ -317,8 +330,7 @@ class ServerProcess:
         speed = {None: "auto", True: "yes", False: "no"}[accelerate]
         args = [
             sys.executable, "-m", "storeharness.stores.tcp", "--listen-fd", str(sock.fileno()),
-            "--max-key", str(lim.max_key), "--max-value", str(lim.max_value),
-            "--accelerate", speed,
+            *_limit_options(lim), "--accelerate", speed,
         ]  # fmt: skip
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, pass_fds=[sock.fileno()])
         sock.close()  # the child holds it now; the port stays bound, so no race
@@ -368,8 +380,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=29500, help="port to bind (0: any)")
     parser.add_argument("--listen-fd", type=int, help="serve an already bound socket instead")
     defaults = Limits()
-    parser.add_argument("--max-key", type=int, default=defaults.max_key)
-    parser.add_argument("--max-value", type=int, default=defaults.max_value)
+    for name in _LIMIT_FIELDS:  # every field, so a new limit cannot be left behind
+        parser.add_argument(
+            _option(name), type=int, default=getattr(defaults, name), help=f"Limits.{name}"
+        )
     parser.add_argument("--log-level", default="WARNING")
     parser.add_argument(
         "--accelerate",
@@ -380,7 +394,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     accelerate = {"auto": None, "yes": True, "no": False}[args.accelerate]
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(message)s")
-    limits = Limits(max_key=args.max_key, max_value=args.max_value)
+    limits = Limits(**{name: getattr(args, name) for name in _LIMIT_FIELDS})
     if args.listen_fd is not None:
         _serve_process(adopt_listener(args.listen_fd, 0), limits, True, accelerate)
     else:
