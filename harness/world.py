@@ -5,6 +5,7 @@ bounded waits (the pytest-xdist controller's shape), applies faults as ranks ann
 points, and on a deadline collects a stack dump from each stuck rank (faulthandler), then stops
 it with escalation: a stop message, SIGTERM, SIGKILL, each with a bounded wait.  Process ranks
 also die with the runner (``PR_SET_PDEATHSIG``), so not even a killed runner leaves one behind.
+The messages on the pipes are the frozen records of ``_messages``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,17 @@ import multiprocess
 from ..stores import Store
 from . import _inspect as I
 from . import faults as F
+from ._messages import (
+    AtPoint,
+    AwaitPoint,
+    Finished,
+    Go,
+    Never,
+    PipeFd,
+    Reached,
+    RunnerMessage,
+    Stop,
+)
 from .context import (
     DUMP_SIGNAL,
     RankContext,
@@ -153,7 +165,7 @@ class _Slot:
     thread: threading.Thread | None = None
     store: Store | None = None
     started: float = 0.0
-    reply: tuple[Any, ...] | None = None
+    reply: Finished | None = None
     points: list[str] = field(default_factory=list)
     timed_out: str = ""
     where: str = ""
@@ -359,19 +371,21 @@ class _World:
         except (EOFError, OSError):
             self._finish(slot)
             return
-        kind = msg[0]
-        if kind == "fd":
-            slot.control_fd = int(msg[1])
-        elif kind == "point":
-            slot.asking = True
-            self._reached(slot, msg[1])
-        elif kind == "await":
-            slot.asking = True
-            self._await(slot, int(msg[1]), str(msg[2]))
-        elif kind == "result":
-            slot.reply = msg
+        match msg:
+            case PipeFd(fd):
+                slot.control_fd = fd
+            case AtPoint(name):
+                slot.asking = True
+                self._reached(slot, name)
+            case AwaitPoint(rank, name):
+                slot.asking = True
+                self._await(slot, rank, name)
+            case Finished():
+                slot.reply = msg
+            case _:  # our own rank code sends only the above: a bug, so say so loudly
+                raise TypeError(f"rank {slot.rank} sent {msg!r}, which is not a rank message")
 
-    def _reply(self, slot: _Slot, *msg: Any) -> None:
+    def _reply(self, slot: _Slot, msg: RunnerMessage) -> None:
         if slot.state != "running":
             return
         slot.asking = False
@@ -383,20 +397,20 @@ class _World:
         for fault in self.plan:
             if F.trigger(fault) == F.Point(slot.rank, name):
                 self._apply(fault)
-        self._reply(slot, "go")
+        self._reply(slot, Go())
         for waiting in [w for w in self.awaiting if (w[1], w[2]) == (slot.rank, name)]:
             self.awaiting.remove(waiting)
-            self._reply(waiting[0], "reached")
+            self._reply(waiting[0], Reached())
 
     def _await(self, slot: _Slot, rank: int, name: str) -> None:
         if not 0 <= rank < self.n:
-            self._reply(slot, "never", f"there is no rank {rank} in a world of {self.n}")
+            self._reply(slot, Never(f"there is no rank {rank} in a world of {self.n}"))
             return
         target = self.slots[rank]
         if name in target.points:
-            self._reply(slot, "reached")
+            self._reply(slot, Reached())
         elif target.state in ("done", "missing"):
-            self._reply(slot, "never", f"rank {rank} ended without reaching {name!r}")
+            self._reply(slot, Never(f"rank {rank} ended without reaching {name!r}"))
         else:
             self.awaiting.append((slot, rank, name))
 
@@ -406,11 +420,9 @@ class _World:
         slot.state = "done"
         if slot.reply is None and slot.proc is not None:
             slot.proc.join(5)  # it closed its pipe without a result: it is dying; get its code
-        for waiting in [w for w in self.awaiting if w[1] == slot.rank]:
-            self.awaiting.remove(waiting)
-            self._reply(
-                waiting[0], "never", f"rank {slot.rank} ended without reaching {waiting[2]!r}"
-            )
+        for waiter, _, name in [w for w in self.awaiting if w[1] == slot.rank]:
+            self.awaiting.remove((waiter, slot.rank, name))
+            self._reply(waiter, Never(f"rank {slot.rank} ended without reaching {name!r}"))
         self.blocked_signals = [(f, s) for f, s in self.blocked_signals if s is not slot]
 
     # ---------------------------------------------------------------------------- faults
@@ -471,7 +483,7 @@ class _World:
             slot.where = I.where(I.read_from(slot.log_path, sizes[slot.rank]))
         listening = [s for s in stuck if s.asking or s.thread is not None]
         for slot in stuck:
-            self._reply(slot, "stop")
+            self._reply(slot, Stop())
             if slot.store is not None:  # a thread cannot be killed: take its store away
                 with contextlib.suppress(Exception):
                     slot.store.close()
@@ -545,16 +557,15 @@ class _World:
             )
         if slot.reply is None:
             return RankResult(slot.rank, Fate.DIED, **common)
-        _, ok, value, exc, error, tb, elapsed = slot.reply
-        fate = Fate.RETURNED if ok else Fate.RAISED
+        reply = slot.reply
         return RankResult(
             slot.rank,
-            fate,
-            value,
-            error,
-            exc,
-            tb,
-            elapsed=elapsed,
+            Fate.RETURNED if reply.ok else Fate.RAISED,
+            reply.value,
+            reply.error,
+            reply.exception,
+            reply.traceback,
+            elapsed=reply.elapsed,
             where=slot.where,
             **common,
         )
