@@ -5,7 +5,7 @@ bounded waits (the pytest-xdist controller's shape), applies faults as ranks ann
 points, and on a deadline collects a stack dump from each stuck rank (faulthandler), then stops
 it with escalation: a stop message, SIGTERM, SIGKILL, each with a bounded wait.  Process ranks
 also die with the runner (``PR_SET_PDEATHSIG``), so not even a killed runner leaves one behind.
-The messages on the pipes are the frozen records of ``_messages``.
+The messages on the pipes and the records of the event log are in ``_messages``.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ from . import faults as F
 from ._messages import (
     AtPoint,
     AwaitPoint,
+    Event,
+    EventKind,
     Finished,
     Go,
     Never,
@@ -111,10 +113,10 @@ class RankResult:
 
 @dataclass(frozen=True)
 class WorldResult(Sequence[RankResult]):
-    """Every rank's fate, the faults applied (in order), and the time the world took."""
+    """Every rank's fate, what the runner did (in order), and the time the world took."""
 
     ranks: tuple[RankResult, ...]
-    events: tuple[str, ...] = ()
+    events: tuple[Event, ...] = ()
     elapsed: float = 0.0
 
     def __getitem__(self, index: int) -> RankResult:  # type: ignore[override]
@@ -247,7 +249,7 @@ class _World:
         self.controls: Controls = _NoControls()
         self.mp: Any = None  # the multiprocess context, for process ranks
         self.token = uuid.uuid4().hex[:12]
-        self.events: list[str] = []
+        self.events: list[Event] = []
         self.awaiting: list[tuple[_Slot, int, str]] = []
         self.blocked_signals: list[tuple[F.Signal, _Slot]] = []
         self.selector = selectors.DefaultSelector()
@@ -264,7 +266,7 @@ class _World:
                 if isinstance(fault, F.Missing):
                     slot = self.slots[int(fault.rank)]  # type: ignore[arg-type]
                     slot.state, slot.why_missing = "missing", "a Missing fault held it back"
-                    self._event(f"rank {fault.rank} held back (Missing)")
+                    self._event(EventKind.HELD_BACK, f"rank {slot.rank} held back (Missing)", slot)
             for slot in self.slots:
                 if slot.state == "waiting" and slot.rank not in late:
                     self._launch(slot)
@@ -312,8 +314,9 @@ class _World:
         if over:
             self._stop(over, f"rank budget {self.rank_budget:g} s")
 
-    def _event(self, text: str) -> None:
-        self.events.append(f"{time.monotonic() - self.t0:8.3f} s  {text}")
+    def _event(self, kind: EventKind, text: str, about: _Slot | None = None) -> None:
+        rank = None if about is None else about.rank
+        self.events.append(Event(at=time.monotonic() - self.t0, kind=kind, text=text, rank=rank))
 
     # ------------------------------------------------------------------------- launching
 
@@ -437,24 +440,28 @@ class _World:
         elif isinstance(fault, F.Late):
             target = self.slots[int(fault.rank)]  # type: ignore[arg-type]
             if target.state == "waiting":
-                self._event(f"rank {target.rank} starts ({fault.after} reached)")
+                self._event(
+                    EventKind.LAUNCHED, f"rank {target.rank} starts ({fault.after} reached)", target
+                )
                 self._launch(target)
         elif isinstance(fault, F.KillServer):
-            self._event(self.controls.kill_server())
+            self._event(EventKind.SERVER, self.controls.kill_server())
         elif isinstance(fault, F.RestartServer):
-            self._event(self.controls.restart_server())
+            self._event(EventKind.SERVER, self.controls.restart_server())
         elif isinstance(fault, F.PROXY_FAULTS):
-            self._event(self.controls.network(fault))
+            self._event(EventKind.NETWORK, self.controls.network(fault))
 
     def _signal(self, slot: _Slot, sig: signal.Signals, how: str) -> None:
         if slot.state != "running" or slot.proc is None:
-            self._event(f"{sig.name} to rank {slot.rank} not sent: the rank is {slot.state}")
+            text = f"{sig.name} to rank {slot.rank} not sent: the rank is {slot.state}"
+            self._event(EventKind.SIGNAL, text, slot)
             return
         try:
             os.kill(slot.proc.pid, sig)
-            self._event(f"{sig.name} sent to rank {slot.rank}{how}")
+            self._event(EventKind.SIGNAL, f"{sig.name} sent to rank {slot.rank}{how}", slot)
         except ProcessLookupError:
-            self._event(f"{sig.name} to rank {slot.rank} not sent: its process is gone")
+            text = f"{sig.name} to rank {slot.rank} not sent: its process is gone"
+            self._event(EventKind.SIGNAL, text, slot)
 
     def _deliver_blocked(self) -> None:
         for fault, slot in list(self.blocked_signals):
@@ -470,7 +477,8 @@ class _World:
         stuck = [s for s in stuck if s.reply is None]  # the others are exiting with a result
         for slot in stuck:
             slot.timed_out = why
-            self._event(f"rank {slot.rank} stuck at the {why}; collecting its stack")
+            text = f"rank {slot.rank} stuck at the {why}; collecting its stack"
+            self._event(EventKind.STUCK, text, slot)
         procs = [s for s in stuck if s.proc is not None]
         sizes = {s.rank: I.size(s.log_path) for s in procs}
         for slot in procs:
@@ -494,7 +502,8 @@ class _World:
             for slot in alive:
                 I.kill(slot.proc.pid, step)
             if alive:
-                self._event(f"{step.name} sent to rank(s) {', '.join(str(s.rank) for s in alive)}")
+                text = f"{step.name} sent to rank(s) {', '.join(str(s.rank) for s in alive)}"
+                self._event(EventKind.ESCALATED, text, alive[0] if len(alive) == 1 else None)
             self._drain(alive, _STOP_GRACE if step is signal.SIGTERM else 5.0)
         for slot in stuck:
             if slot.state == "running" and slot.thread is not None:

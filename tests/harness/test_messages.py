@@ -1,4 +1,4 @@
-"""The rank↔runner messages: frozen, typed, and they travel."""
+"""The rank↔runner messages and the event record: frozen, typed, and they travel."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 import multiprocess
 import pytest
 
+from storeharness.harness import Event, EventKind
 from storeharness.harness._messages import (
     AtPoint,
     AwaitPoint,
@@ -32,6 +33,7 @@ MESSAGES: list[Any] = [
     Reached(),
     Never("rank 1 ended without reaching 'x'"),
     Stop(),
+    Event(at=0.123, kind=EventKind.SIGNAL, text="SIGINT sent to rank 3", rank=3),
 ]
 
 
@@ -65,3 +67,19 @@ def test_messages_are_frozen_and_slotted(msg: Any) -> None:
     for f in dataclasses.fields(msg):
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(msg, f.name, None)
+
+
+def test_an_event_prints_as_the_report_line_it_was() -> None:
+    event = Event(at=0.1234, kind=EventKind.ESCALATED, text="SIGTERM sent to rank(s) 0, 2")
+    assert str(event) == "   0.123 s  SIGTERM sent to rank(s) 0, 2"
+    assert event.rank is None and event.kind == "escalated"
+
+
+def test_an_event_record_can_be_extended_with_required_fields() -> None:
+    @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+    class Operation(Event):
+        op: str
+        key: str
+
+    rec = Operation(at=1.0, kind="op", text="rank 0 set k", rank=0, op="set", key="k")
+    assert str(rec) == "   1.000 s  rank 0 set k" and isinstance(rec, Event)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from storeharness.harness import Fate, RankContext, RankStopped, run_world
+from storeharness.harness import EventKind, Fate, RankContext, RankStopped, run_world
 from storeharness.harness.faults import Late, Missing, Signal, after
 from storeharness.stores import FileStore, HashStore, StoreTimeout
 
@@ -113,7 +113,7 @@ def test_late_ranks_start_on_their_trigger_and_untriggered_ones_never(tmp_path: 
     assert result[1].fate is Fate.RETURNED and result[1].value == (None, True)
     assert result[2].fate is Fate.MISSING
     assert "rank 0 at 'no-such-point'" in result[2].error
-    assert any("rank 1 starts" in e for e in result.events)
+    assert any("rank 1 starts" in e.text for e in result.events)
 
 
 def _after_an_ended_rank(ctx: RankContext) -> str:
@@ -151,8 +151,12 @@ def test_sigstop_and_sigcont_at_points(tmp_path: Path) -> None:
     opener = functools.partial(FileStore, str(tmp_path / "fs"))
     result = run_world(_stops, 2, opener, "process", faults=faults)
     assert [r.fate for r in result] == [Fate.RETURNED, Fate.RETURNED]
-    sent = [e.split("s  ", 1)[1] for e in result.events]
+    sent = [e.text for e in result.events]
     assert sent == ["SIGSTOP sent to rank 1", "SIGCONT sent to rank 1"]
+    assert [(e.kind, e.rank) for e in result.events] == [(EventKind.SIGNAL, 1)] * 2
+    first, second = result.events
+    assert 0 <= first.at <= second.at <= result.elapsed
+    assert str(first) == f"{first.at:8.3f} s  SIGSTOP sent to rank 1"  # as reports print it
 
 
 def _forever(ctx: RankContext) -> None:
@@ -218,7 +222,5 @@ def test_the_stop_message_ends_a_rank_that_listens_before_any_signal() -> None:
     assert [r.fate for r in result] == [Fate.TIMED_OUT, Fate.TIMED_OUT]
     # Rank 1 was reading its pipe: the stop message ended it (RankStopped), so only rank 0,
     # asleep in the store, needed SIGTERM.
-    assert [e.split("s  ", 1)[1] for e in result.events if "SIGTERM" in e] == [
-        "SIGTERM sent to rank(s) 0"
-    ]
+    assert [e.text for e in result.events if "SIGTERM" in e.text] == ["SIGTERM sent to rank(s) 0"]
     assert result[1].exitcode == 0
