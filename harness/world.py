@@ -3,15 +3,17 @@
 The runner owns every rank it starts.  It reads all ranks' pipes through one selector with
 bounded waits (the pytest-xdist controller's shape), applies faults as ranks announce named
 points, and on a deadline collects a stack dump from each stuck rank (faulthandler), then stops
-it with escalation: a stop message, SIGTERM, SIGKILL, each with a bounded wait.  Process ranks
-also die with the runner (``PR_SET_PDEATHSIG``), so not even a killed runner leaves one behind.
-The messages on the pipes and the records of the event log are in ``_messages``.
+it with the one stop ladder (``stores._process.escalate``): a stop message, SIGTERM, SIGKILL,
+each followed by a bounded wait during which it keeps reading every pipe.  Process ranks also
+die with the runner (``PR_SET_PDEATHSIG``), so not even a killed runner leaves one behind.  The
+messages on the pipes and the records of the event log are in ``_messages``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import gc
 import os
 import selectors
@@ -28,6 +30,7 @@ from typing import Any, Protocol
 import multiprocess
 
 from ..stores import Store
+from ..stores._process import Step, escalate
 from . import _inspect as I
 from . import faults as F
 from ._messages import (
@@ -57,8 +60,9 @@ __all__ = ["Controls", "Fate", "RankFn", "RankResult", "WorldResult", "run_world
 #: What every rank runs; its return value must pickle (for process ranks).
 RankFn = Callable[[RankContext], Any]
 
-_STOP_GRACE = 0.5  # seconds a stuck rank gets after the stop message, and after SIGTERM
-_DUMP_WAIT = 1.0  # seconds to wait for a faulthandler dump to land in the rank's log
+_STOP_TIMEOUT = 0.5  # seconds a stuck rank gets after the stop message, and after SIGTERM
+_KILL_TIMEOUT = 5.0  # seconds to wait for SIGKILLed ranks to be gone
+_DUMP_TIMEOUT = 1.0  # seconds to wait for a faulthandler dump to land in the rank's log
 _BLOCKED_POLL = 0.002  # while a signal waits for its target to block in a system call
 
 
@@ -473,12 +477,21 @@ class _World:
     # ------------------------------------------------------------------- stopping ranks
 
     def _stop(self, stuck: list[_Slot], why: str) -> None:
-        """Dump each stuck rank's stack, then stop message → SIGTERM → SIGKILL, bounded."""
+        """Stop ranks still running at a time limit: mark them, dump their stacks, stop them."""
         stuck = [s for s in stuck if s.reply is None]  # the others are exiting with a result
+        self._mark_timed_out(stuck, why)
+        self._collect_stacks(stuck)
+        self._escalate(stuck)
+        self._abandon_threads(stuck)
+
+    def _mark_timed_out(self, stuck: list[_Slot], why: str) -> None:
         for slot in stuck:
             slot.timed_out = why
             text = f"rank {slot.rank} stuck at the {why}; collecting its stack"
             self._event(EventKind.STUCK, text, slot)
+
+    def _collect_stacks(self, stuck: list[_Slot]) -> None:
+        """Where each rank is stuck: a faulthandler dump from a process, the frames of a thread."""
         procs = [s for s in stuck if s.proc is not None]
         sizes = {s.rank: I.size(s.log_path) for s in procs}
         for slot in procs:
@@ -486,39 +499,56 @@ class _World:
         for slot in stuck:
             if slot.thread is not None:
                 slot.where = I.thread_stack(slot.thread, slot.rank, slot.log_path)
-        I.wait_for_dumps({s.log_path: sizes[s.rank] for s in procs}, _DUMP_WAIT)
+        I.wait_for_dumps({s.log_path: sizes[s.rank] for s in procs}, _DUMP_TIMEOUT)
         for slot in procs:
             slot.where = I.where(I.read_from(slot.log_path, sizes[slot.rank]))
-        listening = [s for s in stuck if s.asking or s.thread is not None]
-        for slot in stuck:
+
+    def _escalate(self, stuck: list[_Slot]) -> None:
+        """The stop ladder: stop message, SIGTERM, SIGKILL, reading every pipe after each."""
+        steps = [
+            Step("stop message", self._send_stop, _STOP_TIMEOUT),
+            Step("SIGTERM", functools.partial(self._send_signal, signal.SIGTERM), _STOP_TIMEOUT),
+            Step("SIGKILL", functools.partial(self._send_signal, signal.SIGKILL), _KILL_TIMEOUT),
+        ]
+        escalate(stuck, steps, alive=_alive, wait=self._drain)
+
+    def _send_stop(self, slots: list[_Slot]) -> list[_Slot]:
+        """Send the stop message, take thread ranks' stores away; return who can act on it."""
+        # Only a rank reading its pipe for an answer, or a thread whose store we close, can.
+        listening = [s for s in slots if s.asking or s.thread is not None]
+        for slot in slots:
             self._reply(slot, Stop())
             if slot.store is not None:  # a thread cannot be killed: take its store away
                 with contextlib.suppress(Exception):
                     slot.store.close()
-        if listening:  # only a rank reading its pipe (or a thread) can act on the message
-            self._drain(listening, _STOP_GRACE)
-        for step in (signal.SIGTERM, signal.SIGKILL):
-            alive = [s for s in procs if s.state == "running"]
-            for slot in alive:
-                I.kill(slot.proc.pid, step)
-            if alive:
-                text = f"{step.name} sent to rank(s) {', '.join(str(s.rank) for s in alive)}"
-                self._event(EventKind.ESCALATED, text, alive[0] if len(alive) == 1 else None)
-            self._drain(alive, _STOP_GRACE if step is signal.SIGTERM else 5.0)
+        return listening
+
+    def _send_signal(self, sig: signal.Signals, slots: list[_Slot]) -> list[_Slot]:
+        """Signal the process ranks among ``slots`` (threads cannot be signalled); return them."""
+        procs = [s for s in slots if s.proc is not None]
+        for slot in procs:
+            I.kill(slot.proc.pid, sig)
+        if procs:
+            text = f"{sig.name} sent to rank(s) {', '.join(str(s.rank) for s in procs)}"
+            self._event(EventKind.ESCALATED, text, procs[0] if len(procs) == 1 else None)
+        return procs
+
+    def _abandon_threads(self, stuck: list[_Slot]) -> None:
+        """Give each thread rank still running a last bounded join, then stop tracking it."""
         for slot in stuck:
             if slot.state == "running" and slot.thread is not None:
-                slot.thread.join(_STOP_GRACE)
+                slot.thread.join(_STOP_TIMEOUT)
                 if slot.thread.is_alive():
                     slot.timed_out += "; the thread is still blocked (threads cannot be killed)"
                 self.selector.unregister(slot.conn)
                 slot.conn.close()
                 slot.state = "done"
 
-    def _drain(self, slots: list[_Slot], grace: float) -> None:
-        """Read from ``slots`` until each one's pipe closes or ``grace`` seconds pass."""
-        end = time.monotonic() + grace
-        while any(s.state == "running" for s in slots):
-            left = end - time.monotonic()
+    def _drain(self, slots: list[_Slot], timeout: float) -> None:
+        """Read every pipe until each of ``slots`` has closed its own or ``timeout`` s pass."""
+        deadline = time.monotonic() + timeout
+        while any(_alive(s) for s in slots):
+            left = deadline - time.monotonic()
             if left <= 0:
                 return
             for key, _ in self.selector.select(left):
@@ -578,3 +608,8 @@ class _World:
             where=slot.where,
             **common,
         )
+
+
+def _alive(slot: _Slot) -> bool:
+    """Still running, as far as the runner knows (its pipe has not closed)."""
+    return slot.state == "running"

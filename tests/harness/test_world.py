@@ -224,3 +224,21 @@ def test_the_stop_message_ends_a_rank_that_listens_before_any_signal() -> None:
     # asleep in the store, needed SIGTERM.
     assert [e.text for e in result.events if "SIGTERM" in e.text] == ["SIGTERM sent to rank(s) 0"]
     assert result[1].exitcode == 0
+
+
+def _ignores_sigterm(ctx: RankContext) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ctx.point("deaf")
+    ctx.store.wait(["never"], 0)
+
+
+def test_a_rank_that_ignores_sigterm_is_killed_by_the_ladder() -> None:
+    result = run_world(_ignores_sigterm, 1, HashStore, "process", deadline=0.5)
+    assert result[0].fate is Fate.TIMED_OUT and result[0].exitcode == -signal.SIGKILL
+    assert "world deadline" in result[0].error
+    assert [(e.kind, e.text) for e in result.events] == [
+        (EventKind.STUCK, "rank 0 stuck at the world deadline; collecting its stack"),
+        (EventKind.ESCALATED, "SIGTERM sent to rank(s) 0"),
+        (EventKind.ESCALATED, "SIGKILL sent to rank(s) 0"),
+    ]
+    assert not _alive(result[0].pid)
