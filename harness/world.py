@@ -117,11 +117,16 @@ class RankResult:
 
 @dataclass(frozen=True)
 class WorldResult(Sequence[RankResult]):
-    """Every rank's fate, what the runner did (in order), and the time the world took."""
+    """Every rank's fate, what the runner did (in order), the time taken, and the fault plan.
+
+    ``plan`` is the faults as this run resolved them from its seed (``ANY`` ranks made
+    concrete), so a judge reads the very plan that ran instead of resolving it again.
+    """
 
     ranks: tuple[RankResult, ...]
     events: tuple[Event, ...] = ()
     elapsed: float = 0.0
+    plan: tuple[F.Fault, ...] = ()
 
     def __getitem__(self, index: int) -> RankResult:  # type: ignore[override]
         return self.ranks[index]
@@ -296,6 +301,7 @@ class _World:
             tuple(self._result(s) for s in self.slots),
             tuple(self.events),
             time.monotonic() - self.t0,
+            self.plan,
         )
 
     def _running(self) -> bool:

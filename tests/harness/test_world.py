@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from storeharness.harness import EventKind, Fate, RankContext, RankStopped, run_world
-from storeharness.harness.faults import Late, Missing, Signal, after
+from storeharness.harness import ANY, EventKind, Fate, RankContext, RankStopped, run_world
+from storeharness.harness.faults import Late, Missing, Signal, after, resolve
 from storeharness.stores import FileStore, HashStore, StoreTimeout
 
 
@@ -242,3 +242,18 @@ def test_a_rank_that_ignores_sigterm_is_killed_by_the_ladder() -> None:
         (EventKind.ESCALATED, "SIGKILL sent to rank(s) 0"),
     ]
     assert not _alive(result[0].pid)
+
+
+def _fate_of_any(ctx: RankContext) -> int:
+    return ctx.rank
+
+
+def test_the_result_carries_the_plan_its_seed_resolved() -> None:
+    faults = [Missing(ANY)]
+    for seed in range(4):
+        result = run_world(_fate_of_any, 4, HashStore().clone, "thread", faults=faults, seed=seed)
+        assert result.plan == resolve(faults, 4, seed)
+        (missing,) = result.plan
+        assert isinstance(missing, Missing) and isinstance(missing.rank, int)
+        assert result[missing.rank].fate is Fate.MISSING
+        assert [(e.kind, e.rank) for e in result.events] == [(EventKind.HELD_BACK, missing.rank)]
