@@ -81,18 +81,18 @@ def tail(path: str) -> str:
         return ""
 
 
-def wait_for_dumps(logs: dict[str, int], limit: float) -> None:
-    """Wait (at most ``limit`` s) until a faulthandler dump appears in each log past its offset."""
-    end = time.monotonic() + limit
+def wait_for_dumps(logs: dict[str, int], timeout: float) -> None:
+    """Wait (at most ``timeout`` s) until a faulthandler dump lands in each log past its offset."""
+    deadline = time.monotonic() + timeout
     waiting = dict(logs)
-    while waiting and time.monotonic() < end:
+    while waiting and time.monotonic() < deadline:
         waiting = {
             path: offset
             for path, offset in waiting.items()
             if "most recent call first" not in read_from(path, offset)
         }
         if waiting:
-            time.sleep(0.005)  # polling a file another process writes; bounded by ``limit``
+            time.sleep(0.005)  # polling a file another process writes; bounded by ``timeout``
 
 
 def _package_dirs() -> tuple[str, ...]:

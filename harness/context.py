@@ -36,7 +36,7 @@ _PR_SET_PDEATHSIG = 1
 
 
 class RankStopped(BaseException):
-    """The runner asked this rank to stop (its deadline passed), or a point it awaited is gone.
+    """The runner asked this rank to stop (its time was up), or a point it awaited is gone.
 
     A ``BaseException``, like ``KeyboardInterrupt``, so that ``except Exception`` in scenario
     code does not swallow it.

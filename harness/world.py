@@ -2,11 +2,12 @@
 
 The runner owns every rank it starts.  It reads all ranks' pipes through one selector with
 bounded waits (the pytest-xdist controller's shape), applies faults as ranks announce named
-points, and on a deadline collects a stack dump from each stuck rank (faulthandler), then stops
-it with the one stop ladder (``stores._process.escalate``): a stop message, SIGTERM, SIGKILL,
-each followed by a bounded wait during which it keeps reading every pipe.  Process ranks also
-die with the runner (``PR_SET_PDEATHSIG``), so not even a killed runner leaves one behind.  The
-messages on the pipes and the records of the event log are in ``_messages``.
+points, and when the world's time limit (or a rank's budget) runs out it collects a stack dump
+from each stuck rank (faulthandler), then stops it with the one stop ladder
+(``stores._process.escalate``): a stop message, SIGTERM, SIGKILL, each followed by a bounded wait
+during which it keeps reading every pipe.  Process ranks also die with the runner
+(``PR_SET_PDEATHSIG``), so not even a killed runner leaves one behind.  The messages on the
+pipes and the records of the event log are in ``_messages``.
 """
 
 from __future__ import annotations
@@ -191,7 +192,7 @@ def run_world(
     world_size: int,
     open_store: Callable[[], Store],
     workers: str = "process",
-    deadline: float = 60.0,
+    time_limit: float = 60.0,
     *,
     fixed: bool = True,
     faults: Sequence[F.Fault] = (),
@@ -206,16 +207,16 @@ def run_world(
 
     ``workers`` is ``"process"`` (``open_store`` and ``fn`` must pickle unless the start method
     is fork) or ``"thread"``.  ``fixed=False`` makes a non-fixed world: ``ctx.world_size`` is
-    ``None`` and ranks that ``Late`` faults hold back join when their trigger fires.  ``deadline``
-    bounds the whole world, ``rank_budget`` each rank from its start, ``op_timeout`` every store
-    operation.  Raises ``ValueError`` for a bad argument, naming it.
+    ``None`` and ranks that ``Late`` faults hold back join when their trigger fires.  Durations in
+    seconds: ``time_limit`` bounds the whole world, ``rank_budget`` each rank from its start,
+    ``op_timeout`` every store operation.  Raises ``ValueError`` for a bad argument, naming it.
     """
     if not isinstance(world_size, int) or isinstance(world_size, bool) or world_size < 1:
         raise ValueError(f"world_size must be an int >= 1, got {world_size!r}")
     if workers not in ("process", "thread"):
         raise ValueError(f"workers must be 'process' or 'thread', got {workers!r}")
-    if not deadline > 0:
-        raise ValueError(f"deadline must be > 0 seconds, got {deadline!r}")
+    if not time_limit > 0:
+        raise ValueError(f"time_limit must be > 0 seconds, got {time_limit!r}")
     problems = F.check(faults)
     if problems:
         raise ValueError("; ".join(problems))
@@ -225,7 +226,7 @@ def run_world(
     own_dir = log_dir is None
     logs = tempfile.mkdtemp(prefix="storeharness-logs-") if log_dir is None else log_dir
     try:
-        world = _World(fn, world_size, open_store, workers, deadline, fixed, plan, seed, logs)
+        world = _World(fn, world_size, open_store, workers, time_limit, fixed, plan, seed, logs)
         world.rank_budget, world.op_timeout = rank_budget, op_timeout
         world.controls = controls or _NoControls()
         if workers == "process":
@@ -243,14 +244,14 @@ class _World:
         n: int,
         open_store: Callable[[], Store],
         workers: str,
-        deadline: float,
+        time_limit: float,
         fixed: bool,
         plan: tuple[F.Fault, ...],
         seed: int,
         log_dir: str,
     ) -> None:
         self.fn, self.open_store, self.workers = fn, open_store, workers
-        self.deadline, self.fixed, self.plan, self.seed = deadline, fixed, plan, seed
+        self.time_limit, self.fixed, self.plan, self.seed = time_limit, fixed, plan, seed
         self.n = n
         self.slots = [_Slot(r, log_path=os.path.join(log_dir, f"rank-{r}.log")) for r in range(n)]
         self.rank_budget: float | None = None
@@ -268,7 +269,7 @@ class _World:
 
     def run(self) -> WorldResult:
         self.t0 = time.monotonic()
-        end = self.t0 + self.deadline
+        deadline = self.t0 + self.time_limit
         try:
             late = {f.rank for f in self.plan if isinstance(f, F.Late)}
             for fault in self.plan:
@@ -281,10 +282,10 @@ class _World:
                     self._launch(slot)
             while self._running():
                 now = time.monotonic()
-                if now >= end:
-                    self._stop([s for s in self.slots if s.state == "running"], "world deadline")
+                if now >= deadline:
+                    self._stop([s for s in self.slots if s.state == "running"], "world time limit")
                     break
-                wake = min([end, *self._budget_ends()])
+                wake = min([deadline, *self._budget_deadlines()])
                 if self.blocked_signals:
                     wake = min(wake, now + _BLOCKED_POLL)
                 for key, _ in self.selector.select(max(0.0, wake - now)):
@@ -307,7 +308,7 @@ class _World:
     def _running(self) -> bool:
         return any(s.state == "running" for s in self.slots)
 
-    def _budget_ends(self) -> list[float]:
+    def _budget_deadlines(self) -> list[float]:
         if self.rank_budget is None:
             return []
         return [s.started + self.rank_budget for s in self.slots if s.state == "running"]
@@ -566,10 +567,10 @@ class _World:
                 slot.timed_out = slot.timed_out or "the runner was interrupted"
                 if slot.proc is not None:
                     I.kill(slot.proc.pid, signal.SIGKILL)
-        joins_end = time.monotonic() + 2.0  # one bound for all threads, however many
+        joins_deadline = time.monotonic() + 2.0  # one bound for all threads, however many
         for slot in self.slots:
             if slot.thread is not None:  # past its pipe's end it only releases its logger
-                slot.thread.join(max(0.0, joins_end - time.monotonic()))
+                slot.thread.join(max(0.0, joins_deadline - time.monotonic()))
             if slot.proc is not None:
                 slot.proc.join(2)
                 if slot.proc.is_alive():

@@ -38,7 +38,7 @@ def _mixed(ctx: RankContext) -> int:
 
 def test_every_fate_is_reported_and_no_child_survives(tmp_path: Path) -> None:
     opener = functools.partial(FileStore, str(tmp_path / "fs"))
-    result = run_world(_mixed, 5, opener, "process", deadline=3.0, faults=[Missing(4)])
+    result = run_world(_mixed, 5, opener, "process", time_limit=3.0, faults=[Missing(4)])
     fates = [r.fate for r in result]
     assert fates == [Fate.RETURNED, Fate.RAISED, Fate.DIED, Fate.TIMED_OUT, Fate.MISSING]
     assert result[0].value == 0
@@ -171,14 +171,14 @@ def test_rank_budget_stops_only_the_slow_rank(tmp_path: Path) -> None:
         return "quick"
 
     opener = functools.partial(FileStore, str(tmp_path / "fs"))
-    result = run_world(fn, 2, opener, "process", deadline=30, rank_budget=0.5)
+    result = run_world(fn, 2, opener, "process", time_limit=30, rank_budget=0.5)
     assert result[0].fate is Fate.TIMED_OUT and "rank budget 0.5 s" in result[0].error
     assert result[1].value == "quick"
     assert result.elapsed < 10
 
 
 def test_thread_ranks_past_the_deadline_lose_their_store() -> None:
-    result = run_world(_forever, 2, HashStore().clone, "thread", deadline=0.5)
+    result = run_world(_forever, 2, HashStore().clone, "thread", time_limit=0.5)
     assert [r.fate for r in result] == [Fate.TIMED_OUT] * 2
     assert "_forever" in result[0].where
     assert not [t for t in threading.enumerate() if t.name.startswith("rank-")]
@@ -200,8 +200,8 @@ def test_bad_arguments_are_named() -> None:
         run_world(_sum, 0, HashStore)
     with pytest.raises(ValueError, match="workers"):
         run_world(_sum, 1, HashStore, "fiber")
-    with pytest.raises(ValueError, match="deadline"):
-        run_world(_sum, 1, HashStore, deadline=0)
+    with pytest.raises(ValueError, match="time_limit"):
+        run_world(_sum, 1, HashStore, time_limit=0)
     with pytest.raises(ValueError, match="cannot target a thread"):
         run_world(_sum, 1, HashStore, "thread", faults=[Signal(signal.SIGINT, 0, after(0, "x"))])
     with pytest.raises(ValueError, match="outside a world of 2"):
@@ -218,7 +218,7 @@ def _one_stuck_one_asking(ctx: RankContext) -> None:
 
 
 def test_the_stop_message_ends_a_rank_that_listens_before_any_signal() -> None:
-    result = run_world(_one_stuck_one_asking, 2, HashStore, "process", deadline=0.5)
+    result = run_world(_one_stuck_one_asking, 2, HashStore, "process", time_limit=0.5)
     assert [r.fate for r in result] == [Fate.TIMED_OUT, Fate.TIMED_OUT]
     # Rank 1 was reading its pipe: the stop message ended it (RankStopped), so only rank 0,
     # asleep in the store, needed SIGTERM.
@@ -233,11 +233,11 @@ def _ignores_sigterm(ctx: RankContext) -> None:
 
 
 def test_a_rank_that_ignores_sigterm_is_killed_by_the_ladder() -> None:
-    result = run_world(_ignores_sigterm, 1, HashStore, "process", deadline=0.5)
+    result = run_world(_ignores_sigterm, 1, HashStore, "process", time_limit=0.5)
     assert result[0].fate is Fate.TIMED_OUT and result[0].exitcode == -signal.SIGKILL
-    assert "world deadline" in result[0].error
+    assert "world time limit" in result[0].error
     assert [(e.kind, e.text) for e in result.events] == [
-        (EventKind.STUCK, "rank 0 stuck at the world deadline; collecting its stack"),
+        (EventKind.STUCK, "rank 0 stuck at the world time limit; collecting its stack"),
         (EventKind.ESCALATED, "SIGTERM sent to rank(s) 0"),
         (EventKind.ESCALATED, "SIGKILL sent to rank(s) 0"),
     ]
