@@ -50,7 +50,7 @@ def bare_forks(n: int) -> float:
 
 def world_once(endpoint: Endpoint, n: int, workers: str) -> float:
     start = time.perf_counter()
-    result = run_world(_meet, n, endpoint.opener(), workers, deadline=600)
+    result = run_world(_meet, n, endpoint.opener(), workers, time_limit=600)
     spent = time.perf_counter() - start
     bad = [r.describe() for r in result if r.fate is not Fate.RETURNED]
     if bad:

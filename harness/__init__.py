@@ -11,6 +11,7 @@ and run it with ``pytest`` (the plugin collects it) or ``storeharness run FILE``
 """
 
 from . import targets
+from ._messages import Event, EventKind
 from .context import RankContext, RankStopped
 from .faults import (
     ANY,
@@ -52,6 +53,8 @@ __all__ = [
     "Delay",
     "Drop",
     "Endpoint",
+    "Event",
+    "EventKind",
     "Fate",
     "Heal",
     "KillServer",

@@ -1,11 +1,10 @@
-"""Processes seen from outside: system calls they sleep in, stack dumps, log tails, stopping."""
+"""Processes seen from outside: system calls they sleep in, stack dumps, log tails."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -18,7 +17,6 @@ __all__ = [
     "kill",
     "read_from",
     "size",
-    "stop_child",
     "tail",
     "thread_stack",
     "wait_for_dumps",
@@ -33,18 +31,6 @@ _SYSCALLS = {
     "47": "recvmsg", "61": "wait4", "202": "futex", "230": "clock_nanosleep",
     "232": "epoll_wait", "270": "pselect6", "271": "ppoll", "281": "epoll_pwait",
 }  # fmt: skip
-
-
-def stop_child(proc: subprocess.Popen[str], grace: float = 5.0) -> None:
-    """Stop a helper that exits when its stdin closes; SIGKILL it after ``grace`` seconds."""
-    for stream in (proc.stdin, proc.stdout):
-        if stream is not None and not stream.closed:
-            stream.close()
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(grace)
 
 
 def kill(pid: int, sig: signal.Signals) -> None:
@@ -95,18 +81,18 @@ def tail(path: str) -> str:
         return ""
 
 
-def wait_for_dumps(logs: dict[str, int], limit: float) -> None:
-    """Wait (at most ``limit`` s) until a faulthandler dump appears in each log past its offset."""
-    end = time.monotonic() + limit
+def wait_for_dumps(logs: dict[str, int], timeout: float) -> None:
+    """Wait (at most ``timeout`` s) until a faulthandler dump lands in each log past its offset."""
+    deadline = time.monotonic() + timeout
     waiting = dict(logs)
-    while waiting and time.monotonic() < end:
+    while waiting and time.monotonic() < deadline:
         waiting = {
             path: offset
             for path, offset in waiting.items()
             if "most recent call first" not in read_from(path, offset)
         }
         if waiting:
-            time.sleep(0.005)  # polling a file another process writes; bounded by ``limit``
+            time.sleep(0.005)  # polling a file another process writes; bounded by ``timeout``
 
 
 def _package_dirs() -> tuple[str, ...]:

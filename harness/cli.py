@@ -131,7 +131,7 @@ def _row(r: CaseResult) -> dict[str, object]:
         "seconds": round(r.elapsed, 4),
         "seed": r.seed,
         "error": r.error or None,
-        "events": list(r.world.events) if r.world is not None else [],
+        "events": [str(e) for e in r.world.events] if r.world is not None else [],
         "ranks": ranks,
         "replay": None if r.passed else r.replay(),
     }

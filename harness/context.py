@@ -4,17 +4,16 @@ A rank talks to the runner over one duplex pipe.  ``ctx.point(name)`` announces 
 and waits for the runner's go-ahead, which comes after every fault triggered by that point has
 been applied, so faults land at exactly the place the scenario names.  ``ctx.wait_for(rank,
 name)`` blocks until another rank has reached a point: ranks coordinate through the runner
-rather than through sleeps.  The messages on the pipe (all tuples):
-
-rank → runner: ``("point", name)``, ``("await", rank, name)``, ``("result", ok, value, exc,
-error, traceback, elapsed)``
-runner → rank: ``("go",)``, ``("reached",)``, ``("never", why)``, ``("stop",)``
+rather than through sleeps.  The messages on the pipe are the frozen records of ``_messages``:
+the rank sends :class:`AtPoint`, :class:`AwaitPoint` and last :class:`Finished`; the runner
+answers each question with :class:`Go`, :class:`Reached`, :class:`Never` or :class:`Stop`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import faulthandler
 import logging
 import os
@@ -27,6 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..stores import Store
+from ._messages import AtPoint, AwaitPoint, Finished, Go, Never, PipeFd, Reached, Stop
 
 __all__ = ["DUMP_SIGNAL", "RankContext", "RankStopped"]
 
@@ -36,7 +36,7 @@ _PR_SET_PDEATHSIG = 1
 
 
 class RankStopped(BaseException):
-    """The runner asked this rank to stop (its deadline passed), or a point it awaited is gone.
+    """The runner asked this rank to stop (its time was up), or a point it awaited is gone.
 
     A ``BaseException``, like ``KeyboardInterrupt``, so that ``except Exception`` in scenario
     code does not swallow it.
@@ -76,7 +76,7 @@ class RankContext:
         if not isinstance(name, str) or not name:
             raise ValueError(f"ctx.point needs a non-empty name, got {name!r}")
         self.log.debug("point %s", name)
-        self._conn.send(("point", name))
+        self._conn.send(AtPoint(name))
         self._answer(f"point {name!r}")
 
     def wait_for(self, rank: int, name: str) -> None:
@@ -84,15 +84,19 @@ class RankContext:
 
         Raises :class:`RankStopped` if that rank ended (or never started) without reaching it.
         """
-        self._conn.send(("await", rank, name))
+        self._conn.send(AwaitPoint(int(rank), str(name)))
         self._answer(f"waiting for rank {rank} to reach {name!r}")
 
     def _answer(self, doing: str) -> None:
-        reply = self._conn.recv()
-        if reply[0] == "never":
-            raise RankStopped(f"rank {self.rank} {doing}: {reply[1]}")
-        if reply[0] == "stop":
-            raise RankStopped(f"rank {self.rank} was stopped by the runner while {doing}")
+        match self._conn.recv():
+            case Go() | Reached():
+                return
+            case Never(why):
+                raise RankStopped(f"rank {self.rank} {doing}: {why}")
+            case Stop():
+                raise RankStopped(f"rank {self.rank} was stopped by the runner while {doing}")
+            case other:  # the runner sends only the above: a bug, so say so loudly
+                raise TypeError(f"rank {self.rank} {doing}: the runner answered {other!r}")
 
 
 def run_rank(
@@ -118,19 +122,19 @@ def run_rank(
             value = fn(RankContext(conn, rank, world_size, store, log, seed))
         finally:
             store.close()
-        reply: tuple[Any, ...] = ("result", True, value, None, "", "", time.monotonic() - start)
+        reply = Finished(True, value, None, "", "", time.monotonic() - start)
     except BaseException as exc:
         tb = traceback.format_exc()
         log.error("rank %d raised %s", rank, tb.rstrip())
         error = f"{type(exc).__name__}: {exc}"
-        reply = ("result", False, None, exc, error, tb, time.monotonic() - start)
+        reply = Finished(False, None, exc, error, tb, time.monotonic() - start)
     try:
         try:
             conn.send(reply)
         except Exception as exc:  # the value or exception did not pickle: say so, keep the text
             note = f"(could not send it to the runner: {type(exc).__name__}: {exc})"
-            ok, _, _, _, error, tb, spent = reply
-            conn.send(("result", ok, None, None, f"{error} {note}".strip(), tb, spent))
+            error = f"{reply.error} {note}".strip()
+            conn.send(dataclasses.replace(reply, value=None, exception=None, error=error))
     except OSError:
         pass  # the runner is gone; nobody is left to tell
     finally:
@@ -183,7 +187,7 @@ def process_main(
     sys.stderr = open(2, "w", buffering=1, encoding="utf-8", closefd=False)  # noqa: SIM115
     faulthandler.register(DUMP_SIGNAL, file=2, all_threads=True, chain=False)
     log = rank_logger(rank, log_path, token)
-    conn.send(("fd", conn.fileno()))  # so the runner can tell our pipe reads from other waits
+    conn.send(PipeFd(conn.fileno()))  # so the runner can tell our pipe reads from other waits
     run_rank(conn, fn, open_store, rank, world_size, log, seed, op_timeout)
     logging.shutdown()
 

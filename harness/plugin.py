@@ -269,8 +269,10 @@ def store(store_endpoint: Endpoint) -> Iterator[Store]:
         handle.close()
 
 
+#: A world's time limit when the test gives none (run_world's own default), before scaling.
+_WORLD_TIME_LIMIT = 60.0
 #: The options of :func:`run_world` that are durations, scaled by the time_scale setting.
-_TIME_LIMITS = ("deadline", "time_limit", "rank_budget", "op_timeout")
+_TIME_LIMITS = ("time_limit", "rank_budget", "op_timeout")
 
 
 class WorldRunner:
@@ -295,6 +297,7 @@ class WorldRunner:
         options.setdefault("controls", self.endpoint)
         if self.settings.seed is not None:
             options.setdefault("seed", self.settings.seed)
+        options.setdefault("time_limit", _WORLD_TIME_LIMIT)
         for limit in _TIME_LIMITS:
             if options.get(limit) is not None:
                 options[limit] = options[limit] * self.settings.time_scale

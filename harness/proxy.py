@@ -9,7 +9,6 @@ connection open, so clients see silence, not an error; a drop resets every live 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import socket
@@ -20,11 +19,14 @@ import threading
 from collections.abc import Coroutine
 from typing import Any
 
-from ._inspect import stop_child
+from ..stores._process import stop_process
 
 __all__ = ["Proxy", "ProxyProcess"]
 
 _CHUNK = 1 << 16
+#: What ``ProxyProcess`` runs.  Not this module: the package imports this one (through
+#: targets.py), and ``python -m`` of a module its package already imported warns at every start.
+CHILD_MODULE = "storeharness.harness._proxy_main"
 
 
 class Proxy:
@@ -163,7 +165,7 @@ class ProxyProcess:
         self.port: int = listener.getsockname()[1]
         self.upstream = (upstream_host, upstream_port)
         args = [
-            sys.executable, "-m", "storeharness.harness.proxy",
+            sys.executable, "-m", CHILD_MODULE,
             "--listen-fd", str(listener.fileno()),
             "--upstream", f"{upstream_host}:{upstream_port}",
         ]  # fmt: skip
@@ -191,39 +193,5 @@ class ProxyProcess:
         return reply
 
     def close(self) -> None:
-        stop_child(self.proc)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="A fault-injecting TCP proxy (harness use).")
-    parser.add_argument("--listen-fd", type=int, required=True)
-    parser.add_argument("--upstream", required=True, help="host:port")
-    args = parser.parse_args(argv)
-    host, _, port = args.upstream.rpartition(":")
-    proxy = Proxy(host, int(port), socket.socket(fileno=args.listen_fd))
-    try:
-        for line in sys.stdin:
-            words = line.split()
-            try:
-                if words == ["blackhole"]:
-                    proxy.blackhole()
-                    reply = "ok"
-                elif words == ["heal"]:
-                    proxy.heal()
-                    reply = "ok"
-                elif words == ["drop"]:
-                    reply = f"ok {proxy.drop()}"
-                elif len(words) == 2 and words[0] == "delay":
-                    proxy.set_delay(float(words[1]))
-                    reply = "ok"
-                else:
-                    reply = f"error: unknown command {line.strip()!r}"
-            except ValueError as exc:
-                reply = f"error: {exc}"
-            print(reply, flush=True)
-    finally:
-        proxy.close()
-
-
-if __name__ == "__main__":
-    main()
+        """Close its stdin (it stops), then SIGTERM, then SIGKILL, each with a bounded wait."""
+        stop_process(self.proc)

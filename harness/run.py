@@ -133,7 +133,7 @@ def run_case(
             spent = time.monotonic() - start
             error = f"{type(exc).__name__}: {exc}"
             return CaseResult(case, False, seed, spent, error=error)
-    plan = sc.plan(case.world_size, seed)
+    plan = world.plan  # as the run resolved it from its seed
     expected = {r.rank: sc.expectation(r.rank, case.world_size, plan) for r in world}
     problems = {}
     for rank in world:

@@ -2,15 +2,18 @@
 
 The runner owns every rank it starts.  It reads all ranks' pipes through one selector with
 bounded waits (the pytest-xdist controller's shape), applies faults as ranks announce named
-points, and on a deadline collects a stack dump from each stuck rank (faulthandler), then stops
-it with escalation: a stop message, SIGTERM, SIGKILL, each with a bounded wait.  Process ranks
-also die with the runner (``PR_SET_PDEATHSIG``), so not even a killed runner leaves one behind.
+points, and when the world's time limit (or a rank's budget) runs out it collects a stack dump
+from each stuck rank (faulthandler), then stops it with the one stop ladder
+(``stores._process.escalate``): a stop message, SIGTERM, SIGKILL, each followed by a bounded wait
+during which it keeps reading every pipe.  Process ranks also die with the runner
+(``PR_SET_PDEATHSIG``), so not even a killed runner leaves one behind.  The messages on the
+pipes and the records of the event log are in ``_messages``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
+import functools
 import gc
 import os
 import selectors
@@ -20,15 +23,30 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import multiprocess
 
 from ..stores import Store
+from ..stores._process import Step, escalate
 from . import _inspect as I
 from . import faults as F
+from ._messages import (
+    AtPoint,
+    AwaitPoint,
+    Event,
+    EventKind,
+    Finished,
+    Go,
+    Never,
+    PipeFd,
+    Reached,
+    RunnerMessage,
+    Stop,
+)
+from ._results import Fate, RankResult, WorldResult
 from .context import (
     DUMP_SIGNAL,
     RankContext,
@@ -43,79 +61,10 @@ __all__ = ["Controls", "Fate", "RankFn", "RankResult", "WorldResult", "run_world
 #: What every rank runs; its return value must pickle (for process ranks).
 RankFn = Callable[[RankContext], Any]
 
-_STOP_GRACE = 0.5  # seconds a stuck rank gets after the stop message, and after SIGTERM
-_DUMP_WAIT = 1.0  # seconds to wait for a faulthandler dump to land in the rank's log
+_STOP_TIMEOUT = 0.5  # seconds a stuck rank gets after the stop message, and after SIGTERM
+_KILL_TIMEOUT = 5.0  # seconds to wait for SIGKILLed ranks to be gone
+_DUMP_TIMEOUT = 1.0  # seconds to wait for a faulthandler dump to land in the rank's log
 _BLOCKED_POLL = 0.002  # while a signal waits for its target to block in a system call
-
-
-class Fate(enum.StrEnum):
-    RETURNED = "returned"
-    RAISED = "raised"
-    DIED = "died"
-    TIMED_OUT = "timed out"
-    MISSING = "missing"
-
-
-@dataclass(frozen=True)
-class RankResult:
-    """What became of one rank."""
-
-    rank: int
-    fate: Fate
-    value: Any = None
-    error: str = ""
-    exception: BaseException | None = None
-    traceback: str = ""
-    exitcode: int | None = None
-    elapsed: float = 0.0
-    points: tuple[str, ...] = ()
-    where: str = ""
-    log: str = ""
-    pid: int | None = None
-
-    @property
-    def signal(self) -> signal.Signals | None:
-        """The signal that killed the process, if one did."""
-        code = self.exitcode
-        return signal.Signals(-code) if code is not None and code < 0 else None
-
-    def describe(self) -> str:
-        """One line saying what became of this rank."""
-        if self.fate is Fate.RETURNED:
-            return f"rank {self.rank}: returned {self.value!r} in {self.elapsed:.3f} s"
-        if self.fate is Fate.RAISED:
-            return f"rank {self.rank}: raised {self.error}"
-        if self.fate is Fate.MISSING:
-            return f"rank {self.rank}: never started ({self.error})"
-        if self.fate is Fate.DIED:
-            sig = self.signal
-            how = f"killed by {sig.name}" if sig else f"exited with code {self.exitcode}"
-            last = f" after point {self.points[-1]!r}" if self.points else ""
-            return f"rank {self.rank}: {how} without a result{last}"
-        last = f", last point {self.points[-1]!r}" if self.points else ", no point reached"
-        where = f"; stuck in {self.where}" if self.where else ""
-        return f"rank {self.rank}: timed out ({self.error}{last}){where}"
-
-
-@dataclass(frozen=True)
-class WorldResult(Sequence[RankResult]):
-    """Every rank's fate, the faults applied (in order), and the time the world took."""
-
-    ranks: tuple[RankResult, ...]
-    events: tuple[str, ...] = ()
-    elapsed: float = 0.0
-
-    def __getitem__(self, index: int) -> RankResult:  # type: ignore[override]
-        return self.ranks[index]
-
-    def __len__(self) -> int:
-        return len(self.ranks)
-
-    def __iter__(self) -> Iterator[RankResult]:
-        return iter(self.ranks)
-
-    def values(self) -> list[Any]:
-        return [r.value for r in self.ranks]
 
 
 class Controls(Protocol):
@@ -153,7 +102,7 @@ class _Slot:
     thread: threading.Thread | None = None
     store: Store | None = None
     started: float = 0.0
-    reply: tuple[Any, ...] | None = None
+    reply: Finished | None = None
     points: list[str] = field(default_factory=list)
     timed_out: str = ""
     where: str = ""
@@ -168,7 +117,7 @@ def run_world(
     world_size: int,
     open_store: Callable[[], Store],
     workers: str = "process",
-    deadline: float = 60.0,
+    time_limit: float = 60.0,
     *,
     fixed: bool = True,
     faults: Sequence[F.Fault] = (),
@@ -183,16 +132,16 @@ def run_world(
 
     ``workers`` is ``"process"`` (``open_store`` and ``fn`` must pickle unless the start method
     is fork) or ``"thread"``.  ``fixed=False`` makes a non-fixed world: ``ctx.world_size`` is
-    ``None`` and ranks that ``Late`` faults hold back join when their trigger fires.  ``deadline``
-    bounds the whole world, ``rank_budget`` each rank from its start, ``op_timeout`` every store
-    operation.  Raises ``ValueError`` for a bad argument, naming it.
+    ``None`` and ranks that ``Late`` faults hold back join when their trigger fires.  Durations in
+    seconds: ``time_limit`` bounds the whole world, ``rank_budget`` each rank from its start,
+    ``op_timeout`` every store operation.  Raises ``ValueError`` for a bad argument, naming it.
     """
     if not isinstance(world_size, int) or isinstance(world_size, bool) or world_size < 1:
         raise ValueError(f"world_size must be an int >= 1, got {world_size!r}")
     if workers not in ("process", "thread"):
         raise ValueError(f"workers must be 'process' or 'thread', got {workers!r}")
-    if not deadline > 0:
-        raise ValueError(f"deadline must be > 0 seconds, got {deadline!r}")
+    if not time_limit > 0:
+        raise ValueError(f"time_limit must be > 0 seconds, got {time_limit!r}")
     problems = F.check(faults)
     if problems:
         raise ValueError("; ".join(problems))
@@ -202,7 +151,7 @@ def run_world(
     own_dir = log_dir is None
     logs = tempfile.mkdtemp(prefix="storeharness-logs-") if log_dir is None else log_dir
     try:
-        world = _World(fn, world_size, open_store, workers, deadline, fixed, plan, seed, logs)
+        world = _World(fn, world_size, open_store, workers, time_limit, fixed, plan, seed, logs)
         world.rank_budget, world.op_timeout = rank_budget, op_timeout
         world.controls = controls or _NoControls()
         if workers == "process":
@@ -220,14 +169,14 @@ class _World:
         n: int,
         open_store: Callable[[], Store],
         workers: str,
-        deadline: float,
+        time_limit: float,
         fixed: bool,
         plan: tuple[F.Fault, ...],
         seed: int,
         log_dir: str,
     ) -> None:
         self.fn, self.open_store, self.workers = fn, open_store, workers
-        self.deadline, self.fixed, self.plan, self.seed = deadline, fixed, plan, seed
+        self.time_limit, self.fixed, self.plan, self.seed = time_limit, fixed, plan, seed
         self.n = n
         self.slots = [_Slot(r, log_path=os.path.join(log_dir, f"rank-{r}.log")) for r in range(n)]
         self.rank_budget: float | None = None
@@ -235,7 +184,7 @@ class _World:
         self.controls: Controls = _NoControls()
         self.mp: Any = None  # the multiprocess context, for process ranks
         self.token = uuid.uuid4().hex[:12]
-        self.events: list[str] = []
+        self.events: list[Event] = []
         self.awaiting: list[tuple[_Slot, int, str]] = []
         self.blocked_signals: list[tuple[F.Signal, _Slot]] = []
         self.selector = selectors.DefaultSelector()
@@ -245,23 +194,23 @@ class _World:
 
     def run(self) -> WorldResult:
         self.t0 = time.monotonic()
-        end = self.t0 + self.deadline
+        deadline = self.t0 + self.time_limit
         try:
             late = {f.rank for f in self.plan if isinstance(f, F.Late)}
             for fault in self.plan:
                 if isinstance(fault, F.Missing):
                     slot = self.slots[int(fault.rank)]  # type: ignore[arg-type]
                     slot.state, slot.why_missing = "missing", "a Missing fault held it back"
-                    self._event(f"rank {fault.rank} held back (Missing)")
+                    self._event(EventKind.HELD_BACK, f"rank {slot.rank} held back (Missing)", slot)
             for slot in self.slots:
                 if slot.state == "waiting" and slot.rank not in late:
                     self._launch(slot)
             while self._running():
                 now = time.monotonic()
-                if now >= end:
-                    self._stop([s for s in self.slots if s.state == "running"], "world deadline")
+                if now >= deadline:
+                    self._stop([s for s in self.slots if s.state == "running"], "world time limit")
                     break
-                wake = min([end, *self._budget_ends()])
+                wake = min([deadline, *self._budget_deadlines()])
                 if self.blocked_signals:
                     wake = min(wake, now + _BLOCKED_POLL)
                 for key, _ in self.selector.select(max(0.0, wake - now)):
@@ -278,12 +227,13 @@ class _World:
             tuple(self._result(s) for s in self.slots),
             tuple(self.events),
             time.monotonic() - self.t0,
+            self.plan,
         )
 
     def _running(self) -> bool:
         return any(s.state == "running" for s in self.slots)
 
-    def _budget_ends(self) -> list[float]:
+    def _budget_deadlines(self) -> list[float]:
         if self.rank_budget is None:
             return []
         return [s.started + self.rank_budget for s in self.slots if s.state == "running"]
@@ -300,8 +250,9 @@ class _World:
         if over:
             self._stop(over, f"rank budget {self.rank_budget:g} s")
 
-    def _event(self, text: str) -> None:
-        self.events.append(f"{time.monotonic() - self.t0:8.3f} s  {text}")
+    def _event(self, kind: EventKind, text: str, about: _Slot | None = None) -> None:
+        rank = None if about is None else about.rank
+        self.events.append(Event(at=time.monotonic() - self.t0, kind=kind, text=text, rank=rank))
 
     # ------------------------------------------------------------------------- launching
 
@@ -359,19 +310,21 @@ class _World:
         except (EOFError, OSError):
             self._finish(slot)
             return
-        kind = msg[0]
-        if kind == "fd":
-            slot.control_fd = int(msg[1])
-        elif kind == "point":
-            slot.asking = True
-            self._reached(slot, msg[1])
-        elif kind == "await":
-            slot.asking = True
-            self._await(slot, int(msg[1]), str(msg[2]))
-        elif kind == "result":
-            slot.reply = msg
+        match msg:
+            case PipeFd(fd):
+                slot.control_fd = fd
+            case AtPoint(name):
+                slot.asking = True
+                self._reached(slot, name)
+            case AwaitPoint(rank, name):
+                slot.asking = True
+                self._await(slot, rank, name)
+            case Finished():
+                slot.reply = msg
+            case _:  # our own rank code sends only the above: a bug, so say so loudly
+                raise TypeError(f"rank {slot.rank} sent {msg!r}, which is not a rank message")
 
-    def _reply(self, slot: _Slot, *msg: Any) -> None:
+    def _reply(self, slot: _Slot, msg: RunnerMessage) -> None:
         if slot.state != "running":
             return
         slot.asking = False
@@ -383,20 +336,20 @@ class _World:
         for fault in self.plan:
             if F.trigger(fault) == F.Point(slot.rank, name):
                 self._apply(fault)
-        self._reply(slot, "go")
+        self._reply(slot, Go())
         for waiting in [w for w in self.awaiting if (w[1], w[2]) == (slot.rank, name)]:
             self.awaiting.remove(waiting)
-            self._reply(waiting[0], "reached")
+            self._reply(waiting[0], Reached())
 
     def _await(self, slot: _Slot, rank: int, name: str) -> None:
         if not 0 <= rank < self.n:
-            self._reply(slot, "never", f"there is no rank {rank} in a world of {self.n}")
+            self._reply(slot, Never(f"there is no rank {rank} in a world of {self.n}"))
             return
         target = self.slots[rank]
         if name in target.points:
-            self._reply(slot, "reached")
+            self._reply(slot, Reached())
         elif target.state in ("done", "missing"):
-            self._reply(slot, "never", f"rank {rank} ended without reaching {name!r}")
+            self._reply(slot, Never(f"rank {rank} ended without reaching {name!r}"))
         else:
             self.awaiting.append((slot, rank, name))
 
@@ -406,11 +359,9 @@ class _World:
         slot.state = "done"
         if slot.reply is None and slot.proc is not None:
             slot.proc.join(5)  # it closed its pipe without a result: it is dying; get its code
-        for waiting in [w for w in self.awaiting if w[1] == slot.rank]:
-            self.awaiting.remove(waiting)
-            self._reply(
-                waiting[0], "never", f"rank {slot.rank} ended without reaching {waiting[2]!r}"
-            )
+        for waiter, _, name in [w for w in self.awaiting if w[1] == slot.rank]:
+            self.awaiting.remove((waiter, slot.rank, name))
+            self._reply(waiter, Never(f"rank {slot.rank} ended without reaching {name!r}"))
         self.blocked_signals = [(f, s) for f, s in self.blocked_signals if s is not slot]
 
     # ---------------------------------------------------------------------------- faults
@@ -425,24 +376,28 @@ class _World:
         elif isinstance(fault, F.Late):
             target = self.slots[int(fault.rank)]  # type: ignore[arg-type]
             if target.state == "waiting":
-                self._event(f"rank {target.rank} starts ({fault.after} reached)")
+                self._event(
+                    EventKind.LAUNCHED, f"rank {target.rank} starts ({fault.after} reached)", target
+                )
                 self._launch(target)
         elif isinstance(fault, F.KillServer):
-            self._event(self.controls.kill_server())
+            self._event(EventKind.SERVER, self.controls.kill_server())
         elif isinstance(fault, F.RestartServer):
-            self._event(self.controls.restart_server())
+            self._event(EventKind.SERVER, self.controls.restart_server())
         elif isinstance(fault, F.PROXY_FAULTS):
-            self._event(self.controls.network(fault))
+            self._event(EventKind.NETWORK, self.controls.network(fault))
 
     def _signal(self, slot: _Slot, sig: signal.Signals, how: str) -> None:
         if slot.state != "running" or slot.proc is None:
-            self._event(f"{sig.name} to rank {slot.rank} not sent: the rank is {slot.state}")
+            text = f"{sig.name} to rank {slot.rank} not sent: the rank is {slot.state}"
+            self._event(EventKind.SIGNAL, text, slot)
             return
         try:
             os.kill(slot.proc.pid, sig)
-            self._event(f"{sig.name} sent to rank {slot.rank}{how}")
+            self._event(EventKind.SIGNAL, f"{sig.name} sent to rank {slot.rank}{how}", slot)
         except ProcessLookupError:
-            self._event(f"{sig.name} to rank {slot.rank} not sent: its process is gone")
+            text = f"{sig.name} to rank {slot.rank} not sent: its process is gone"
+            self._event(EventKind.SIGNAL, text, slot)
 
     def _deliver_blocked(self) -> None:
         for fault, slot in list(self.blocked_signals):
@@ -454,11 +409,21 @@ class _World:
     # ------------------------------------------------------------------- stopping ranks
 
     def _stop(self, stuck: list[_Slot], why: str) -> None:
-        """Dump each stuck rank's stack, then stop message → SIGTERM → SIGKILL, bounded."""
+        """Stop ranks still running at a time limit: mark them, dump their stacks, stop them."""
         stuck = [s for s in stuck if s.reply is None]  # the others are exiting with a result
+        self._mark_timed_out(stuck, why)
+        self._collect_stacks(stuck)
+        self._escalate(stuck)
+        self._abandon_threads(stuck)
+
+    def _mark_timed_out(self, stuck: list[_Slot], why: str) -> None:
         for slot in stuck:
             slot.timed_out = why
-            self._event(f"rank {slot.rank} stuck at the {why}; collecting its stack")
+            text = f"rank {slot.rank} stuck at the {why}; collecting its stack"
+            self._event(EventKind.STUCK, text, slot)
+
+    def _collect_stacks(self, stuck: list[_Slot]) -> None:
+        """Where each rank is stuck: a faulthandler dump from a process, the frames of a thread."""
         procs = [s for s in stuck if s.proc is not None]
         sizes = {s.rank: I.size(s.log_path) for s in procs}
         for slot in procs:
@@ -466,38 +431,56 @@ class _World:
         for slot in stuck:
             if slot.thread is not None:
                 slot.where = I.thread_stack(slot.thread, slot.rank, slot.log_path)
-        I.wait_for_dumps({s.log_path: sizes[s.rank] for s in procs}, _DUMP_WAIT)
+        I.wait_for_dumps({s.log_path: sizes[s.rank] for s in procs}, _DUMP_TIMEOUT)
         for slot in procs:
             slot.where = I.where(I.read_from(slot.log_path, sizes[slot.rank]))
-        listening = [s for s in stuck if s.asking or s.thread is not None]
-        for slot in stuck:
-            self._reply(slot, "stop")
+
+    def _escalate(self, stuck: list[_Slot]) -> None:
+        """The stop ladder: stop message, SIGTERM, SIGKILL, reading every pipe after each."""
+        steps = [
+            Step("stop message", self._send_stop, _STOP_TIMEOUT),
+            Step("SIGTERM", functools.partial(self._send_signal, signal.SIGTERM), _STOP_TIMEOUT),
+            Step("SIGKILL", functools.partial(self._send_signal, signal.SIGKILL), _KILL_TIMEOUT),
+        ]
+        escalate(stuck, steps, alive=_alive, wait=self._drain)
+
+    def _send_stop(self, slots: list[_Slot]) -> list[_Slot]:
+        """Send the stop message, take thread ranks' stores away; return who can act on it."""
+        # Only a rank reading its pipe for an answer, or a thread whose store we close, can.
+        listening = [s for s in slots if s.asking or s.thread is not None]
+        for slot in slots:
+            self._reply(slot, Stop())
             if slot.store is not None:  # a thread cannot be killed: take its store away
                 with contextlib.suppress(Exception):
                     slot.store.close()
-        if listening:  # only a rank reading its pipe (or a thread) can act on the message
-            self._drain(listening, _STOP_GRACE)
-        for step in (signal.SIGTERM, signal.SIGKILL):
-            alive = [s for s in procs if s.state == "running"]
-            for slot in alive:
-                I.kill(slot.proc.pid, step)
-            if alive:
-                self._event(f"{step.name} sent to rank(s) {', '.join(str(s.rank) for s in alive)}")
-            self._drain(alive, _STOP_GRACE if step is signal.SIGTERM else 5.0)
+        return listening
+
+    def _send_signal(self, sig: signal.Signals, slots: list[_Slot]) -> list[_Slot]:
+        """Signal the process ranks among ``slots`` (threads cannot be signalled); return them."""
+        procs = [s for s in slots if s.proc is not None]
+        for slot in procs:
+            I.kill(slot.proc.pid, sig)
+        if procs:
+            text = f"{sig.name} sent to rank(s) {', '.join(str(s.rank) for s in procs)}"
+            self._event(EventKind.ESCALATED, text, procs[0] if len(procs) == 1 else None)
+        return procs
+
+    def _abandon_threads(self, stuck: list[_Slot]) -> None:
+        """Give each thread rank still running a last bounded join, then stop tracking it."""
         for slot in stuck:
             if slot.state == "running" and slot.thread is not None:
-                slot.thread.join(_STOP_GRACE)
+                slot.thread.join(_STOP_TIMEOUT)
                 if slot.thread.is_alive():
                     slot.timed_out += "; the thread is still blocked (threads cannot be killed)"
                 self.selector.unregister(slot.conn)
                 slot.conn.close()
                 slot.state = "done"
 
-    def _drain(self, slots: list[_Slot], grace: float) -> None:
-        """Read from ``slots`` until each one's pipe closes or ``grace`` seconds pass."""
-        end = time.monotonic() + grace
-        while any(s.state == "running" for s in slots):
-            left = end - time.monotonic()
+    def _drain(self, slots: list[_Slot], timeout: float) -> None:
+        """Read every pipe until each of ``slots`` has closed its own or ``timeout`` s pass."""
+        deadline = time.monotonic() + timeout
+        while any(_alive(s) for s in slots):
+            left = deadline - time.monotonic()
             if left <= 0:
                 return
             for key, _ in self.selector.select(left):
@@ -509,10 +492,10 @@ class _World:
                 slot.timed_out = slot.timed_out or "the runner was interrupted"
                 if slot.proc is not None:
                     I.kill(slot.proc.pid, signal.SIGKILL)
-        joins_end = time.monotonic() + 2.0  # one bound for all threads, however many
+        joins_deadline = time.monotonic() + 2.0  # one bound for all threads, however many
         for slot in self.slots:
             if slot.thread is not None:  # past its pipe's end it only releases its logger
-                slot.thread.join(max(0.0, joins_end - time.monotonic()))
+                slot.thread.join(max(0.0, joins_deadline - time.monotonic()))
             if slot.proc is not None:
                 slot.proc.join(2)
                 if slot.proc.is_alive():
@@ -545,16 +528,20 @@ class _World:
             )
         if slot.reply is None:
             return RankResult(slot.rank, Fate.DIED, **common)
-        _, ok, value, exc, error, tb, elapsed = slot.reply
-        fate = Fate.RETURNED if ok else Fate.RAISED
+        reply = slot.reply
         return RankResult(
             slot.rank,
-            fate,
-            value,
-            error,
-            exc,
-            tb,
-            elapsed=elapsed,
+            Fate.RETURNED if reply.ok else Fate.RAISED,
+            reply.value,
+            reply.error,
+            reply.exception,
+            reply.traceback,
+            elapsed=reply.elapsed,
             where=slot.where,
             **common,
         )
+
+
+def _alive(slot: _Slot) -> bool:
+    """Still running, as far as the runner knows (its pipe has not closed)."""
+    return slot.state == "running"

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from ...stores import Capability, Store, StoreError, TCPStore
+from ...stores._process import stop_process
 from ...stores.tcp import ServerProcess, bind_listener
-from .._inspect import stop_child
 from ._base import TargetSpec
 from .local import LocalTarget
 from .server import TCP_CAPABILITIES, ServerTarget, our_tcp_client
@@ -65,7 +65,7 @@ class TorchServer:
             raise StoreError(f"torch's TCPStore server on port {self.port} failed to start")
 
     def stop(self) -> None:
-        stop_child(self.proc)
+        stop_process(self.proc)
 
 
 def _torch_client(host: str, port: int, timeout: float) -> Store:

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import errno
 import functools
 import logging
@@ -24,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._errors import StoreError
+from .._process import stop_process
 from ._accel import speedups
 from ._state import Conn, ServerState
 from .codec import Limits, ProtocolError, Query, RequestDecoder
@@ -301,6 +303,18 @@ def _finish(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
+_LIMIT_FIELDS = tuple(f.name for f in dataclasses.fields(Limits))
+
+
+def _option(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def _limit_options(limits: Limits) -> list[str]:
+    """``limits`` as the server's command-line options (``--max-key N ...``), every field."""
+    return [arg for name in _LIMIT_FIELDS for arg in (_option(name), str(getattr(limits, name)))]
+
+
 class ServerProcess:
     """A TCPStore server in a process of its own, on a socket this process bound.
 
@@ -316,8 +330,7 @@ class ServerProcess:
         speed = {None: "auto", True: "yes", False: "no"}[accelerate]
         args = [
             sys.executable, "-m", "storeharness.stores.tcp", "--listen-fd", str(sock.fileno()),
-            "--max-key", str(lim.max_key), "--max-value", str(lim.max_value),
-            "--accelerate", speed,
+            *_limit_options(lim), "--accelerate", speed,
         ]  # fmt: skip
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, pass_fds=[sock.fileno()])
         sock.close()  # the child holds it now; the port stays bound, so no race
@@ -326,20 +339,8 @@ class ServerProcess:
         return f"ServerProcess(port={self.port}, pid={self.proc.pid})"
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(5)
-        elif self.proc.stdin is not None:
-            self.proc.stdin.close()
+        """Close its stdin (it stops serving), then SIGTERM, then SIGKILL; idempotent."""
+        stop_process(self.proc)
 
 
 def _serve_process(
@@ -379,8 +380,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=29500, help="port to bind (0: any)")
     parser.add_argument("--listen-fd", type=int, help="serve an already bound socket instead")
     defaults = Limits()
-    parser.add_argument("--max-key", type=int, default=defaults.max_key)
-    parser.add_argument("--max-value", type=int, default=defaults.max_value)
+    for name in _LIMIT_FIELDS:  # every field, so a new limit cannot be left behind
+        parser.add_argument(
+            _option(name), type=int, default=getattr(defaults, name), help=f"Limits.{name}"
+        )
     parser.add_argument("--log-level", default="WARNING")
     parser.add_argument(
         "--accelerate",
@@ -391,7 +394,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     accelerate = {"auto": None, "yes": True, "no": False}[args.accelerate]
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(message)s")
-    limits = Limits(max_key=args.max_key, max_value=args.max_value)
+    limits = Limits(**{name: getattr(args, name) for name in _LIMIT_FIELDS})
     if args.listen_fd is not None:
         _serve_process(adopt_listener(args.listen_fd, 0), limits, True, accelerate)
     else:

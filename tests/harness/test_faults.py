@@ -54,7 +54,7 @@ def test_server_killed_and_restarted_on_the_same_endpoint(tmp_path: Path, target
     assert result[0].fate is Fate.RETURNED, result[0].describe()
     # The old connection broke; the restarted server has none of the old data.
     assert result[0].value == ("broken", False, b"y")
-    assert [e.split("s  ", 1)[1].split(" (")[0] for e in result.events] == [
+    assert [e.text.split(" (")[0] for e in result.events] == [
         "server",
         "server restarted",
     ]

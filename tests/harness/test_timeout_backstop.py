@@ -16,7 +16,7 @@ from .procs import TAG, tagged
 
 HANGS = """
 def test_hangs(world):
-    world(lambda ctx: ctx.store.wait(["never"], 0), 3, workers="process", deadline=600)
+    world(lambda ctx: ctx.store.wait(["never"], 0), 3, workers="process", time_limit=600)
 """
 
 

@@ -48,4 +48,4 @@ def test_torchs_filestore_runs_a_signal_handler_only_after_wait_returns() -> Non
     assert not result.passed
     assert result.world is not None
     assert "StoreTimeout" in result.world[3].error
-    assert "SIGINT sent to rank 3 while blocked" in "\n".join(result.world.events)
+    assert "SIGINT sent to rank 3 while blocked" in "\n".join(map(str, result.world.events))

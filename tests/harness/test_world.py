@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from storeharness.harness import Fate, RankContext, RankStopped, run_world
-from storeharness.harness.faults import Late, Missing, Signal, after
+from storeharness.harness import ANY, EventKind, Fate, RankContext, RankStopped, run_world
+from storeharness.harness.faults import Late, Missing, Signal, after, resolve
 from storeharness.stores import FileStore, HashStore, StoreTimeout
 
 
@@ -38,7 +38,7 @@ def _mixed(ctx: RankContext) -> int:
 
 def test_every_fate_is_reported_and_no_child_survives(tmp_path: Path) -> None:
     opener = functools.partial(FileStore, str(tmp_path / "fs"))
-    result = run_world(_mixed, 5, opener, "process", deadline=3.0, faults=[Missing(4)])
+    result = run_world(_mixed, 5, opener, "process", time_limit=3.0, faults=[Missing(4)])
     fates = [r.fate for r in result]
     assert fates == [Fate.RETURNED, Fate.RAISED, Fate.DIED, Fate.TIMED_OUT, Fate.MISSING]
     assert result[0].value == 0
@@ -113,7 +113,7 @@ def test_late_ranks_start_on_their_trigger_and_untriggered_ones_never(tmp_path: 
     assert result[1].fate is Fate.RETURNED and result[1].value == (None, True)
     assert result[2].fate is Fate.MISSING
     assert "rank 0 at 'no-such-point'" in result[2].error
-    assert any("rank 1 starts" in e for e in result.events)
+    assert any("rank 1 starts" in e.text for e in result.events)
 
 
 def _after_an_ended_rank(ctx: RankContext) -> str:
@@ -151,8 +151,12 @@ def test_sigstop_and_sigcont_at_points(tmp_path: Path) -> None:
     opener = functools.partial(FileStore, str(tmp_path / "fs"))
     result = run_world(_stops, 2, opener, "process", faults=faults)
     assert [r.fate for r in result] == [Fate.RETURNED, Fate.RETURNED]
-    sent = [e.split("s  ", 1)[1] for e in result.events]
+    sent = [e.text for e in result.events]
     assert sent == ["SIGSTOP sent to rank 1", "SIGCONT sent to rank 1"]
+    assert [(e.kind, e.rank) for e in result.events] == [(EventKind.SIGNAL, 1)] * 2
+    first, second = result.events
+    assert 0 <= first.at <= second.at <= result.elapsed
+    assert str(first) == f"{first.at:8.3f} s  SIGSTOP sent to rank 1"  # as reports print it
 
 
 def _forever(ctx: RankContext) -> None:
@@ -167,14 +171,14 @@ def test_rank_budget_stops_only_the_slow_rank(tmp_path: Path) -> None:
         return "quick"
 
     opener = functools.partial(FileStore, str(tmp_path / "fs"))
-    result = run_world(fn, 2, opener, "process", deadline=30, rank_budget=0.5)
+    result = run_world(fn, 2, opener, "process", time_limit=30, rank_budget=0.5)
     assert result[0].fate is Fate.TIMED_OUT and "rank budget 0.5 s" in result[0].error
     assert result[1].value == "quick"
     assert result.elapsed < 10
 
 
 def test_thread_ranks_past_the_deadline_lose_their_store() -> None:
-    result = run_world(_forever, 2, HashStore().clone, "thread", deadline=0.5)
+    result = run_world(_forever, 2, HashStore().clone, "thread", time_limit=0.5)
     assert [r.fate for r in result] == [Fate.TIMED_OUT] * 2
     assert "_forever" in result[0].where
     assert not [t for t in threading.enumerate() if t.name.startswith("rank-")]
@@ -196,8 +200,8 @@ def test_bad_arguments_are_named() -> None:
         run_world(_sum, 0, HashStore)
     with pytest.raises(ValueError, match="workers"):
         run_world(_sum, 1, HashStore, "fiber")
-    with pytest.raises(ValueError, match="deadline"):
-        run_world(_sum, 1, HashStore, deadline=0)
+    with pytest.raises(ValueError, match="time_limit"):
+        run_world(_sum, 1, HashStore, time_limit=0)
     with pytest.raises(ValueError, match="cannot target a thread"):
         run_world(_sum, 1, HashStore, "thread", faults=[Signal(signal.SIGINT, 0, after(0, "x"))])
     with pytest.raises(ValueError, match="outside a world of 2"):
@@ -214,11 +218,42 @@ def _one_stuck_one_asking(ctx: RankContext) -> None:
 
 
 def test_the_stop_message_ends_a_rank_that_listens_before_any_signal() -> None:
-    result = run_world(_one_stuck_one_asking, 2, HashStore, "process", deadline=0.5)
+    result = run_world(_one_stuck_one_asking, 2, HashStore, "process", time_limit=0.5)
     assert [r.fate for r in result] == [Fate.TIMED_OUT, Fate.TIMED_OUT]
     # Rank 1 was reading its pipe: the stop message ended it (RankStopped), so only rank 0,
     # asleep in the store, needed SIGTERM.
-    assert [e.split("s  ", 1)[1] for e in result.events if "SIGTERM" in e] == [
-        "SIGTERM sent to rank(s) 0"
-    ]
+    assert [e.text for e in result.events if "SIGTERM" in e.text] == ["SIGTERM sent to rank(s) 0"]
     assert result[1].exitcode == 0
+
+
+def _ignores_sigterm(ctx: RankContext) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ctx.point("deaf")
+    ctx.store.wait(["never"], 0)
+
+
+def test_a_rank_that_ignores_sigterm_is_killed_by_the_ladder() -> None:
+    result = run_world(_ignores_sigterm, 1, HashStore, "process", time_limit=0.5)
+    assert result[0].fate is Fate.TIMED_OUT and result[0].exitcode == -signal.SIGKILL
+    assert "world time limit" in result[0].error
+    assert [(e.kind, e.text) for e in result.events] == [
+        (EventKind.STUCK, "rank 0 stuck at the world time limit; collecting its stack"),
+        (EventKind.ESCALATED, "SIGTERM sent to rank(s) 0"),
+        (EventKind.ESCALATED, "SIGKILL sent to rank(s) 0"),
+    ]
+    assert not _alive(result[0].pid)
+
+
+def _fate_of_any(ctx: RankContext) -> int:
+    return ctx.rank
+
+
+def test_the_result_carries_the_plan_its_seed_resolved() -> None:
+    faults = [Missing(ANY)]
+    for seed in range(4):
+        result = run_world(_fate_of_any, 4, HashStore().clone, "thread", faults=faults, seed=seed)
+        assert result.plan == resolve(faults, 4, seed)
+        (missing,) = result.plan
+        assert isinstance(missing, Missing) and isinstance(missing.rank, int)
+        assert result[missing.rank].fate is Fate.MISSING
+        assert [(e.kind, e.rank) for e in result.events] == [(EventKind.HELD_BACK, missing.rank)]

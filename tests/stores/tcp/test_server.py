@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -16,7 +17,7 @@ import pytest
 
 from storeharness.harness._parties import process_parties
 from storeharness.stores import StoreBroken, TCPStore
-from storeharness.stores.tcp import ServerProcess, TCPServer, bind_listener
+from storeharness.stores.tcp import Limits, ServerProcess, TCPServer, bind_listener
 from storeharness.stores.tcp.codec import EXT_HELLO, MAGIC, Query, encode_request
 
 HELLO = encode_request(Query.VALIDATE, MAGIC)
@@ -88,6 +89,37 @@ def test_truncated_idle_and_silent_clients_do_not_stall_others(server: TCPServer
     silent.close()
     assert not good.check(["k"])
     good.close()
+
+
+# Every limit below its default, and a request just over each one (none over the defaults).
+CHILD_LIMITS = Limits(max_key=16, max_value=64, max_keys=4, max_request=48)
+OVER_THE_LIMIT = {
+    "max_key": HELLO + encode_request(Query.GET, b"k" * 17),
+    "max_value": HELLO + encode_request(Query.SET, b"k", b"v" * 65),
+    "max_keys": HELLO + encode_request(Query.CHECK, [b"k"] * 5),
+    # 58 bytes announced, only the header sent: refused before the body is buffered
+    "max_request": HELLO + encode_request(Query.SET, b"k", b"v" * 40)[:-40],
+}
+
+
+def test_a_server_process_enforces_every_limit_it_was_given() -> None:
+    assert set(OVER_THE_LIMIT) == {f.name for f in dataclasses.fields(Limits)}, "a limit untested"
+    server = ServerProcess(bind_listener(0), CHILD_LIMITS)
+    try:
+        good = TCPStore("127.0.0.1", server.port, timeout=30)
+        good.set("k" * 15, b"v" * 64)  # "/" + 15: exactly max_key; exactly max_value
+        assert good.multi_get(["k" * 15] * 4) == [b"v" * 64] * 4  # exactly max_keys
+        ignored = []
+        for name, data in OVER_THE_LIMIT.items():
+            with raw(server.port) as bad:
+                bad.sendall(data)
+                if not closed_by_server(bad, within=10):
+                    ignored.append(name)
+        assert ignored == [], f"the server process did not get these limits: {ignored}"
+        assert good.get("k" * 15) == b"v" * 64  # the offenders cost only their connections
+        good.close()
+    finally:
+        server.stop()
 
 
 def _peak_rss_mib(pid: int) -> float:
