@@ -235,8 +235,12 @@ class TorchStore(Store):
             base = base.underlying_store
         counter = key if isinstance(base, dist.TCPStore) else f"{key}/num_members"
         try:
-            return int(self._store.add(_wire(counter), 0))
-        except RuntimeError:
+            # Read, never write: torch's TCP servers release a barrier's waiters on any write
+            # to its counter, so add(counter, 0) would let the others pass as if all arrived.
+            if not self._store.check([_wire(counter)]):
+                return 0
+            return int(self._store.get(_wire(counter)))
+        except (RuntimeError, ValueError):
             return "?"
 
     # ----------------------------------------------------------------- settings, lifecycle
