@@ -192,6 +192,9 @@ class Endpoint:
             if proxy:
                 host, port = self._upstream()
                 self.proxy = ProxyProcess(host, port)
+                # A no-op round trip: the child answers only once its proxy is serving, so no
+                # rank's first connect races the proxy process's start-up.
+                self.proxy.command("heal")
             self._mark()
         except BaseException:
             self.close()
