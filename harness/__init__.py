@@ -12,7 +12,9 @@ and run it with ``pytest`` (the plugin collects it) or ``storeharness run FILE``
 
 from . import targets
 from ._messages import Event, EventKind
+from ._results import WorldFailed
 from .context import RankContext, RankStopped
+from .expect import all_agree, exactly_one, killed, never_starts, raises, returns, times_out
 from .faults import (
     ANY,
     AnyRank,
@@ -26,21 +28,11 @@ from .faults import (
     Point,
     RestartServer,
     Signal,
+    Trigger,
     after,
 )
 from .run import CaseResult, load_scenarios, run_case
-from .scenario import (
-    Case,
-    NonFixed,
-    Scenario,
-    ScenarioError,
-    killed,
-    never_starts,
-    raises,
-    returns,
-    scenario,
-    times_out,
-)
+from .scenario import Case, NonFixed, Scenario, ScenarioError, scenario
 from .targets import Endpoint, Target, TargetSpec
 from .world import Fate, RankFn, RankResult, WorldResult, run_world
 
@@ -72,8 +64,12 @@ __all__ = [
     "Signal",
     "Target",
     "TargetSpec",
+    "Trigger",
+    "WorldFailed",
     "WorldResult",
     "after",
+    "all_agree",
+    "exactly_one",
     "killed",
     "load_scenarios",
     "never_starts",

@@ -11,7 +11,12 @@ from typing import Any
 from . import faults as F
 from ._messages import Event
 
-__all__ = ["Fate", "RankResult", "WorldResult"]
+__all__ = [
+    "Fate",
+    "RankResult",
+    "WorldFailed",
+    "WorldResult",
+]
 
 
 class Fate(enum.StrEnum):
@@ -75,6 +80,14 @@ class WorldResult(Sequence[RankResult]):
     events: tuple[Event, ...] = ()
     elapsed: float = 0.0
     plan: tuple[F.Fault, ...] = ()
+    #: Indices into ``plan`` of the faults that took effect (a signal sent, a server killed).
+    fired: frozenset[int] = frozenset()
+    #: Each ``AnyRank`` tag and the rank the seeded plan picked for it.
+    tags: tuple[tuple[str, int], ...] = ()
+
+    def rank_of(self, tag: str) -> int:
+        """The rank the plan picked for ``AnyRank(tag)``; ``KeyError`` if it has no such tag."""
+        return dict(self.tags)[tag]
 
     def __getitem__(self, index: int) -> RankResult:  # type: ignore[override]
         return self.ranks[index]
@@ -86,4 +99,60 @@ class WorldResult(Sequence[RankResult]):
         return iter(self.ranks)
 
     def values(self) -> list[Any]:
+        """Every rank's return value, in rank order (``None`` for a rank that did not return)."""
         return [r.value for r in self.ranks]
+
+    @property
+    def ok(self) -> bool:
+        """Whether every rank returned (none raised, died, timed out or never started)."""
+        return all(r.fate is Fate.RETURNED for r in self.ranks)
+
+    def check(self) -> WorldResult:
+        """Return ``self`` if every rank returned; raise :class:`WorldFailed` saying which not."""
+        if not self.ok:
+            raise WorldFailed(self)
+        return self
+
+    def unfired(self) -> list[str]:
+        """Why each fault of the plan that never took effect did not (optional ones excepted)."""
+        problems = []
+        for index, fault in enumerate(self.plan):
+            point = F.trigger(fault)
+            if index in self.fired or point is None or getattr(fault, "optional", False):
+                continue
+            rank = int(point.rank)  # type: ignore[arg-type]
+            reached = list(self.ranks[rank].points) if 0 <= rank < len(self.ranks) else []
+            if point.name in reached:
+                why = f"rank {rank} reached {point.name!r}, but {_not_applied(fault, self)}"
+            else:
+                why = f"rank {rank} reached points {reached}"
+            problems.append(
+                f"fault {F.describe(fault)} never fired; {why} (if that can legitimately "
+                "happen, give the fault optional=True)"
+            )
+        return problems
+
+
+def _not_applied(fault: F.Fault, world: WorldResult) -> str:
+    target = getattr(fault, "rank", None)
+    if isinstance(fault, F.Signal) and isinstance(target, int):
+        fate = world.ranks[target]
+        if fault.blocked and fate.fate is not Fate.MISSING:
+            return f"rank {target} ended before it blocked in a system call"
+        return f"rank {target} was {fate.fate.value} when it was due"
+    return "it was not applied"
+
+
+class WorldFailed(AssertionError):
+    """A world in which some rank raised, died, timed out or never started."""
+
+    def __init__(self, world: WorldResult) -> None:
+        bad = [r for r in world.ranks if r.fate is not Fate.RETURNED]
+        lines = [f"{len(bad)} of {len(world.ranks)} ranks did not return:"]
+        for rank in bad:
+            lines.append(f"  {rank.describe()}")
+            tail = rank.traceback.strip().splitlines()[-3:]
+            lines.extend(f"      {line}" for line in tail)
+        lines.append("(world(..., check=False) returns the result without raising)")
+        super().__init__("\n".join(lines))
+        self.world = world

@@ -82,7 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         results.append(result)
         if not args.quiet:
             print(f"[{i}/{len(cases)}] {case.nodeid} {result.outcome}", file=sys.stderr)
-        if args.exitfirst and not result.passed:
+        if args.exitfirst and not result.ok(args.xfail_strict):
             break
     spent = time.monotonic() - start
     header = f"{'scenario':<{width}}  {'store':<10} {'workers':<8} {'world':>5}  outcome  time"
@@ -94,11 +94,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"{c.scenario.name:<{width}}  {c.target:<10} {c.workers:<8} {c.world_size:>5}  "
             f"{r.outcome:<7} {r.elapsed:>5.2f}s"
         )
-    failed = [r for r in results if not r.passed]
+    failed = [r for r in results if not r.ok(args.xfail_strict)]
     for r in failed:
         print()
         print(r.report())
-    print(f"\n{len(results) - len(failed)} passed, {len(failed)} failed in {spent:.1f} s")
+    xfailed = sum(r.outcome == "xfail" for r in results)
+    xpassed = sum(r.outcome == "XPASS" for r in results)
+    passed = len(results) - len(failed) - xfailed - (xpassed if not args.xfail_strict else 0)
+    known = f", {xfailed} xfailed" if xfailed else ""
+    known += f", {xpassed} xpassed" if xpassed else ""
+    print(f"\n{passed} passed, {len(failed)} failed{known} in {spent:.1f} s")
     if args.json:
         Path(args.json).write_text(json.dumps([_row(r) for r in results], indent=2, default=repr))
     if args.junit_xml:
@@ -206,6 +211,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     run.add_argument("--junit-xml", metavar="FILE", help="also write a JUnit XML report")
     run.add_argument("-x", "--exitfirst", action="store_true", help="stop at the first failure")
+    run.add_argument(
+        "--xfail-strict",
+        action="store_true",
+        help="a case marked xfail that passes fails the run (as pytest's xfail_strict)",
+    )
     run.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     run.set_defaults(func=cmd_run)
     lst.set_defaults(func=cmd_list)

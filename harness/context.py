@@ -22,11 +22,12 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..stores import Store
 from ._messages import AtPoint, AwaitPoint, Finished, Go, Never, PipeFd, Reached, Stop
+from .faults import AnyRank
 
 __all__ = ["DUMP_SIGNAL", "RankContext", "RankStopped"]
 
@@ -54,8 +55,10 @@ class RankContext:
         store: Store,
         log: logging.Logger,
         seed: int,
+        tags: Mapping[str, int] | None = None,
     ) -> None:
         self._conn = conn
+        self._tags = dict(tags or {})
         self.rank = rank
         #: The fixed world size, or ``None`` in a non-fixed world (ranks take ids from the store).
         self.world_size = world_size
@@ -67,6 +70,20 @@ class RankContext:
 
     def __repr__(self) -> str:
         return f"RankContext(rank={self.rank}, world_size={self.world_size}, store={self.store!r})"
+
+    def rank_of(self, tag: str | AnyRank) -> int:
+        """The rank the run's seeded plan picked for ``AnyRank(tag)`` (a fault's or expect's).
+
+        Raises ``KeyError`` naming the tags the plan has when ``tag`` is not one of them.
+        """
+        name = tag.tag if isinstance(tag, AnyRank) else tag
+        try:
+            return self._tags[name]
+        except KeyError:
+            known = ", ".join(sorted(self._tags)) or "none"
+            raise KeyError(
+                f"no AnyRank tagged {name!r} in this run's plan (tags: {known})"
+            ) from None
 
     def point(self, name: str) -> None:
         """Announce that this rank reached ``name``; return once its faults were applied.
@@ -109,6 +126,7 @@ def run_rank(
     seed: int,
     op_timeout: float | None,
     on_open: Callable[[Store], None] | None = None,
+    tags: Mapping[str, int] | None = None,
 ) -> None:
     """Open the store, run ``fn(ctx)``, and send the result (or the exception) to the runner."""
     start = time.monotonic()
@@ -119,7 +137,7 @@ def run_rank(
                 on_open(store)
             if op_timeout is not None:
                 store.set_timeout(op_timeout)
-            value = fn(RankContext(conn, rank, world_size, store, log, seed))
+            value = fn(RankContext(conn, rank, world_size, store, log, seed, tags))
         finally:
             store.close()
         reply = Finished(True, value, None, "", "", time.monotonic() - start)
@@ -171,6 +189,7 @@ def process_main(
     op_timeout: float | None,
     inherited: Sequence[int],
     runner_pid: int,
+    tags: Mapping[str, int] | None = None,
 ) -> None:
     """A process rank: die with the runner, keep only our own fds, log and dump to our file."""
     _die_with_parent(runner_pid)
@@ -188,7 +207,7 @@ def process_main(
     faulthandler.register(DUMP_SIGNAL, file=2, all_threads=True, chain=False)
     log = rank_logger(rank, log_path, token)
     conn.send(PipeFd(conn.fileno()))  # so the runner can tell our pipe reads from other waits
-    run_rank(conn, fn, open_store, rank, world_size, log, seed, op_timeout)
+    run_rank(conn, fn, open_store, rank, world_size, log, seed, op_timeout, tags=tags)
     logging.shutdown()
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 import signal
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import TypeAlias
 
 __all__ = [
@@ -30,8 +30,11 @@ __all__ = [
     "Point",
     "RestartServer",
     "Signal",
+    "Trigger",
     "after",
+    "describe",
     "resolve",
+    "resolve_plan",
 ]
 
 
@@ -50,9 +53,25 @@ ANY = AnyRank()
 RankRef: TypeAlias = int | AnyRank
 
 
+class Point(str):
+    """A named point, as a constant: ``WAITING = Point("waiting")``.
+
+    ``ctx.point(WAITING)`` and ``after(3, WAITING)`` then name the same point, and a typo is a
+    ``NameError`` at import instead of a fault that silently never fires.  A plain string works
+    wherever a point is named, too.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, name: str) -> Point:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a point needs a non-empty name, got {name!r}")
+        return super().__new__(cls, name)
+
+
 @dataclass(frozen=True)
-class Point:
-    """Rank ``rank`` has called ``ctx.point(name)``."""
+class Trigger:
+    """Rank ``rank`` has called ``ctx.point(name)``: the moment a fault fires."""
 
     rank: RankRef
     name: str
@@ -61,9 +80,9 @@ class Point:
         return f"rank {self.rank} at {self.name!r}"
 
 
-def after(rank: RankRef, name: str) -> Point:
-    """The moment rank ``rank`` reaches the point ``name``."""
-    return Point(rank, name)
+def after(rank: RankRef, name: str) -> Trigger:
+    """The moment rank ``rank`` reaches the point ``name`` (a str, or a :class:`Point`)."""
+    return Trigger(rank, str(name))
 
 
 @dataclass(frozen=True)
@@ -77,8 +96,10 @@ class Signal:
 
     sig: signal.Signals
     rank: RankRef
-    at: Point
+    at: Trigger
     blocked: bool = False
+    #: Not firing is legitimate here: do not fail the case when its trigger never fires.
+    optional: bool = field(default=False, kw_only=True)
 
     def __str__(self) -> str:
         how = " once blocked" if self.blocked else ""
@@ -100,7 +121,9 @@ class Late:
     """Rank ``rank`` starts only once ``after`` happens (never, if it never does)."""
 
     rank: RankRef
-    after: Point
+    after: Trigger
+    #: Not firing is legitimate here: do not fail the case when its trigger never fires.
+    optional: bool = field(default=False, kw_only=True)
 
     def __str__(self) -> str:
         return f"rank {self.rank} starts when {self.after}"
@@ -110,7 +133,9 @@ class Late:
 class KillServer:
     """SIGKILL the store's server process when ``at`` happens (its data is lost)."""
 
-    at: Point
+    at: Trigger
+    #: Not firing is legitimate here: do not fail the case when its trigger never fires.
+    optional: bool = field(default=False, kw_only=True)
 
     def __str__(self) -> str:
         return f"kill the server when {self.at}"
@@ -120,7 +145,9 @@ class KillServer:
 class RestartServer:
     """Start a fresh server on the same endpoint (the same listening socket) when ``at`` happens."""
 
-    at: Point
+    at: Trigger
+    #: Not firing is legitimate here: do not fail the case when its trigger never fires.
+    optional: bool = field(default=False, kw_only=True)
 
     def __str__(self) -> str:
         return f"restart the server when {self.at}"
@@ -131,7 +158,9 @@ class Delay:
     """From ``at`` on, the proxy holds every chunk for ``seconds`` before passing it on."""
 
     seconds: float
-    at: Point
+    at: Trigger
+    #: Not firing is legitimate here: do not fail the case when its trigger never fires.
+    optional: bool = field(default=False, kw_only=True)
 
     def __str__(self) -> str:
         return f"delay traffic by {self.seconds:g} s when {self.at}"
@@ -141,7 +170,9 @@ class Delay:
 class Drop:
     """Reset every proxied connection when ``at`` happens; new connections still pass."""
 
-    at: Point
+    at: Trigger
+    #: Not firing is legitimate here: do not fail the case when its trigger never fires.
+    optional: bool = field(default=False, kw_only=True)
 
     def __str__(self) -> str:
         return f"drop every connection when {self.at}"
@@ -151,7 +182,9 @@ class Drop:
 class Blackhole:
     """From ``at`` on, the proxy swallows all traffic (connections stay open, nothing arrives)."""
 
-    at: Point
+    at: Trigger
+    #: Not firing is legitimate here: do not fail the case when its trigger never fires.
+    optional: bool = field(default=False, kw_only=True)
 
     def __str__(self) -> str:
         return f"black-hole traffic when {self.at}"
@@ -161,7 +194,9 @@ class Blackhole:
 class Heal:
     """Undo delay and black-holing when ``at`` happens."""
 
-    at: Point
+    at: Trigger
+    #: Not firing is legitimate here: do not fail the case when its trigger never fires.
+    optional: bool = field(default=False, kw_only=True)
 
     def __str__(self) -> str:
         return f"heal the network when {self.at}"
@@ -175,7 +210,7 @@ SERVER_FAULTS = (KillServer, RestartServer)
 PROXY_FAULTS = (Delay, Drop, Blackhole, Heal)
 
 
-def trigger(fault: Fault) -> Point | None:
+def trigger(fault: Fault) -> Trigger | None:
     """The point that fires ``fault`` (``None`` for a missing rank)."""
     if isinstance(fault, Missing):
         return None
@@ -188,6 +223,17 @@ def resolve(faults: Sequence[Fault], world_size: int, seed: int) -> tuple[Fault,
     """Concrete faults for a world of ``world_size``: ANY picked from ``seed``, negatives wrapped.
 
     Raises ``ValueError`` naming the fault when a rank is outside the world.
+    """
+    return resolve_plan(faults, world_size, seed)[0]
+
+
+def resolve_plan(
+    faults: Sequence[Fault], world_size: int, seed: int, tags: Iterable[str] = ()
+) -> tuple[tuple[Fault, ...], dict[str, int]]:
+    """:func:`resolve`, and the rank each ``AnyRank`` tag resolved to.
+
+    ``tags`` names more tags to resolve (an ``expect`` keyed on ``AnyRank("winner")`` when no
+    fault uses the tag); they are picked after the faults' from the same seeded sequence.
     """
     rng = random.Random(seed)
     chosen: dict[str, int] = {}
@@ -217,10 +263,13 @@ def resolve(faults: Sequence[Fault], world_size: int, seed: int) -> tuple[Fault,
             value = getattr(fault, f.name)
             if f.name == "rank":
                 changes["rank"] = pick(value, fault)
-            elif isinstance(value, Point):
-                changes[f.name] = Point(pick(value.rank, fault), value.name)
+            elif isinstance(value, Trigger):
+                changes[f.name] = Trigger(pick(value.rank, fault), value.name)
         out.append(replace(fault, **changes))  # type: ignore[arg-type]
-    return tuple(out)
+    for tag in tags:
+        if tag not in chosen:
+            chosen[tag] = rng.randrange(world_size)
+    return tuple(out), chosen
 
 
 def check(faults: Iterable[object]) -> list[str]:
@@ -234,7 +283,7 @@ def check(faults: Iterable[object]) -> list[str]:
             )
             continue
         point = trigger(fault)
-        if point is not None and not (isinstance(point, Point) and point.name):
+        if point is not None and not (isinstance(point, Trigger) and point.name):
             problems.append(f"{fault!r}: its trigger must be after(rank, 'point-name')")
         sig: object = getattr(fault, "sig", signal.SIGINT)  # typed, but data can come from anywhere
         if not isinstance(sig, signal.Signals):
@@ -242,3 +291,23 @@ def check(faults: Iterable[object]) -> list[str]:
         if isinstance(fault, Delay) and not fault.seconds > 0:
             problems.append(f"{fault!r}: the delay must be > 0 seconds")
     return problems
+
+
+def describe(fault: Fault) -> str:
+    """``Signal(SIGINT → rank 1 at 'waiting')``: what a fault is, for a report line."""
+    point = trigger(fault)
+    target = getattr(fault, "rank", None)
+    if point is None:
+        at = ""
+    elif point.rank == target:
+        at = f" at {point.name!r}"
+    else:
+        at = f" when rank {point.rank} is at {point.name!r}"
+    if isinstance(fault, Signal):
+        how = ", once blocked" if fault.blocked else ""
+        return f"Signal({fault.sig.name} → rank {fault.rank}{at}{how})"
+    if isinstance(fault, Missing | Late):
+        return f"{type(fault).__name__}(rank {fault.rank}{at})"
+    if isinstance(fault, Delay):
+        return f"Delay({fault.seconds:g} s{at})"
+    return f"{type(fault).__name__}(rank {point.rank} at {point.name!r})" if point else repr(fault)

@@ -207,6 +207,12 @@ class ScenarioItem(pytest.Item):
         self.case = case
         self.why = why
         self.add_marker("scenario")
+        if case is not None:
+            # pytest marks written above or below @scenario, and xfail= for this store
+            for mark in case.scenario.marks:
+                self.add_marker(getattr(pytest.mark, mark.name)(*mark.args, **mark.kwargs))
+            if case.xfail is not None:
+                self.add_marker(pytest.mark.xfail(reason=case.xfail))
 
     def runtest(self) -> None:
         if self.case is None:
@@ -276,7 +282,7 @@ _TIME_LIMITS = ("time_limit", "rank_budget", "op_timeout")
 
 
 class WorldRunner:
-    """``world(fn, world_size, workers="process", **run_world_options)`` → :class:`WorldResult`."""
+    """``world(fn, world_size, workers="process", check=True, **run_world_options)``."""
 
     def __init__(
         self, endpoint: Endpoint, log_root: Path, results: list[WorldResult], settings: Settings
@@ -287,8 +293,17 @@ class WorldRunner:
         self.settings = settings
 
     def __call__(
-        self, fn: RankFn, world_size: int, workers: str = "process", **options: Any
+        self,
+        fn: RankFn,
+        world_size: int,
+        workers: str = "process",
+        *,
+        check: bool = True,
+        **options: Any,
     ) -> WorldResult:
+        """Run ``fn`` on ``world_size`` ranks; raise :class:`WorldFailed` unless every rank
+        returned (``check=False`` returns the result as it is, for tests that expect failures).
+        """
         spec = self.endpoint.spec
         if workers not in spec.workers:
             pytest.skip(f"store {spec.name} cannot be shared by {workers} ranks")
@@ -305,7 +320,7 @@ class WorldRunner:
             fn, world_size, self.endpoint.opener(), workers, log_dir=str(logs), **options
         )
         self.results.append(result)
-        return result
+        return result.check() if check else result
 
 
 @pytest.fixture

@@ -18,17 +18,22 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from . import targets
+from .expect import run_checks
 from .scenario import Case, Expect, Scenario
 from .world import WorldResult, run_world
 
 __all__ = [
     "CaseResult",
     "default_seed",
+    "judge",
     "keyword_match",
     "load_package",
     "load_scenarios",
+    "marked_skip",
+    "marked_xfail",
     "run_case",
 ]
 
@@ -50,10 +55,23 @@ class CaseResult:
     expected: dict[int, Expect] = field(default_factory=dict)  # each rank's expectation
     problems: dict[int, str] = field(default_factory=dict)
     error: str = ""  # the run could not happen (the store would not start, ...)
+    #: What is wrong with the world as a whole: a fault that never fired, a failed world check.
+    world_problems: tuple[str, ...] = ()
+    #: Why the case was expected to fail (``xfail=``, or a pytest xfail mark), or "".
+    xfail: str = ""
 
     @property
     def outcome(self) -> str:
+        """``pass``, ``FAIL``, ``ERROR``, or for an expected failure ``xfail`` / ``XPASS``."""
+        if self.xfail:
+            return "XPASS" if self.passed else "xfail"
         return "pass" if self.passed else ("ERROR" if self.error else "FAIL")
+
+    def ok(self, strict_xfail: bool = False) -> bool:
+        """Whether this result lets the run succeed (an unexpected pass does under strict)."""
+        if self.xfail:
+            return not (self.passed and strict_xfail)
+        return self.passed
 
     def replay(self) -> str:
         """The command that runs exactly this case again, faults and seed included."""
@@ -77,6 +95,7 @@ class CaseResult:
                 lines.append(f"  {mark} {rank.describe()}  [expected: {expect}]")
                 if rank.rank in self.problems:
                     lines.append(f"      {self.problems[rank.rank]}")
+            lines.extend(f"  ✗ {problem}" for problem in self.world_problems)
             if self.world.events:
                 lines.append("  events:")
                 lines.extend(f"    {event}" for event in self.world.events)
@@ -125,6 +144,7 @@ def run_case(
                     faults=sc.faults,
                     seed=seed,
                     rank_budget=rank_budget,
+                    tags=sc.tags,
                     controls=endpoint,
                     log_dir=str(logs),
                     start_method=start_method,
@@ -133,15 +153,50 @@ def run_case(
             spent = time.monotonic() - start
             error = f"{type(exc).__name__}: {exc}"
             return CaseResult(case, False, seed, spent, error=error)
-    plan = world.plan  # as the run resolved it from its seed
-    expected = {r.rank: sc.expectation(r.rank, case.world_size, plan) for r in world}
+    return judge(case, seed, time.monotonic() - start, world)
+
+
+def judge(case: Case, seed: int, elapsed: float, world: WorldResult) -> CaseResult:
+    """Hold ``world`` to ``case``'s scenario: each rank, every fault fired, the world checks."""
+    sc = case.scenario
+    tags = dict(world.tags)
+    expected = {r.rank: sc.expectation(r.rank, case.world_size, world.plan, tags) for r in world}
     problems = {}
     for rank in world:
         problem = expected[rank.rank].problem(rank)
         if problem is not None:
             problems[rank.rank] = problem
-    spent = time.monotonic() - start
-    return CaseResult(case, not problems, seed, spent, world, expected, problems)
+    world_problems = (*world.unfired(), *run_checks(sc.checks, world))
+    passed = not problems and not world_problems
+    xfail = case.xfail or marked_xfail(sc.marks) or ""
+    return CaseResult(
+        case, passed, seed, elapsed, world, expected, problems,
+        world_problems=world_problems, xfail=xfail,
+    )  # fmt: skip
+
+
+def marked_xfail(marks: Iterable[Any]) -> str | None:
+    """The reason of an unconditional (or true-conditioned) pytest ``xfail`` mark, if any."""
+    for mark in marks:
+        if getattr(mark, "name", None) != "xfail":
+            continue
+        condition = mark.args[0] if mark.args else mark.kwargs.get("condition", True)
+        if condition is True or (isinstance(condition, bool | int) and condition):
+            return str(mark.kwargs.get("reason") or "marked xfail")
+    return None
+
+
+def marked_skip(marks: Iterable[Any]) -> str | None:
+    """The reason of a pytest ``skip`` (or true ``skipif``) mark, if any (for the CLI)."""
+    for mark in marks:
+        name = getattr(mark, "name", None)
+        if name == "skip":
+            return str(mark.kwargs.get("reason") or (mark.args[0] if mark.args else "skipped"))
+        if name == "skipif":
+            condition = mark.args[0] if mark.args else mark.kwargs.get("condition", False)
+            if condition is True or (isinstance(condition, bool | int) and condition):
+                return str(mark.kwargs.get("reason") or "skipped")
+    return None
 
 
 # ------------------------------------------------------------------------------ loading

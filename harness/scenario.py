@@ -19,9 +19,8 @@ order, so every pytest-xdist worker collects the same items.
 
 from __future__ import annotations
 
+import fnmatch
 import inspect
-import re
-import signal
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias, overload
@@ -30,8 +29,20 @@ from ..stores import Capability
 from . import faults as F
 from . import targets
 from .context import RankContext
+from .expect import (
+    Expect,
+    NeverStarts,
+    Returns,
+    WorldCheck,
+    all_agree,
+    exactly_one,
+    killed,
+    never_starts,
+    raises,
+    returns,
+    times_out,
+)
 from .targets import TargetSpec
-from .world import Fate, RankResult
 
 __all__ = [
     "Case",
@@ -39,6 +50,9 @@ __all__ = [
     "NonFixed",
     "Scenario",
     "ScenarioError",
+    "WorldCheck",
+    "all_agree",
+    "exactly_one",
     "killed",
     "never_starts",
     "raises",
@@ -54,116 +68,6 @@ class ScenarioError(ValueError):
     """A scenario definition is wrong; the message says what and how to fix it."""
 
 
-# --------------------------------------------------------------------------- expectations
-
-_ANY_VALUE = object()
-
-
-@dataclass(frozen=True)
-class Expect:
-    """What a rank is expected to do; :meth:`problem` says how a result falls short."""
-
-    def problem(self, result: RankResult) -> str | None:
-        raise NotImplementedError
-
-    def _fate(self, result: RankResult, fate: Fate, what: str) -> str | None:
-        if result.fate is not fate:
-            return f"expected to {what}, but {result.describe().split(': ', 1)[1]}"
-        return None
-
-
-@dataclass(frozen=True)
-class Returns(Expect):
-    value: Any = _ANY_VALUE
-
-    def __str__(self) -> str:
-        return "returns" if self.value is _ANY_VALUE else f"returns {self.value!r}"
-
-    def problem(self, result: RankResult) -> str | None:
-        bad = self._fate(result, Fate.RETURNED, "return")
-        if bad is None and self.value is not _ANY_VALUE and result.value != self.value:
-            return f"expected to return {self.value!r}, but returned {result.value!r}"
-        return bad
-
-
-@dataclass(frozen=True)
-class Raises(Expect):
-    error: type[BaseException]
-    match: str | None = None
-
-    def __str__(self) -> str:
-        match = f" matching {self.match!r}" if self.match else ""
-        return f"raises {self.error.__name__}{match}"
-
-    def problem(self, result: RankResult) -> str | None:
-        bad = self._fate(result, Fate.RAISED, f"raise {self.error.__name__}")
-        if bad is not None:
-            return bad
-        exc = result.exception
-        if exc is None or not isinstance(exc, self.error):
-            return f"expected {self.error.__name__}, but raised {result.error}"
-        if self.match is not None and not re.search(self.match, str(exc)):
-            return f"expected a message matching {self.match!r}, but got {str(exc)!r}"
-        return None
-
-
-@dataclass(frozen=True)
-class Killed(Expect):
-    sig: signal.Signals | None = None
-
-    def __str__(self) -> str:
-        return f"is killed by {self.sig.name}" if self.sig else "is killed"
-
-    def problem(self, result: RankResult) -> str | None:
-        bad = self._fate(result, Fate.DIED, str(self).removeprefix("is "))
-        if bad is None and self.sig is not None and result.signal is not self.sig:
-            return f"expected to be killed by {self.sig.name}, but {result.describe()}"
-        return bad
-
-
-@dataclass(frozen=True)
-class TimesOut(Expect):
-    def __str__(self) -> str:
-        return "times out"
-
-    def problem(self, result: RankResult) -> str | None:
-        return self._fate(result, Fate.TIMED_OUT, "be stopped at its deadline")
-
-
-@dataclass(frozen=True)
-class NeverStarts(Expect):
-    def __str__(self) -> str:
-        return "never starts"
-
-    def problem(self, result: RankResult) -> str | None:
-        return self._fate(result, Fate.MISSING, "never start")
-
-
-def returns(value: Any = _ANY_VALUE) -> Expect:
-    """The rank returns (``value``, if given)."""
-    return Returns(value)
-
-
-def raises(error: type[BaseException], match: str | None = None) -> Expect:
-    """The rank raises ``error`` (a subclass counts), its message matching ``match``."""
-    return Raises(error, match)
-
-
-def killed(sig: signal.Signals | None = None) -> Expect:
-    """The rank's process dies (by ``sig``, if given) without a result."""
-    return Killed(sig)
-
-
-def times_out() -> Expect:
-    """The rank is still running at its deadline and is stopped by the runner."""
-    return TimesOut()
-
-
-def never_starts() -> Expect:
-    """The rank never starts (a ``Missing`` fault, or a ``Late`` trigger that never fires)."""
-    return NeverStarts()
-
-
 # ---------------------------------------------------------------------------- world sizes
 
 
@@ -175,7 +79,7 @@ class NonFixed:
     """
 
     slots: int
-    late: Mapping[int, F.Point] = field(default_factory=dict)
+    late: Mapping[int, F.Trigger] = field(default_factory=dict)
 
     def faults(self) -> tuple[F.Fault, ...]:
         return tuple(F.Late(rank, point) for rank, point in sorted(self.late.items()))
@@ -195,6 +99,8 @@ class Case:
     target: str
     workers: str
     world_size: int
+    #: Why this case is expected to fail (the scenario's ``xfail=`` for its store), or None.
+    xfail: str | None = None
 
     @property
     def id(self) -> str:
@@ -206,9 +112,13 @@ class Case:
         return f"{self.scenario.name}[{self.id}]"
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class Scenario:
-    """A checked scenario definition (made by :func:`scenario`)."""
+    """A checked scenario definition (made by :func:`scenario`); treat it as read-only.
+
+    Not a frozen dataclass, only so that a pytest mark can be applied above ``@scenario``
+    (pytest stores it as a ``pytestmark`` attribute); :attr:`marks` sees both placements.
+    """
 
     fn: Callable[[RankContext], Any]
     name: str
@@ -219,12 +129,30 @@ class Scenario:
     needs: frozenset[Capability]
     stores: tuple[str, ...] | None
     faults: tuple[F.Fault, ...]
-    expect: Mapping[int | str, Expect]
+    expect: Mapping[int | str | F.AnyRank, Expect]
     time_limit: float
     op_timeout: float | None
     rank_budget: float | None
     module: str
     file: str
+    checks: tuple[WorldCheck, ...] = ()
+    xfail: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def __name__(self) -> str:  # so pytest treats a scenario as a test function for marks
+        return self.name
+
+    @property
+    def marks(self) -> list[Any]:
+        """pytest marks applied below ``@scenario`` (to the function) or above it."""
+        return [*getattr(self.fn, "pytestmark", []), *getattr(self, "pytestmark", [])]
+
+    def xfail_for(self, target: str) -> str | None:
+        """The reason a case on ``target`` is expected to fail (``xfail=``), or ``None``."""
+        for pattern, reason in self.xfail.items():
+            if fnmatch.fnmatchcase(target, pattern):
+                return reason
+        return None
 
     def __call__(self, ctx: RankContext) -> Any:
         return self.fn(ctx)
@@ -275,7 +203,7 @@ class Scenario:
                     continue
                 for size in world_sizes or self.world_sizes:
                     if self.fits(size):
-                        out.append(Case(self, target, kind, size))
+                        out.append(Case(self, target, kind, size, self.xfail_for(target)))
         return out
 
     def fits(self, world_size: int) -> bool:
@@ -286,13 +214,30 @@ class Scenario:
             self.plan(world_size, 0)
         except ValueError:
             return False
-        return all(k == "*" or -world_size <= int(k) < world_size for k in self.expect)
+        return all(not isinstance(k, int) or -world_size <= k < world_size for k in self.expect)
 
     def plan(self, world_size: int, seed: int) -> tuple[F.Fault, ...]:
         return F.resolve(self.faults, world_size, seed)
 
-    def expectation(self, rank: int, world_size: int, plan: Sequence[F.Fault]) -> Expect:
-        """What rank ``rank`` of a world of ``world_size`` is expected to do."""
+    @property
+    def tags(self) -> tuple[str, ...]:
+        """The ``AnyRank`` tags ``expect`` keys on (resolved with the fault plan's)."""
+        return tuple(k.tag for k in self.expect if isinstance(k, F.AnyRank))
+
+    def expectation(
+        self,
+        rank: int,
+        world_size: int,
+        plan: Sequence[F.Fault],
+        tags: Mapping[str, int] | None = None,
+    ) -> Expect:
+        """What rank ``rank`` of a world of ``world_size`` is expected to do.
+
+        ``tags`` maps each ``AnyRank`` tag to the rank the run's plan resolved it to.
+        """
+        for key, expect in self.expect.items():
+            if isinstance(key, F.AnyRank) and (tags or {}).get(key.tag) == rank:
+                return expect
         for key, expect in self.expect.items():
             if isinstance(key, int) and key % world_size == rank:
                 return expect
@@ -315,11 +260,13 @@ def scenario(
     needs: Iterable[Capability | str] = (),
     stores: Iterable[str] | None = None,
     faults: Iterable[F.Fault] = (),
-    expect: Mapping[int | str, Expect] | None = None,
+    expect: Mapping[int | str | F.AnyRank, Expect] | None = None,
     time_limit: float = 30.0,
     op_timeout: float | None = 10.0,
     rank_budget: float | None = None,
     name: str | None = None,
+    check: WorldCheck | Iterable[WorldCheck] = (),
+    xfail: str | Mapping[str, str] | None = None,
 ) -> Callable[[Callable[[RankContext], Any]], Scenario]: ...
 
 
@@ -332,25 +279,31 @@ def scenario(
     needs: Iterable[Capability | str] = (),
     stores: Iterable[str] | None = None,
     faults: Iterable[F.Fault] = (),
-    expect: Mapping[int | str, Expect] | None = None,
+    expect: Mapping[int | str | F.AnyRank, Expect] | None = None,
     time_limit: float = 30.0,
     op_timeout: float | None = 10.0,
     rank_budget: float | None = None,
     name: str | None = None,
+    check: WorldCheck | Iterable[WorldCheck] = (),
+    xfail: str | Mapping[str, str] | None = None,
 ) -> Scenario | Callable[[Callable[[RankContext], Any]], Scenario]:
     """Declare a scenario: ``fn(ctx)`` runs on every rank (use as ``@scenario(...)``).
 
     ``world_size``: an int, a list of ints (one case each) or :class:`NonFixed`.
     ``workers``: ``"process"``, ``"thread"`` or ``"both"``.  ``needs``: store capabilities.
     ``stores``: restrict to these targets.  ``faults``: from :mod:`storeharness.harness.faults`.
-    ``expect``: rank → expectation (negative ranks count from the end; ``"*"`` for the rest;
-    the default is :func:`returns`).  ``time_limit`` bounds the world, ``rank_budget`` each rank,
-    ``op_timeout`` each store operation.  Raises :class:`ScenarioError` for a bad definition.
+    ``expect``: rank → expectation (negative ranks count from the end; ``AnyRank("tag")`` is
+    the rank the seeded plan picks for that tag; ``"*"`` for the rest; the default is
+    :func:`returns`).  ``check``: world-level checks that see every rank's fate and value
+    (:func:`exactly_one`, :func:`all_agree`, or your own).  ``time_limit`` bounds the world,
+    ``rank_budget`` each rank, ``op_timeout`` each store operation.  ``xfail``: the reason the
+    scenario is known to fail, or ``{store pattern: reason}`` (fnmatch: ``"torch-*"``).  Raises
+    :class:`ScenarioError` for a bad definition.
     """
 
     def wrap(f: Callable[[RankContext], Any]) -> Scenario:
         return _build(f, name, world_size, workers, needs, stores, faults, expect or {},
-                      time_limit, op_timeout, rank_budget)  # fmt: skip
+                      time_limit, op_timeout, rank_budget, check, xfail)  # fmt: skip
 
     return wrap if fn is None else wrap(fn)
 
@@ -363,10 +316,12 @@ def _build(
     needs: Iterable[Capability | str],
     stores: Iterable[str] | None,
     faults: Iterable[F.Fault],
-    expect: Mapping[int | str, Expect],
+    expect: Mapping[int | str | F.AnyRank, Expect],
     time_limit: float,
     op_timeout: float | None,
     rank_budget: float | None,
+    check: WorldCheck | Iterable[WorldCheck] = (),
+    xfail: str | Mapping[str, str] | None = None,
 ) -> Scenario:
     label: str = name or str(getattr(fn, "__name__", repr(fn)))
 
@@ -412,10 +367,15 @@ def _build(
             raise fail(f"{label_}={value!r}; give a number of seconds > 0")
     if time_limit is None:
         raise fail("time_limit=None; every scenario needs a time limit in seconds")
+    checks = (check,) if callable(check) else tuple(check)
+    for each in checks:
+        if not callable(each):
+            raise fail(f"check={each!r}; give a function of the world result, or a list of them")
     built = Scenario(
         fn, label, inspect.getdoc(fn) or "", sizes, nonfixed, kinds, caps, names, fault_list,
         dict(expect), float(time_limit), op_timeout, rank_budget,
         getattr(fn, "__module__", "") or "", inspect.getsourcefile(fn) or "",
+        checks, _xfail(xfail, fail),
     )  # fmt: skip
     if names is not None:
         for store in (n for n in names if n in known):
@@ -433,7 +393,7 @@ def _sizes(
         if not isinstance(slots, int) or slots < 1:
             raise fail(f"NonFixed(slots={slots!r}); slots must be an int >= 1")
         for rank, point in world_size.late.items():
-            if not isinstance(point, F.Point):
+            if not isinstance(point, F.Trigger):
                 raise fail(f"NonFixed late[{rank}] must be after(rank, 'point'), got {point!r}")
         return (slots,), True, world_size.faults()
     sizes = (world_size,) if isinstance(world_size, int) else tuple(world_size)
@@ -453,7 +413,7 @@ def _capability(value: Capability | str, fail: Callable[[str], ScenarioError]) -
 
 
 def _check_expect(
-    expect: Mapping[int | str, Expect],
+    expect: Mapping[int | str | F.AnyRank, Expect],
     sizes: Sequence[int],
     fail: Callable[[str], ScenarioError],
 ) -> None:
@@ -463,12 +423,39 @@ def _check_expect(
         if not isinstance(value, Expect):
             raise fail(
                 f"expect[{key!r}] = {value!r}; use returns(), raises(Error), killed(), "
-                "times_out() or never_starts() from harness"
+                "times_out() or never_starts() from storeharness"
             )
         if key == "*":
             continue
+        if isinstance(key, F.AnyRank):
+            if not key.tag:
+                raise fail(
+                    "expect keys on ANY; give it a tag, AnyRank('winner'), and use the same "
+                    "tag in the fault it names"
+                )
+            continue
         if not isinstance(key, int) or isinstance(key, bool):
-            raise fail(f"expect key {key!r}; use a rank number (negative from the end) or '*'")
+            raise fail(
+                f"expect key {key!r}; use a rank number (negative from the end), "
+                "AnyRank('tag') or '*'"
+            )
         for size in sizes:
             if not -size <= key < size:
                 raise fail(f"expect names rank {key}, outside a world of {size}")
+
+
+def _xfail(
+    xfail: str | Mapping[str, str] | None, fail: Callable[[str], ScenarioError]
+) -> dict[str, str]:
+    if xfail is None:
+        return {}
+    if isinstance(xfail, str):
+        return {"*": xfail}
+    if not isinstance(xfail, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) and v for k, v in xfail.items()
+    ):
+        raise fail(
+            f"xfail={xfail!r}; give the reason, or a dict of store pattern -> reason "
+            "(e.g. {'torch-*': \"torch's wait defers the handler\"})"
+        )
+    return dict(xfail)

@@ -124,6 +124,7 @@ def run_world(
     seed: int = 0,
     rank_budget: float | None = None,
     op_timeout: float | None = None,
+    tags: Sequence[str] = (),
     controls: Controls | None = None,
     log_dir: str | None = None,
     start_method: str = "fork",
@@ -134,7 +135,8 @@ def run_world(
     is fork) or ``"thread"``.  ``fixed=False`` makes a non-fixed world: ``ctx.world_size`` is
     ``None`` and ranks that ``Late`` faults hold back join when their trigger fires.  Durations in
     seconds: ``time_limit`` bounds the whole world, ``rank_budget`` each rank from its start,
-    ``op_timeout`` every store operation.  Raises ``ValueError`` for a bad argument, naming it.
+    ``op_timeout`` every store operation; ``tags`` names more ``AnyRank`` tags to resolve from
+    the seed (``ctx.rank_of(tag)``).  Raises ``ValueError`` for a bad argument, naming it.
     """
     if not isinstance(world_size, int) or isinstance(world_size, bool) or world_size < 1:
         raise ValueError(f"world_size must be an int >= 1, got {world_size!r}")
@@ -145,14 +147,14 @@ def run_world(
     problems = F.check(faults)
     if problems:
         raise ValueError("; ".join(problems))
-    plan = F.resolve(faults, world_size, seed)
+    plan, picked = F.resolve_plan(faults, world_size, seed, tags)
     if workers == "thread" and any(isinstance(f, F.Signal) for f in plan):
         raise ValueError("signal faults need process ranks (a signal cannot target a thread)")
     own_dir = log_dir is None
     logs = tempfile.mkdtemp(prefix="storeharness-logs-") if log_dir is None else log_dir
     try:
         world = _World(fn, world_size, open_store, workers, time_limit, fixed, plan, seed, logs)
-        world.rank_budget, world.op_timeout = rank_budget, op_timeout
+        world.rank_budget, world.op_timeout, world.tags = rank_budget, op_timeout, picked
         world.controls = controls or _NoControls()
         if workers == "process":
             world.mp = multiprocess.get_context(start_method)
@@ -186,7 +188,9 @@ class _World:
         self.token = uuid.uuid4().hex[:12]
         self.events: list[Event] = []
         self.awaiting: list[tuple[_Slot, int, str]] = []
-        self.blocked_signals: list[tuple[F.Signal, _Slot]] = []
+        self.blocked_signals: list[tuple[int, F.Signal, _Slot]] = []
+        self.fired: set[int] = set()  # indices into the plan of the faults that took effect
+        self.tags: dict[str, int] = {}  # AnyRank tag -> the rank the plan picked
         self.selector = selectors.DefaultSelector()
         self.t0 = 0.0
 
@@ -228,6 +232,8 @@ class _World:
             tuple(self.events),
             time.monotonic() - self.t0,
             self.plan,
+            frozenset(self.fired),
+            tuple(sorted(self.tags.items())),
         )
 
     def _running(self) -> bool:
@@ -266,7 +272,7 @@ class _World:
             inherited += [ours.fileno(), *self.controls.inherited_fds()]
             args = (
                 theirs, self.fn, self.open_store, slot.rank, world_size, slot.log_path,
-                self.token, self.seed, self.op_timeout, inherited, os.getpid(),
+                self.token, self.seed, self.op_timeout, inherited, os.getpid(), self.tags,
             )  # fmt: skip
             proc = self.mp.Process(target=process_main, args=args, name=f"rank-{slot.rank}")
             # A forked child must not garbage-collect what it inherited (objects whose threads
@@ -287,6 +293,7 @@ class _World:
                     run_rank(
                         theirs, self.fn, self.open_store, slot.rank, world_size, log,
                         self.seed, self.op_timeout, on_open=lambda s: setattr(slot, "store", s),
+                        tags=self.tags,
                     )  # fmt: skip
                 finally:
                     release_logger(log)
@@ -333,9 +340,9 @@ class _World:
 
     def _reached(self, slot: _Slot, name: str) -> None:
         slot.points.append(name)
-        for fault in self.plan:
-            if F.trigger(fault) == F.Point(slot.rank, name):
-                self._apply(fault)
+        for index, fault in enumerate(self.plan):
+            if F.trigger(fault) == F.Trigger(slot.rank, name):
+                self._apply(index, fault)
         self._reply(slot, Go())
         for waiting in [w for w in self.awaiting if (w[1], w[2]) == (slot.rank, name)]:
             self.awaiting.remove(waiting)
@@ -362,17 +369,19 @@ class _World:
         for waiter, _, name in [w for w in self.awaiting if w[1] == slot.rank]:
             self.awaiting.remove((waiter, slot.rank, name))
             self._reply(waiter, Never(f"rank {slot.rank} ended without reaching {name!r}"))
-        self.blocked_signals = [(f, s) for f, s in self.blocked_signals if s is not slot]
+        self.blocked_signals = [b for b in self.blocked_signals if b[2] is not slot]
 
     # ---------------------------------------------------------------------------- faults
 
-    def _apply(self, fault: F.Fault) -> None:
+    def _apply(self, index: int, fault: F.Fault) -> None:
+        """Apply plan entry ``index``; it counts as fired once it has taken effect."""
         if isinstance(fault, F.Signal):
             target = self.slots[int(fault.rank)]  # type: ignore[arg-type]
             if fault.blocked:
-                self.blocked_signals.append((fault, target))
-            else:
-                self._signal(target, fault.sig, "")
+                self.blocked_signals.append((index, fault, target))
+            elif self._signal(target, fault.sig, ""):
+                self.fired.add(index)
+            return
         elif isinstance(fault, F.Late):
             target = self.slots[int(fault.rank)]  # type: ignore[arg-type]
             if target.state == "waiting":
@@ -380,31 +389,41 @@ class _World:
                     EventKind.LAUNCHED, f"rank {target.rank} starts ({fault.after} reached)", target
                 )
                 self._launch(target)
-        elif isinstance(fault, F.KillServer):
+                self.fired.add(index)
+            return
+        if isinstance(fault, F.KillServer):
             self._event(EventKind.SERVER, self.controls.kill_server())
         elif isinstance(fault, F.RestartServer):
             self._event(EventKind.SERVER, self.controls.restart_server())
         elif isinstance(fault, F.PROXY_FAULTS):
             self._event(EventKind.NETWORK, self.controls.network(fault))
+        else:
+            return
+        self.fired.add(index)
 
-    def _signal(self, slot: _Slot, sig: signal.Signals, how: str) -> None:
+    def _signal(self, slot: _Slot, sig: signal.Signals, how: str) -> bool:
+        """Send ``sig`` to a running rank; whether it was sent."""
         if slot.state != "running" or slot.proc is None:
             text = f"{sig.name} to rank {slot.rank} not sent: the rank is {slot.state}"
             self._event(EventKind.SIGNAL, text, slot)
-            return
+            return False
         try:
             os.kill(slot.proc.pid, sig)
-            self._event(EventKind.SIGNAL, f"{sig.name} sent to rank {slot.rank}{how}", slot)
         except ProcessLookupError:
             text = f"{sig.name} to rank {slot.rank} not sent: its process is gone"
             self._event(EventKind.SIGNAL, text, slot)
+            return False
+        self._event(EventKind.SIGNAL, f"{sig.name} sent to rank {slot.rank}{how}", slot)
+        return True
 
     def _deliver_blocked(self) -> None:
-        for fault, slot in list(self.blocked_signals):
+        for held in list(self.blocked_signals):
+            index, fault, slot = held
             syscall = I.blocked_in(slot.proc.pid, slot.control_fd) if slot.proc else None
             if syscall is not None:
-                self.blocked_signals.remove((fault, slot))
-                self._signal(slot, fault.sig, f" while blocked in system call {syscall}")
+                self.blocked_signals.remove(held)
+                if self._signal(slot, fault.sig, f" while blocked in system call {syscall}"):
+                    self.fired.add(index)
 
     # ------------------------------------------------------------------- stopping ranks
 

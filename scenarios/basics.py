@@ -81,6 +81,13 @@ def wait_timeout_names_the_key(ctx: RankContext) -> int:
     workers="process",
     faults=[Signal(signal.SIGINT, 3, after(3, "waiting"), blocked=True)],
     expect={3: returns(1)},
+    # A correct store wakes within milliseconds; torch's known failure waits this out.
+    op_timeout=3.0,
+    xfail={
+        "torch-*": "torch's C++ wait (its TCP client, its FileStore) retries the interrupted "
+        "system call, so the Python handler runs only when the wait times out "
+        "(docs/differences.md)",
+    },
 )
 def sigint_during_wait(ctx: RankContext) -> int:
     """SIGINT lands on rank 3 while it is blocked in wait: its handler runs, then the wait ends.

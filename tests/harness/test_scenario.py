@@ -99,7 +99,7 @@ def test_each_expectation_says_how_a_result_falls_short() -> None:
         is None
     )
     wrong = raises(KeyError).problem(_result(Fate.RAISED, exception=timeout, error="StoreTimeout"))
-    assert wrong == "expected KeyError, but raised StoreTimeout"
+    assert wrong == "expected to raise KeyError, but raised StoreTimeout"
     assert killed(signal.SIGKILL).problem(_result(Fate.DIED, exitcode=-9)) is None
     assert "SIGKILL" in str(killed(signal.SIGKILL).problem(_result(Fate.DIED, exitcode=-15)))
     assert times_out().problem(_result(Fate.TIMED_OUT)) is None
