@@ -20,14 +20,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
-from ...stores import Capability, PrefixStore, Store, StoreError
+from ...stores import Capability, PrefixStore, Store, StoreError, StoreTimeout
 from ...stores.conformance import Backend
 from .. import faults as F
 from ..proxy import ProxyProcess
 
-__all__ = ["MARK", "Endpoint", "Target", "TargetSpec", "open_checked", "prefixed"]
+__all__ = [
+    "MARK",
+    "Endpoint",
+    "RunNamespace",
+    "Target",
+    "TargetSpec",
+    "open_checked",
+    "prefixed",
+]
 
 #: The key, inside a run's namespace, that holds the run's token.
 MARK = "storeharness/endpoint"
@@ -158,7 +166,39 @@ def open_checked(raw: Callable[[], Store], token: str, namespace: str) -> Store:
             f"{store!r} is not the store this run set up: it {what}, this run is {token!r} "
             "(a stale address, or a port another run reused?)"
         )
-    return PrefixStore(namespace, store, _owns_store=True)
+    return RunNamespace(namespace, store, _owns_store=True)
+
+
+class RunNamespace(PrefixStore):
+    """A run's own key namespace, whose timeouts name keys as the scenario wrote them.
+
+    The namespace (``run-1a2b3c4d/``) is the harness's business: a rank that waited for
+    ``"go"`` is told it timed out waiting for ``'go'``.
+    """
+
+    def _as_written(self, exc: StoreTimeout) -> StoreTimeout:
+        cut = f"{self.prefix}/"
+        keys = [k.split(cut, 1)[1] if cut in k else k for k in exc.keys]
+        detail = str(getattr(exc, "detail", "") or "")
+        return StoreTimeout(exc.op, keys, exc.elapsed, exc.timeout, exc.store, detail)
+
+
+def _keys_as_written(name: str) -> Callable[..., Any]:
+    base = getattr(PrefixStore, name)
+
+    def method(self: RunNamespace, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return base(self, *args, **kwargs)
+        except StoreTimeout as exc:
+            raise self._as_written(exc) from exc
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = base.__doc__
+    return method
+
+
+for _name in ("get", "wait", "multi_get", "barrier", "queue_pop", "add", "set", "compare_set"):
+    setattr(RunNamespace, _name, _keys_as_written(_name))
 
 
 class Endpoint:
