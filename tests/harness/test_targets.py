@@ -188,8 +188,13 @@ def test_the_library_runs_against_a_server_started_by_hand(server: str, tmp_path
     running = ServerProcess(bind_listener(0)) if server == "ours" else TorchServer(bind_listener(0))
     try:
         url = f"tcp://127.0.0.1:{running.port}"
-        cases = [c for sc in load_package("storeharness.scenarios") for c in sc.cases([url])]
-        assert {c.scenario.name for c in cases} >= {"fixed_world_size", "missing_clients"}
+        library = {sc.name: sc for sc in load_package("storeharness.scenarios")}
+        cases = [
+            case
+            for name in ("fixed_world_size", "missing_clients", "leader_election")
+            for case in library[name].cases([url], workers="process")
+        ]
+        assert len(cases) >= 5
         for case in cases:
             result = run_case(case, tmp_root=str(tmp_path))
             assert result.passed, result.report()
