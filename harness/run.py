@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import pkgutil
-import re
 import sys
 import tempfile
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 from types import ModuleType
 
 from . import targets
+from ._keyword import compile_keyword
 from .scenario import Case, Expect, Scenario
 from .world import WorldResult, run_world
 
@@ -218,26 +218,20 @@ def _import_file(path: Path) -> ModuleType:
     return module
 
 
-_TOKEN = re.compile(r"\s*(\(|\)|[^\s()]+)")
-
-
 def keyword_match(expr: str, text: str) -> bool:
     """pytest's ``-k``: words match as case-insensitive substrings, with and/or/not/parentheses.
 
-    Raises ``ValueError`` for a malformed expression.
+    Raises ``ValueError`` for a malformed expression (see :mod:`._keyword`).
     """
-    out = []
-    for token in _TOKEN.findall(expr):
-        if token in ("and", "or", "not", "(", ")"):
-            out.append(token)
-        else:
-            out.append(str(token.lower() in text.lower()))
-    try:
-        return bool(eval(" ".join(out) or "True", {"__builtins__": {}}, {}))
-    except SyntaxError:
-        raise ValueError(f"-k {expr!r} is not a valid expression") from None
+    return compile_keyword(expr)(text)
 
 
 def select(cases: Iterable[Case], keyword: str | None) -> list[Case]:
-    """The cases whose ids (``scenario[store-workers-size]``) match ``keyword``."""
-    return [c for c in cases if keyword is None or keyword_match(keyword, c.nodeid)]
+    """The cases whose ids (``scenario[store-workers-size]``) match ``keyword``.
+
+    The expression is checked even when there is no case: raises ``ValueError`` if malformed.
+    """
+    if keyword is None:
+        return list(cases)
+    matches = compile_keyword(keyword)
+    return [c for c in cases if matches(c.nodeid)]
