@@ -173,9 +173,12 @@ def package_dir(name: str) -> Path | None:
 def load_scenarios(paths: Sequence[str], library: str | None = None) -> list[Scenario]:
     """Scenarios from files, and from the ``scenario_*.py`` files of directories (sorted).
 
-    A directory that is package ``library`` (the bundled library) loads as that package.
-    Raises ``FileNotFoundError`` for a path that does not exist, and whatever a scenario file
-    raises on import (a bad definition raises
+    A file is imported as pytest's prepend import mode imports a test module: its package
+    root (the first directory up without ``__init__.py``) goes first on ``sys.path``, so it
+    imports the modules beside it.  A directory that is package ``library`` (the bundled
+    library), or a file in it, loads as that package.  Raises ``FileNotFoundError`` for a path
+    that does not exist, ``ImportError`` when another file of the same module name was imported
+    already, and whatever a scenario file raises on import (a bad definition raises
     :class:`~storeharness.harness.scenario.ScenarioError`).
     """
     home = package_dir(library) if library else None
@@ -184,8 +187,11 @@ def load_scenarios(paths: Sequence[str], library: str | None = None) -> list[Sce
         path = Path(raw)
         if not path.exists():
             raise FileNotFoundError(f"no such scenario file or directory: {raw}")
-        if path.is_dir() and library and path.resolve() == home:
-            found += load_package(library)
+        if library and home is not None and path.resolve() in (home, *home.glob("*.py")):
+            if path.is_dir():
+                found += load_package(library)
+            elif not path.name.startswith("_"):
+                found += scenarios_in(importlib.import_module(f"{library}.{path.stem}"))
             continue
         files = sorted(path.rglob("scenario_*.py")) if path.is_dir() else [path]
         for file in files:
@@ -194,18 +200,26 @@ def load_scenarios(paths: Sequence[str], library: str | None = None) -> list[Sce
 
 
 def _import_file(path: Path) -> ModuleType:
-    """Import a file by path; inside a package on sys.path, under its package's name."""
-    for entry in map(Path, sys.path or ["."]):
-        try:
-            rel = path.relative_to(entry.resolve())
-        except (ValueError, OSError):
-            continue
-        parts = rel.with_suffix("").parts
-        pkg_ok = all(
-            (entry / Path(*parts[:i]) / "__init__.py").exists() for i in range(1, len(parts))
+    """Import a file as pytest's ``prepend`` import mode does (see :func:`load_scenarios`)."""
+    root = path.parent
+    while (root / "__init__.py").exists():
+        root = root.parent
+    parts = path.relative_to(root).with_suffix("").parts
+    if not all(p.isidentifier() for p in parts):
+        return _import_unnamed(path)  # no module name reaches it; pytest would refuse it
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    module = importlib.import_module(".".join(parts))
+    where = Path(module.__file__ or "").resolve()
+    if where != path:
+        raise ImportError(
+            f"import file mismatch: {path} would be module {module.__name__!r}, which was "
+            f"imported from {where}; rename one of them (or make its directory a package)"
         )
-        if parts and pkg_ok and all(p.isidentifier() for p in parts):
-            return importlib.import_module(".".join(parts))
+    return module
+
+
+def _import_unnamed(path: Path) -> ModuleType:
     name = f"storeharness_scenarios.{path.stem}_{zlib.crc32(str(path).encode()):08x}"
     if name in sys.modules:
         return sys.modules[name]
@@ -214,7 +228,11 @@ def _import_file(path: Path) -> ModuleType:
         raise ImportError(f"cannot import scenario file {path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
     return module
 
 
