@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import pkgutil
+import shutil
 import sys
 import tempfile
 import time
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
+from . import report as _report
 from . import targets
 from ._keyword import compile_keyword
 from .scenario import Case, Expect, Scenario
@@ -55,34 +57,16 @@ class CaseResult:
     def outcome(self) -> str:
         return "pass" if self.passed else ("ERROR" if self.error else "FAIL")
 
-    def replay(self) -> str:
-        """The command that runs exactly this case again, faults and seed included."""
-        where = self.case.scenario.file or self.case.scenario.module
-        size = self.case.world_size
-        return (
-            f"storeharness run {where} -k '{self.case.scenario.name}' --store {self.case.target} "
-            f"--workers {self.case.workers} --world-size {size} --seed {self.seed}"
-        )
+    def replay(self, nodeid: str | None = None) -> str:
+        """The command that runs exactly this case again, faults and seed included.
 
-    def report(self) -> str:
+        ``nodeid`` (under pytest, the item's node id) makes it a pytest command.
+        """
+        return _report.replay_command(self, nodeid)
+
+    def report(self, nodeid: str | None = None) -> str:
         """Every rank's fate against its expectation, the faults applied, and how to replay."""
-        case = self.case
-        lines = [f"{case.nodeid}: {self.outcome} in {self.elapsed:.2f} s (seed {self.seed})"]
-        if self.error:
-            lines.append(f"  could not run: {self.error}")
-        if self.world is not None:
-            for rank in self.world:
-                expect = self.expected[rank.rank]
-                mark = "✗" if rank.rank in self.problems else "✓"
-                lines.append(f"  {mark} {rank.describe()}  [expected: {expect}]")
-                if rank.rank in self.problems:
-                    lines.append(f"      {self.problems[rank.rank]}")
-            if self.world.events:
-                lines.append("  events:")
-                lines.extend(f"    {event}" for event in self.world.events)
-        if not self.passed:
-            lines.append(f"  replay: {self.replay()}")
-        return "\n".join(lines)
+        return _report.render(self, nodeid)
 
     def logs(self) -> dict[int, str]:
         """The tail of each rank's log (for failure reports)."""
@@ -97,10 +81,13 @@ def run_case(
     tmp_root: str | None = None,
     start_method: str = "fork",
     time_scale: float = 1.0,
+    log_dir: str | None = None,
 ) -> CaseResult:
     """Run ``case`` in a temporary directory of its own (under ``tmp_root``) and judge it.
 
-    ``time_scale`` multiplies the scenario's time limits (a slow machine).
+    ``time_scale`` multiplies the scenario's time limits (a slow machine).  Rank logs live in
+    the temporary directory, or with ``log_dir`` in a directory of the case's own under it
+    (:func:`~storeharness.harness.report.case_log_dir`), where they stay.
     """
     sc: Scenario = case.scenario
     seed = default_seed(case) if seed is None else seed
@@ -111,7 +98,10 @@ def run_case(
     op_timeout = time_limit if sc.op_timeout is None else sc.op_timeout * time_scale
     with tempfile.TemporaryDirectory(prefix="storeharness-", dir=tmp_root) as tmp:
         workdir, logs = Path(tmp, "store"), Path(tmp, "logs")
-        logs.mkdir()
+        if log_dir is not None:  # kept: a fresh directory for this case (ranks append)
+            logs = _report.case_log_dir(log_dir, case)
+            shutil.rmtree(logs, ignore_errors=True)
+        logs.mkdir(parents=True)
         try:
             target = targets.get(case.target)
             with target.start(workdir, timeout=op_timeout, proxy=sc.uses_network) as endpoint:
