@@ -32,17 +32,25 @@ if TYPE_CHECKING:
     from .run import CaseResult
 
 __all__ = [
+    "Frame",
     "Style",
+    "banner",
     "case_line",
     "case_log_dir",
     "group_failures",
     "json_row",
     "junit",
+    "last_frames",
     "located",
+    "log_tail",
+    "module_path",
+    "raised_at",
     "render",
     "replay_command",
+    "scenario_code",
     "status",
     "summary",
+    "world_problems",
 ]
 
 #: How many of a traceback's innermost frames and of a log's last lines a failure shows.
@@ -210,6 +218,8 @@ def _rank_story(result: CaseResult, rank: RankResult, style: Style) -> list[str]
 
 @dataclass(frozen=True)
 class Frame:
+    """One frame of a formatted traceback: where, and the source line if it was shown."""
+
     filename: str
     lineno: int
     name: str
@@ -230,6 +240,8 @@ def _parse(tb: str) -> tuple[list[Frame], list[str]]:
     rest: list[str] = []
     for text in lines[starts[-1] + 1 :]:
         match = _FRAME.match(text)
+        if text.startswith("  [Previous line repeated") and not rest:
+            continue  # a recursion's summary: the frames around it tell the story
         if match and not rest:
             frames.append(Frame(match["file"], int(match["line"]), match["name"], ""))
         elif text.startswith("    ") and frames and not rest:
