@@ -12,6 +12,8 @@ import traceback
 
 import multiprocess
 
+from .context import DUMP_SIGNAL
+
 __all__ = [
     "blocked_in",
     "kill",
@@ -82,17 +84,104 @@ def tail(path: str) -> str:
 
 
 def wait_for_dumps(logs: dict[str, int], timeout: float) -> None:
-    """Wait (at most ``timeout`` s) until a faulthandler dump lands in each log past its offset."""
+    """Wait (at most ``timeout`` s) until a whole faulthandler dump is in each log past its offset.
+
+    faulthandler writes a dump in many small writes from inside its signal handler, and the dump
+    has no end marker (threads are separated by a blank line; the last one just ends), so the
+    text alone cannot say it is complete.  The kernel can: while a handler runs, its signal is
+    in the handling thread's blocked mask (``SigBlk`` in ``/proc``), and once the handler
+    returns it is not.  A dump is whole when its header is in the log (the handler started) and
+    no thread of the process that writes the log still has the signal pending or blocked for
+    the handler.  The writer is found as our child process whose stderr is the log.
+    """
     deadline = time.monotonic() + timeout
-    waiting = dict(logs)
-    while waiting and time.monotonic() < deadline:
-        waiting = {
-            path: offset
-            for path, offset in waiting.items()
-            if "most recent call first" not in read_from(path, offset)
-        }
-        if waiting:
-            time.sleep(0.005)  # polling a file another process writes; bounded by ``timeout``
+    watches = [_DumpWatch(path, offset, _writer_of(path)) for path, offset in logs.items()]
+    while watches and time.monotonic() < deadline:
+        watches = [w for w in watches if not w.done()]
+        if watches:
+            time.sleep(0.002)  # polling another process's state; bounded by ``timeout``
+
+
+class _DumpWatch:
+    """One log's dump in progress (see :func:`wait_for_dumps`)."""
+
+    def __init__(self, path: str, offset: int, pid: int | None) -> None:
+        self.path, self.offset, self.pid = path, offset, pid
+        # What the first look saw, to tell threads that block the signal for good (a C
+        # library's worker, say) from the one running the handler.
+        self.first: tuple[bool, frozenset[int]] | None = None
+
+    def done(self) -> bool:
+        state = _signal_state(self.pid, DUMP_SIGNAL) if self.pid is not None else None
+        if self.first is None and state is not None:
+            self.first = state
+        text = read_from(self.path, self.offset)
+        if "most recent call first" not in text:
+            return state is None and self.pid is not None  # the writer is gone: nothing comes
+        if self.pid is None:  # not our child (or no /proc): the old guess, a whole last line
+            return text.endswith("\n")
+        if state is None:
+            return True  # the writer is gone (or a zombie): whatever it wrote is all there is
+        pending, blocked = state
+        if pending or self.first is None:
+            return False
+        first_pending, first_blocked = self.first
+        if first_pending:  # seen before delivery: those blocking it then block it for good
+            return blocked <= first_blocked
+        return not blocked or blocked < first_blocked
+
+
+def _writer_of(log_path: str) -> int | None:
+    """The pid of our child process whose stderr is ``log_path`` (a process rank), if any."""
+    want = os.path.realpath(log_path)
+    for child in _children():
+        try:
+            if os.readlink(f"/proc/{child}/fd/2") == want:
+                return child
+        except OSError:
+            continue
+    return None
+
+
+def _children() -> list[int]:
+    """This process's child pids (each thread's children: a rank is forked by the runner's)."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/children") as f:
+                found += [int(pid) for pid in f.read().split()]
+        except OSError:
+            continue
+    return found
+
+
+def _signal_state(pid: int, sig: signal.Signals) -> tuple[bool, frozenset[int]] | None:
+    """``(pending, threads blocking it)`` for ``sig`` in process ``pid``; ``None`` once it is gone.
+
+    A handler without ``SA_NODEFER`` (faulthandler's, with ``chain=False``) runs with its own
+    signal blocked, so the thread running it shows the signal in ``SigBlk`` until it returns.
+    """
+    bit = 1 << (sig - 1)
+    pending = False
+    blocked: set[int] = set()
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+        for task in tasks:
+            with open(f"/proc/{pid}/task/{task}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+            if fields.get("State", "").split()[:1] in (["Z"], ["X"]):
+                return None
+            if any(int(fields.get(k, "0"), 16) & bit for k in ("SigPnd", "ShdPnd")):
+                pending = True
+            if int(fields.get("SigBlk", "0"), 16) & bit:
+                blocked.add(int(task))
+    except (OSError, ValueError):
+        return None
+    return pending, frozenset(blocked)
 
 
 def _package_dirs() -> tuple[str, ...]:
@@ -110,7 +199,10 @@ _INTERNAL = (*_package_dirs(), f"{os.sep}threading.py", "<frozen")
 def where(dump: str) -> str:
     """Where a dumped rank was: the innermost frame, and the innermost frame of scenario code."""
     blocks: list[tuple[str, list[str]]] = []
-    for line in dump.splitlines():
+    lines = dump.splitlines()
+    if lines and not dump.endswith("\n"):
+        lines.pop()  # a line still being written
+    for line in lines:
         if "most recent call first" in line:
             blocks.append((line, []))
         elif blocks and line.strip().startswith("File "):

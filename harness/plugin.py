@@ -229,8 +229,8 @@ class ScenarioItem(pytest.Item):
         excinfo: pytest.ExceptionInfo[BaseException],
         style: Any = None,
     ) -> str | Any:
-        if isinstance(excinfo.value, ScenarioFailed):
-            return str(excinfo.value)
+        if isinstance(excinfo.value, ScenarioFailed):  # its replay hint: this node id
+            return excinfo.value.result.report(nodeid=self.nodeid)
         return super().repr_failure(excinfo)
 
     def reportinfo(self) -> tuple[Path, int | None, str]:

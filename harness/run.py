@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import pkgutil
-import re
+import shutil
 import sys
 import tempfile
 import time
@@ -20,7 +20,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from . import report as _report
 from . import targets
+from ._keyword import compile_keyword
 from .expect import run_checks
 from .scenario import Case, Expect, Scenario
 from .world import WorldResult, run_world
@@ -59,6 +61,8 @@ class CaseResult:
     world_problems: tuple[str, ...] = ()
     #: Why the case was expected to fail (``xfail=``, or a pytest xfail mark), or "".
     xfail: str = ""
+    #: Whether an expected failure that passes fails the run (pytest's ``xfail_strict``).
+    xfail_strict: bool = False
 
     @property
     def outcome(self) -> str:
@@ -67,41 +71,24 @@ class CaseResult:
             return "XPASS" if self.passed else "xfail"
         return "pass" if self.passed else ("ERROR" if self.error else "FAIL")
 
-    def ok(self, strict_xfail: bool = False) -> bool:
-        """Whether this result lets the run succeed (an unexpected pass does under strict)."""
+    @property
+    def ok(self) -> bool:
+        """Whether this result lets the run succeed: it passed, or failed as expected (xfail);
+        an expected failure that passes fails the run when :attr:`xfail_strict` is set."""
         if self.xfail:
-            return not (self.passed and strict_xfail)
+            return not (self.passed and self.xfail_strict)
         return self.passed
 
-    def replay(self) -> str:
-        """The command that runs exactly this case again, faults and seed included."""
-        where = self.case.scenario.file or self.case.scenario.module
-        size = self.case.world_size
-        return (
-            f"storeharness run {where} -k '{self.case.scenario.name}' --store {self.case.target} "
-            f"--workers {self.case.workers} --world-size {size} --seed {self.seed}"
-        )
+    def replay(self, nodeid: str | None = None) -> str:
+        """The command that runs exactly this case again, faults and seed included.
 
-    def report(self) -> str:
+        ``nodeid`` (under pytest, the item's node id) makes it a pytest command.
+        """
+        return _report.replay_command(self, nodeid)
+
+    def report(self, nodeid: str | None = None) -> str:
         """Every rank's fate against its expectation, the faults applied, and how to replay."""
-        case = self.case
-        lines = [f"{case.nodeid}: {self.outcome} in {self.elapsed:.2f} s (seed {self.seed})"]
-        if self.error:
-            lines.append(f"  could not run: {self.error}")
-        if self.world is not None:
-            for rank in self.world:
-                expect = self.expected[rank.rank]
-                mark = "✗" if rank.rank in self.problems else "✓"
-                lines.append(f"  {mark} {rank.describe()}  [expected: {expect}]")
-                if rank.rank in self.problems:
-                    lines.append(f"      {self.problems[rank.rank]}")
-            lines.extend(f"  ✗ {problem}" for problem in self.world_problems)
-            if self.world.events:
-                lines.append("  events:")
-                lines.extend(f"    {event}" for event in self.world.events)
-        if not self.passed:
-            lines.append(f"  replay: {self.replay()}")
-        return "\n".join(lines)
+        return _report.render(self, nodeid)
 
     def logs(self) -> dict[int, str]:
         """The tail of each rank's log (for failure reports)."""
@@ -116,10 +103,14 @@ def run_case(
     tmp_root: str | None = None,
     start_method: str = "fork",
     time_scale: float = 1.0,
+    log_dir: str | None = None,
+    xfail_strict: bool = False,
 ) -> CaseResult:
     """Run ``case`` in a temporary directory of its own (under ``tmp_root``) and judge it.
 
-    ``time_scale`` multiplies the scenario's time limits (a slow machine).
+    ``time_scale`` multiplies the scenario's time limits (a slow machine).  Rank logs live in
+    the temporary directory, or with ``log_dir`` in a directory of the case's own under it
+    (:func:`~storeharness.harness.report.case_log_dir`), where they stay.
     """
     sc: Scenario = case.scenario
     seed = default_seed(case) if seed is None else seed
@@ -130,7 +121,10 @@ def run_case(
     op_timeout = time_limit if sc.op_timeout is None else sc.op_timeout * time_scale
     with tempfile.TemporaryDirectory(prefix="storeharness-", dir=tmp_root) as tmp:
         workdir, logs = Path(tmp, "store"), Path(tmp, "logs")
-        logs.mkdir()
+        if log_dir is not None:  # kept: a fresh directory for this case (ranks append)
+            logs = _report.case_log_dir(log_dir, case)
+            shutil.rmtree(logs, ignore_errors=True)
+        logs.mkdir(parents=True)
         try:
             target = targets.get(case.target)
             with target.start(workdir, timeout=op_timeout, proxy=sc.uses_network) as endpoint:
@@ -152,11 +146,16 @@ def run_case(
         except Exception as exc:
             spent = time.monotonic() - start
             error = f"{type(exc).__name__}: {exc}"
-            return CaseResult(case, False, seed, spent, error=error)
-    return judge(case, seed, time.monotonic() - start, world)
+            return CaseResult(
+                case, False, seed, spent, error=error,
+                xfail=case.xfail or marked_xfail(sc.marks) or "", xfail_strict=xfail_strict,
+            )  # fmt: skip
+    return judge(case, seed, time.monotonic() - start, world, xfail_strict)
 
 
-def judge(case: Case, seed: int, elapsed: float, world: WorldResult) -> CaseResult:
+def judge(
+    case: Case, seed: int, elapsed: float, world: WorldResult, xfail_strict: bool = False
+) -> CaseResult:
     """Hold ``world`` to ``case``'s scenario: each rank, every fault fired, the world checks."""
     sc = case.scenario
     tags = dict(world.tags)
@@ -171,7 +170,7 @@ def judge(case: Case, seed: int, elapsed: float, world: WorldResult) -> CaseResu
     xfail = case.xfail or marked_xfail(sc.marks) or ""
     return CaseResult(
         case, passed, seed, elapsed, world, expected, problems,
-        world_problems=world_problems, xfail=xfail,
+        world_problems=world_problems, xfail=xfail, xfail_strict=xfail_strict,
     )  # fmt: skip
 
 
@@ -228,9 +227,12 @@ def package_dir(name: str) -> Path | None:
 def load_scenarios(paths: Sequence[str], library: str | None = None) -> list[Scenario]:
     """Scenarios from files, and from the ``scenario_*.py`` files of directories (sorted).
 
-    A directory that is package ``library`` (the bundled library) loads as that package.
-    Raises ``FileNotFoundError`` for a path that does not exist, and whatever a scenario file
-    raises on import (a bad definition raises
+    A file is imported as pytest's prepend import mode imports a test module: its package
+    root (the first directory up without ``__init__.py``) goes first on ``sys.path``, so it
+    imports the modules beside it.  A directory that is package ``library`` (the bundled
+    library), or a file in it, loads as that package.  Raises ``FileNotFoundError`` for a path
+    that does not exist, ``ImportError`` when another file of the same module name was imported
+    already, and whatever a scenario file raises on import (a bad definition raises
     :class:`~storeharness.harness.scenario.ScenarioError`).
     """
     home = package_dir(library) if library else None
@@ -239,8 +241,11 @@ def load_scenarios(paths: Sequence[str], library: str | None = None) -> list[Sce
         path = Path(raw)
         if not path.exists():
             raise FileNotFoundError(f"no such scenario file or directory: {raw}")
-        if path.is_dir() and library and path.resolve() == home:
-            found += load_package(library)
+        if library and home is not None and path.resolve() in (home, *home.glob("*.py")):
+            if path.is_dir():
+                found += load_package(library)
+            elif not path.name.startswith("_"):
+                found += scenarios_in(importlib.import_module(f"{library}.{path.stem}"))
             continue
         files = sorted(path.rglob("scenario_*.py")) if path.is_dir() else [path]
         for file in files:
@@ -249,18 +254,26 @@ def load_scenarios(paths: Sequence[str], library: str | None = None) -> list[Sce
 
 
 def _import_file(path: Path) -> ModuleType:
-    """Import a file by path; inside a package on sys.path, under its package's name."""
-    for entry in map(Path, sys.path or ["."]):
-        try:
-            rel = path.relative_to(entry.resolve())
-        except (ValueError, OSError):
-            continue
-        parts = rel.with_suffix("").parts
-        pkg_ok = all(
-            (entry / Path(*parts[:i]) / "__init__.py").exists() for i in range(1, len(parts))
+    """Import a file as pytest's ``prepend`` import mode does (see :func:`load_scenarios`)."""
+    root = path.parent
+    while (root / "__init__.py").exists():
+        root = root.parent
+    parts = path.relative_to(root).with_suffix("").parts
+    if not all(p.isidentifier() for p in parts):
+        return _import_unnamed(path)  # no module name reaches it; pytest would refuse it
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    module = importlib.import_module(".".join(parts))
+    where = Path(module.__file__ or "").resolve()
+    if where != path:
+        raise ImportError(
+            f"import file mismatch: {path} would be module {module.__name__!r}, which was "
+            f"imported from {where}; rename one of them (or make its directory a package)"
         )
-        if parts and pkg_ok and all(p.isidentifier() for p in parts):
-            return importlib.import_module(".".join(parts))
+    return module
+
+
+def _import_unnamed(path: Path) -> ModuleType:
     name = f"storeharness_scenarios.{path.stem}_{zlib.crc32(str(path).encode()):08x}"
     if name in sys.modules:
         return sys.modules[name]
@@ -269,30 +282,28 @@ def _import_file(path: Path) -> ModuleType:
         raise ImportError(f"cannot import scenario file {path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
     return module
-
-
-_TOKEN = re.compile(r"\s*(\(|\)|[^\s()]+)")
 
 
 def keyword_match(expr: str, text: str) -> bool:
     """pytest's ``-k``: words match as case-insensitive substrings, with and/or/not/parentheses.
 
-    Raises ``ValueError`` for a malformed expression.
+    Raises ``ValueError`` for a malformed expression (see :mod:`._keyword`).
     """
-    out = []
-    for token in _TOKEN.findall(expr):
-        if token in ("and", "or", "not", "(", ")"):
-            out.append(token)
-        else:
-            out.append(str(token.lower() in text.lower()))
-    try:
-        return bool(eval(" ".join(out) or "True", {"__builtins__": {}}, {}))
-    except SyntaxError:
-        raise ValueError(f"-k {expr!r} is not a valid expression") from None
+    return compile_keyword(expr)(text)
 
 
 def select(cases: Iterable[Case], keyword: str | None) -> list[Case]:
-    """The cases whose ids (``scenario[store-workers-size]``) match ``keyword``."""
-    return [c for c in cases if keyword is None or keyword_match(keyword, c.nodeid)]
+    """The cases whose ids (``scenario[store-workers-size]``) match ``keyword``.
+
+    The expression is checked even when there is no case: raises ``ValueError`` if malformed.
+    """
+    if keyword is None:
+        return list(cases)
+    matches = compile_keyword(keyword)
+    return [c for c in cases if matches(c.nodeid)]

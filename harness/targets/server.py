@@ -20,7 +20,19 @@ from ...stores.tcp import ServerProcess, bind_listener
 from .._parties import process_parties
 from ._base import Endpoint, Target, TargetSpec
 
-__all__ = ["TCP_CAPABILITIES", "ServerEndpoint", "ServerTarget", "our_tcp_client", "tcp_targets"]
+__all__ = [
+    "LOOPBACK",
+    "TCP_CAPABILITIES",
+    "ServerEndpoint",
+    "ServerTarget",
+    "loopback_listener",
+    "our_tcp_client",
+    "tcp_targets",
+]
+
+#: Where every server the harness starts listens: ranks, the proxy and the conformance suite
+#: all run on this machine, so nothing the harness serves is reachable from the network.
+LOOPBACK = "127.0.0.1"
 
 TCP_CAPABILITIES = frozenset(
     {Capability.CROSS_PROCESS, Capability.QUEUES, Capability.LIST_KEYS, Capability.CAS_WAKES}
@@ -28,6 +40,11 @@ TCP_CAPABILITIES = frozenset(
 
 #: Our client and server negotiate error replies, so a bad ``add`` keeps the connection.
 OUR_TCP_CAPABILITIES = TCP_CAPABILITIES | {Capability.ADD_ERRORS}
+
+
+def loopback_listener() -> socket.socket:
+    """A listening socket on an ephemeral loopback port (see :data:`LOOPBACK`)."""
+    return bind_listener(0, host=LOOPBACK)
 
 
 class Server(Protocol):
@@ -100,7 +117,7 @@ class ServerEndpoint(Endpoint):
 
     def _start(self) -> None:
         # Bound once, here, and kept: a restarted server takes over the same socket.
-        self.sock = bind_listener(0)
+        self.sock = loopback_listener()
         self._serve()
 
     def _serve(self) -> None:
@@ -108,11 +125,11 @@ class ServerEndpoint(Endpoint):
         self.server = self.target.serve(self.sock.dup())
 
     def _raw(self, address: tuple[str, int] | None) -> Callable[[], Store]:
-        host, port = address or ("127.0.0.1", self.port)
+        host, port = address or (LOOPBACK, self.port)
         return functools.partial(self.target.client, host, port, self.timeout)
 
     def _upstream(self) -> tuple[str, int]:
-        return "127.0.0.1", self.port
+        return LOOPBACK, self.port
 
     def kill_server(self) -> str:
         if self.server is None:
@@ -152,12 +169,16 @@ def our_tcp_client(host: str, port: int, timeout: float, accelerate: bool | None
 
 
 def _our_master(accelerate: bool | None) -> Store:
-    return TCPStore("127.0.0.1", 0, is_master=True, timeout=60, accelerate=accelerate)
+    # A master would listen on every interface (torch's behaviour): hand it a loopback socket.
+    sock = loopback_listener()
+    port = sock.getsockname()[1]
+    return TCPStore(LOOPBACK, port, is_master=True, timeout=60, accelerate=accelerate,
+                    master_listen_fd=sock.detach())  # fmt: skip
 
 
 def _our_peer(accelerate: bool | None, store: Store) -> Callable[[], Store]:
     assert isinstance(store, TCPStore)
-    return functools.partial(our_tcp_client, "127.0.0.1", store.port, 60.0, accelerate)
+    return functools.partial(our_tcp_client, LOOPBACK, store.port, 60.0, accelerate)
 
 
 def tcp_targets() -> list[ServerTarget]:

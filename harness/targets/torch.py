@@ -18,10 +18,10 @@ from typing import Any
 
 from ...stores import Capability, Store, StoreError, TCPStore
 from ...stores._process import stop_process
-from ...stores.tcp import ServerProcess, bind_listener
+from ...stores.tcp import ServerProcess
 from ._base import TargetSpec
 from .local import LocalTarget
-from .server import TCP_CAPABILITIES, ServerTarget, our_tcp_client
+from .server import LOOPBACK, TCP_CAPABILITIES, ServerTarget, loopback_listener, our_tcp_client
 
 __all__ = ["torch_missing", "torch_targets"]
 
@@ -112,30 +112,35 @@ def _torch_client_on_ours() -> Store:
     from ...stores.torch_adapter import torch_tcp_client
 
     # Our server in its own process: torch's client holds the GIL during list_keys/queue_len.
-    server = ServerProcess(bind_listener(0))
+    server = ServerProcess(loopback_listener())
     try:
-        return torch_tcp_client("127.0.0.1", server.port, 60, on_close=server.stop)
+        return torch_tcp_client(LOOPBACK, server.port, 60, on_close=server.stop)
     except BaseException:
         server.stop()
         raise
 
 
 def _torch_client_peer(store: Store) -> Callable[[], Store]:
-    return functools.partial(_torch_client, "127.0.0.1", store.torch_store.port, 60.0)  # type: ignore[attr-defined]
+    return functools.partial(_torch_client, LOOPBACK, store.torch_store.port, 60.0)  # type: ignore[attr-defined]
 
 
 def _ours_on_torch(use_libuv: bool, keep: list[object]) -> Store:
     from ...stores.torch_adapter import dist
 
-    master = dist.TCPStore("127.0.0.1", 0, None, True, timedelta(seconds=60), use_libuv=use_libuv)
+    # torch's master listens on every interface unless handed a socket: hand it a loopback one
+    # (torch owns the descriptor from here on).
+    sock = loopback_listener()
+    port = sock.getsockname()[1]
+    master = dist.TCPStore(LOOPBACK, port, None, True, timedelta(seconds=60),
+                           use_libuv=use_libuv, master_listen_fd=sock.detach())  # fmt: skip
     keep.append(master)  # torch's server lives as long as this object
-    return TCPStore("127.0.0.1", master.port, timeout=60, use_libuv=use_libuv)
+    return TCPStore(LOOPBACK, master.port, timeout=60, use_libuv=use_libuv)
 
 
 def _ours_peer(store: Store) -> Callable[[], Store]:
     assert isinstance(store, TCPStore)
     return functools.partial(
-        TCPStore, "127.0.0.1", store.port, timeout=60, use_libuv=store.libuvBackend
+        TCPStore, LOOPBACK, store.port, timeout=60, use_libuv=store.libuvBackend
     )
 
 

@@ -38,28 +38,43 @@ log = logging.getLogger("storeharness.stores.tcp.server")
 _HANDSHAKE = frozenset({Query.VALIDATE, Query.PING})
 
 
-def bind_listener(port: int, backlog: int = 4096) -> socket.socket:
-    """Bind and listen on every interface (IPv6 dual-stack, else IPv4), as torch's server does.
+def bind_listener(port: int, backlog: int = 4096, host: str | None = None) -> socket.socket:
+    """Bind and listen on ``host``, or on every interface as torch's server does (the default).
 
-    Raises :class:`StoreError` naming the port when it is in use.
+    With no ``host``: IPv6 dual-stack (``::``), else IPv4 (``0.0.0.0``), as a torch
+    ``TCPStore`` master listens.  With one (``"127.0.0.1"``, ``"::1"``, a name): each address it
+    resolves to, in order, until one binds.  Raises :class:`StoreError` naming the address and
+    port when none can be bound (the port in use, an address not on this machine).
     """
+    if host is None:
+        candidates = [(socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")]
+    else:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except socket.gaierror as exc:
+            raise StoreError(
+                f"cannot listen on {host}:{port}: {exc.strerror} (give an address of this machine)",
+                host=host,
+                port=port,
+            ) from exc
+        candidates = list(dict.fromkeys((info[0], str(info[4][0])) for info in infos))
     errors = []
-    for family, host in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
+    for family, address in candidates:
         try:
             sock = socket.socket(family, socket.SOCK_STREAM)
         except OSError as exc:
-            errors.append(f"{host}: {exc.strerror}")
+            errors.append(f"{address}: {exc.strerror}")
             continue
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
+            if family == socket.AF_INET6 and host is None:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            sock.bind((host, port))
+            sock.bind((address, port))
             sock.listen(backlog)
             return sock
         except OSError as exc:
             sock.close()
-            errors.append(f"[{host}]:{port}: {exc.strerror}")
+            errors.append(f"[{address}]:{port}: {exc.strerror}")
             if exc.errno == errno.EADDRINUSE:
                 break
     raise StoreError(

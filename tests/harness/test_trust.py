@@ -192,7 +192,8 @@ def test_known_failures_are_marked_in_the_cli(tmp_path: Path) -> None:
     run = [sys.executable, "-m", "storeharness", "run", "scenario_known.py", "--store", "hash"]
     proc = subprocess.run(run, capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "xfail" in proc.stdout and "XPASS" in proc.stdout
+    assert "XFAIL " in proc.stdout and "XPASS " in proc.stdout
+    assert "1 xfailed, 1 xpassed" in proc.stdout
     strict = subprocess.run(
         [*run, "--xfail-strict"], capture_output=True, text=True, cwd=tmp_path, timeout=120
     )
@@ -225,7 +226,8 @@ def test_pytest_marks_above_or_below_scenario_apply(tmp_path: Path) -> None:
         [sys.executable, "-m", "storeharness", "run", "scenario_marks.py", "--store", "hash"],
         capture_output=True, text=True, cwd=tmp_path, timeout=120,
     )  # fmt: skip
-    assert cli.returncode == 0 and cli.stdout.count("xfail") >= 3, cli.stdout + cli.stderr
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    assert cli.stdout.count("XFAIL ") == 3 and "3 xfailed" in cli.stdout
 
 
 def test_any_in_expect_needs_a_tag() -> None:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from storeharness.harness._parties import process_parties
-from storeharness.stores import StoreBroken, TCPStore
+from storeharness.stores import StoreBroken, StoreError, TCPStore
 from storeharness.stores.tcp import Limits, ServerProcess, TCPServer, bind_listener
 from storeharness.stores.tcp.codec import EXT_HELLO, MAGIC, Query, encode_request
 
@@ -300,3 +300,23 @@ def test_server_gone_mid_wait_is_reported(server: TCPServer) -> None:
     t.join(30)
     assert len(errors) == 1 and isinstance(errors[0], StoreBroken), errors
     assert "closed by the server" in str(errors[0]) or "connection lost" in str(errors[0])
+
+
+def test_bind_listener_takes_a_host_and_keeps_torchs_every_interface_default() -> None:
+    everywhere = bind_listener(0)
+    assert everywhere.getsockname()[0] in ("::", "0.0.0.0")  # as a torch TCPStore master
+    everywhere.close()
+    loopback = bind_listener(0, host="127.0.0.1")
+    assert loopback.getsockname()[0] == "127.0.0.1"
+    with pytest.raises(StoreError, match=r"127\.0\.0\.1\]:\d+: Address already in use"):
+        bind_listener(loopback.getsockname()[1], host="127.0.0.1")
+    loopback.close()
+    if socket.has_ipv6:
+        try:
+            v6 = bind_listener(0, host="::1")
+        except StoreError as exc:
+            pytest.skip(f"no IPv6 loopback here: {exc}")
+        assert v6.getsockname()[0] == "::1"
+        v6.close()
+    with pytest.raises(StoreError, match=r"cannot listen on no-such-host\.invalid:0"):
+        bind_listener(0, host="no-such-host.invalid")
