@@ -19,7 +19,14 @@ from typing import Any
 
 import pytest
 
-from storeharness.stores import StoreBroken, TCPStore, rendezvous
+from storeharness.stores import (
+    HashStore,
+    StoreBroken,
+    TCPStore,
+    _rendezvous,
+    register_rendezvous_handler,
+    rendezvous,
+)
 
 from .backends import torch_missing
 
@@ -286,3 +293,19 @@ def test_an_unresolvable_host_fails_in_both_and_faster_in_ours(
     assert isinstance(errors[1], StoreBroken)  # ours: a StoreError, RuntimeError, ConnectionError
     assert "cannot resolve host 'dnsnotexist'" in str(errors[1])
     assert took[1] < 10, f"ours took {took[1]:.1f} s (torch: {took[0]:.1f} s)"
+
+
+def test_the_registries_are_separate(torch_rendezvous: Rendezvous) -> None:
+    def handler(url: str, **kwargs: Any) -> Iterator[tuple[Any, int, int]]:
+        yield (HashStore(), 0, 1)
+
+    register_rendezvous_handler("sep", handler)
+    try:
+        with pytest.raises(RuntimeError, match="No rendezvous handler for sep://"):
+            torch_rendezvous("sep://")
+        assert isinstance(next(rendezvous("sep://"))[0], HashStore)
+    finally:
+        with _rendezvous._handlers_lock:
+            del _rendezvous._handlers["sep"]
+    with pytest.raises(RuntimeError, match="No rendezvous handler for sep://"):
+        rendezvous("sep://")
