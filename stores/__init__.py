@@ -4,6 +4,7 @@
 
     from stores import Store, HashStore, FileStore, PrefixStore, TCPStore
     from stores import StoreError, StoreTimeout, QueueEmpty
+    from stores import rendezvous, register_rendezvous_handler  # torch's rendezvous(url)
 """
 
 from ._base import Capability, Store
@@ -16,6 +17,7 @@ from ._errors import (
     StoreValueError,
     UnsupportedOperation,
 )
+from ._rendezvous import RendezvousHandler, register_rendezvous_handler, rendezvous
 from ._types import (
     DEFAULT_TIMEOUT,
     KeyLike,
@@ -44,6 +46,7 @@ __all__ = [
     "KeyLike",
     "PrefixStore",
     "QueueEmpty",
+    "RendezvousHandler",
     "Store",
     "StoreBroken",
     "StoreClosed",
@@ -61,4 +64,6 @@ __all__ = [
     "check_amount",
     "compare_set_outcome",
     "next_counter",
+    "register_rendezvous_handler",
+    "rendezvous",
 ]
