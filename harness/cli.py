@@ -36,7 +36,7 @@ from typing import NoReturn
 from .. import __version__
 from . import report, targets
 from ._settings import SettingError, Settings, ini_file_values, resolve
-from .run import CaseResult, load_package, load_scenarios, run_case, select
+from .run import CaseResult, load_package, load_scenarios, marked_skip, run_case, select
 from .scenario import Case, Scenario
 
 #: The bundled scenario library, by package name: data the CLI hands to the runner.
@@ -196,6 +196,9 @@ def _cases(args: argparse.Namespace, settings: Settings) -> list[Case]:
     cases: list[Case] = []
     seen = set()  # a scenario named twice (a file and its directory, say) runs once
     for sc, selector in scenarios:
+        if (why_skip := marked_skip(sc.marks)) is not None:
+            print(f"storeharness: {sc.name} skipped ({why_skip})", file=sys.stderr)
+            continue
         for case in sc.cases(stores, args.workers, sizes):
             key = (sc.module, sc.file, case.nodeid)
             if selector in (None, sc.name, case.nodeid) and key not in seen:

@@ -235,3 +235,24 @@ def test_any_in_expect_needs_a_tag() -> None:
 
     with pytest.raises(ScenarioError, match="give it a tag"):
         scenario(expect={ANY: returns()})(lambda ctx: None)
+
+
+def test_a_skip_mark_skips_in_the_cli_too(tmp_path: Path) -> None:
+    (tmp_path / "scenario_skip.py").write_text(
+        "import pytest\n"
+        "from storeharness import scenario\n\n"
+        "@pytest.mark.skip(reason='not on this machine')\n"
+        "@scenario(world_size=1, workers='thread')\n"
+        "def skipped(ctx):\n"
+        "    assert False\n\n"
+        "@scenario(world_size=1, workers='thread')\n"
+        "def runs(ctx):\n"
+        "    return 1\n"
+    )
+    cli = subprocess.run(
+        [sys.executable, "-m", "storeharness", "run", "scenario_skip.py", "--store", "hash"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    assert "skipped skipped (not on this machine)" in cli.stderr
+    assert "1 passed" in cli.stdout and "skipped" not in cli.stdout
