@@ -13,7 +13,9 @@
  *
  * call(): the client side.  Send a request on a blocking socket and read its reply, spinning
  * with MSG_DONTWAIT for up to `spin` seconds before sleeping (in one recv bounded by the socket's
- * SO_RCVTIMEO when the deadline allows, else poll() then recv()), all without the GIL.
+ * SO_RCVTIMEO when the deadline allows, else poll() then recv()), all without the GIL.  The
+ * deadline is an instant of CLOCK_MONOTONIC, the clock of Python's time.monotonic(): the caller
+ * computes it once for a whole operation.
  *
  * Byte layout: ../../../shared/TCP_PROTOCOL.md (little-endian integers; strings are u64 length
  * plus bytes).
@@ -713,14 +715,15 @@ read_reply(Reader *r, int shape, int extended, int *status, size_t *head, uint64
 }
 
 PyDoc_STRVAR(call_doc,
-"call(fd, payload, shape, extended, spin, timeout, rcvtimeo) -> (status, value, rest, took)\n\n"
+"call(fd, payload, shape, extended, spin, deadline, rcvtimeo) -> (status, value, rest, took)\n\n"
 "Send payload (small: sent whole, retrying on EINTR) and read one reply of the given shape\n"
 "(0 none, 1 u8, 2 i64, 3 string), status byte first on extended connections.  status 0: ok,\n"
 "value parsed; 1: error reply, value is its message; other >= 0: that status byte alone;\n"
 "-1: the reply is not complete (deadline passed or a signal arrived): value is None and the\n"
 "caller goes on reading after rest.  rest: bytes read past the reply (or the partial reply).\n"
-"timeout < 0: none.  rcvtimeo: the socket's SO_RCVTIMEO (0: none).  took: seconds from send to reply.  Raises OSError on a failed send or\n"
-"recv, EOFError when the peer closed the connection.");
+"deadline: an instant of time.monotonic() (CLOCK_MONOTONIC); < 0: none.  rcvtimeo: the\n"
+"socket's SO_RCVTIMEO in seconds (0: none).  took: seconds from send to reply.  Raises OSError\n"
+"on a failed send or recv, EOFError when the peer closed the connection.");
 
 static PyObject *
 call(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -733,7 +736,7 @@ call(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     long shape = PyLong_AsLong(args[2]);
     int extended = PyObject_IsTrue(args[3]);
     double spin = PyFloat_AsDouble(args[4]);
-    double timeout = PyFloat_AsDouble(args[5]);
+    double deadline = PyFloat_AsDouble(args[5]);
     double rcvtimeo = PyFloat_AsDouble(args[6]);
     if (PyErr_Occurred() || extended < 0) {
         return NULL;
@@ -749,7 +752,7 @@ call(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     unsigned char first[512];
     Reader r = {
         .fd = (int)fd, .spin = spin, .buf = first, .stack = first, .cap = sizeof first,
-        .rcvtimeo = rcvtimeo};
+        .deadline = deadline < 0 ? -1.0 : deadline, .rcvtimeo = rcvtimeo};
     int status = 0, send_err = 0;
     size_t head = 0;
     uint64_t size = 0;
@@ -757,7 +760,6 @@ call(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     double start = 0, took = 0;
     Py_BEGIN_ALLOW_THREADS
     start = now();
-    r.deadline = timeout < 0 ? -1.0 : start + timeout;
     const char *p = payload.buf;
     Py_ssize_t n = payload.len;
     while (n > 0) {

@@ -4,6 +4,12 @@ Against our server it negotiates the extensions (one-round-trip ``get``, error r
 the connection, server-side counter waits); against torch's server it speaks plain torch.  Keys
 passed here are wire keys (the facade adds torch's ``/`` prefix).
 
+Time.  Two durations, each named ``*_timeout``: ``connect_timeout`` bounds connecting (TCP
+connect and handshake, with retries while nobody listens); ``io_timeout`` bounds a request that
+the server answers at once (``add``, ``check``...), from sending it to its reply; a blocking
+request (a wait) is bounded by the ``timeout`` it is given.  Each request computes its
+*deadline*, an instant of ``time.monotonic()``, once, and passes it down, into the C speedups too.
+
 A connection that breaks mid-request (server gone, a signal handler raising) is closed; the
 request fails with :class:`StoreBroken` and the next request reconnects.  Names are resolved
 forward only: no reverse DNS, so no resolver stalls.
@@ -11,7 +17,6 @@ forward only: no reverse DNS, so no resolver stalls.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import select
@@ -24,6 +29,7 @@ from time import monotonic
 from typing import Any, TypeVar
 
 from .._errors import StoreBroken, StoreClosed, StoreTimeout, StoreValueError
+from .._types import deadline_after
 from ._accel import speedups
 from ._spin import SpinPolicy
 from .codec import (
@@ -67,13 +73,20 @@ class _Late(Exception):
 
 
 class TCPClient:
-    """A connection to a TCPStore server (ours or torch's)."""
+    """A connection to a TCPStore server (ours or torch's).
+
+    ``connect_timeout`` bounds connecting, here and on each lazy reconnect; ``io_timeout``
+    bounds each request the server answers at once (and may be changed later); ``0`` means no
+    limit for either.  Raises :class:`StoreBroken` when it cannot connect in time.
+    """
 
     def __init__(
         self,
         host: str,
         port: int,
+        *,
         connect_timeout: float,
+        io_timeout: float,
         extensions: bool = True,
         spin: float = 50e-6,
         accelerate: bool | None = None,
@@ -82,6 +95,7 @@ class TCPClient:
         self.port = port
         self.endpoint = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
         self.connect_timeout = connect_timeout
+        self._io_timeout = io_timeout
         self.want_extensions = extensions
         #: How to wait for replies: spin first or sleep at once (learnt per connection).
         self.spin = SpinPolicy(spin)
@@ -96,11 +110,29 @@ class TCPClient:
         self._fd = -1
         self._buf = bytearray()
         self._closed = False
-        self._connect(None if connect_timeout == 0 else time.monotonic() + connect_timeout)
+        self._connect(deadline_after(connect_timeout))
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("connected" if self._sock else "broken")
         return f"TCPClient({self.endpoint}, {state}{', extended' if self.extended else ''})"
+
+    @property
+    def io_timeout(self) -> float:
+        """Seconds a request the server answers at once may take, send to reply (0: no limit)."""
+        return self._io_timeout
+
+    @io_timeout.setter
+    def io_timeout(self, seconds: float) -> None:
+        self._io_timeout = seconds
+        # The socket's SO_RCVTIMEO follows, unless a call is in flight: its reads rely on the
+        # value they were given, so the socket keeps it until the next reconnect (a stale
+        # SO_RCVTIMEO only costs the C path its one-syscall read, never correctness).
+        if self.lock.acquire(blocking=False):
+            try:
+                if self._sock is not None:
+                    self._arm_rcvtimeo(self._sock, self._rcvtimeo)
+            finally:
+                self.lock.release()
 
     # ----------------------------------------------------------------- connection
 
@@ -152,17 +184,20 @@ class TCPClient:
             time.sleep(pause)  # backoff between connection attempts, not synchronisation
             delay = min(delay * 2, 1.0)
 
-    def _arm_rcvtimeo(self, sock: socket.socket) -> None:
-        """Give the socket SO_RCVTIMEO = the I/O timeout, so the C path can wait for a reply in
-        one blocking recv (no poll first).  Python's own reads poll first and never see it."""
-        self._rcvtimeo = 0.0
-        if self._fast is None or not 0 < self.connect_timeout < 1e6:
-            return
-        whole = int(self.connect_timeout)
-        micros = int((self.connect_timeout - whole) * 1e6)
-        with contextlib.suppress(OSError):
+    def _arm_rcvtimeo(self, sock: socket.socket, current: float = 0.0) -> None:
+        """Give the socket SO_RCVTIMEO = the I/O timeout (none without the C path or a limit),
+        so the C path can wait for a reply in one blocking recv (no poll first) when its
+        deadline is at least that far.  ``current``: the socket's value now (0 for a new one),
+        kept if it cannot be changed; ``_rcvtimeo`` always says what the socket has."""
+        limit = self._io_timeout
+        armed = limit if self._fast is not None and 0 < limit < 1e6 else 0.0
+        whole = int(armed)
+        micros = int((armed - whole) * 1e6)
+        try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", whole, micros))
-            self._rcvtimeo = self.connect_timeout
+        except OSError:
+            armed = current
+        self._rcvtimeo = armed
 
     def _handshake(self, deadline: float | None) -> None:
         nonce = EXT_HELLO if self.want_extensions else os.getpid() & 0xFFFFFFFF
@@ -193,8 +228,7 @@ class TCPClient:
         if self._closed:
             raise StoreClosed(op, repr(self))
         if self._sock is None:
-            timeout = self.connect_timeout
-            self._connect(None if timeout == 0 else time.monotonic() + timeout)
+            self._connect(deadline_after(self.connect_timeout))
 
     # ----------------------------------------------------------------- I/O
 
@@ -251,26 +285,26 @@ class TCPClient:
             left = deadline - time.monotonic()
             if left <= 0 or not self._poll.poll(left * 1000):
                 raise TimeoutError
+        elif self._rcvtimeo:
+            self._poll.poll()  # no limit: a bare recv would end at SO_RCVTIMEO
         return sock.recv(1 << 16)
 
     def _exchange(
         self,
         payload: bytes,
         parse: Parser[_T] | None,
-        start: float,
-        timeout: float,
+        deadline: float | None,
         op: str,
         may_block: bool = False,
     ) -> _T | None:
         """Send one request and read its reply (none when ``parse`` is ``None``) by
-        ``start + timeout`` (``timeout=0``: no limit), else raise ``TimeoutError``.
+        ``deadline`` (``None``: no limit), else raise ``TimeoutError``.
         ``may_block``: the server may hold the reply back (a wait), so a slow reply says
         nothing about how fast the server answers (see :class:`SpinPolicy`).
 
         Through the C speedups when the reply has a simple shape and nothing is buffered;
         a reply they leave incomplete (deadline passed, a signal arrived) is finished here.
         """
-        deadline = None if timeout == 0 else start + timeout
         shape = _SHAPES.get(parse)
         fast = self._fast
         if fast is None or shape is None or self._buf or len(payload) > _FAST_PAYLOAD:
@@ -288,7 +322,7 @@ class TCPClient:
                 shape,
                 self.extended,
                 self.spin.budget if parse is not None else 0.0,
-                timeout or -1.0,
+                -1.0 if deadline is None else deadline,
                 self._rcvtimeo,
             )
         except EOFError:
@@ -341,33 +375,35 @@ class TCPClient:
         return self._read(parse, deadline, op)
 
     def call(self, op: str, payload: bytes, parse: Parser[_T] | None) -> _T | None:
-        """Send one request and read its reply (``parse=None``: the command has no reply)."""
+        """Send one request and read its reply (``parse=None``: the command has no reply), by
+        the I/O timeout."""
         with self.lock:
             if self._sock is None:
                 self._ensure(op)
             start = monotonic()
+            limit = self._io_timeout
+            deadline = None if limit == 0 else start + limit
             try:
-                return self._exchange(payload, parse, start, self.connect_timeout, op)
+                return self._exchange(payload, parse, deadline, op)
             except StoreValueError:
                 raise  # an error reply: the stream is still in step
             except TimeoutError:
                 self._drop()
-                raise self._silent(op, [], start) from None
+                raise self._silent(op, [], start, limit) from None
             except BaseException:
                 self._drop()  # mid-request the stream position is unknown
                 raise
 
     def _io_deadline(self) -> float | None:
         """When a reply that needs no waiting is overdue: the server went silent."""
-        limit = self.connect_timeout
-        return None if limit == 0 else time.monotonic() + limit
+        return deadline_after(self._io_timeout)
 
-    def _silent(self, op: str, keys: list[str], start: float) -> StoreTimeout:
+    def _silent(self, op: str, keys: list[str], start: float, limit: float) -> StoreTimeout:
         return StoreTimeout(
             op,
             keys,
             time.monotonic() - start,
-            self.connect_timeout,
+            limit,
             f"TCPStore({self.endpoint})",
             "the server sent no reply; the connection was dropped (server hung, or traffic lost?)",
         )
@@ -382,12 +418,13 @@ class TCPClient:
     ) -> _T:
         """A request the server answers when ready; on timeout cancel it and raise."""
         start = monotonic()
+        deadline = None if timeout == 0 else start + timeout
         with self.lock:
             if self._sock is None:
                 self._ensure(op)
             try:
                 try:
-                    return self._exchange(payload, parse, start, timeout, op, True)  # type: ignore[return-value]
+                    return self._exchange(payload, parse, deadline, op, True)  # type: ignore[return-value]
                 except TimeoutError:
                     try:
                         self._cancel(parse, op)
@@ -395,7 +432,7 @@ class TCPClient:
                         return late.value  # type: ignore[return-value]
                     except TimeoutError:  # not even the cancel was answered
                         self._drop()
-                        raise self._silent(op, keys, start) from None
+                        raise self._silent(op, keys, start, timeout) from None
                     elapsed = time.monotonic() - start
                     where = f"TCPStore({self.endpoint})"
                     raise StoreTimeout(op, keys, elapsed, timeout, where) from None

@@ -114,7 +114,12 @@ class TCPStore(Store):
         self._port = port
         try:
             self._client = TCPClient(
-                host_name, port, self._timeout, extensions, accelerate=accelerate
+                host_name,
+                port,
+                connect_timeout=self._timeout,
+                io_timeout=self._timeout,
+                extensions=extensions,
+                accelerate=accelerate,
             )
             if world_size is not None and wait_for_workers:
                 self._client.add(INIT_KEY, 1)
@@ -344,9 +349,10 @@ class TCPStore(Store):
     # ----------------------------------------------------------------- lifecycle
 
     def set_timeout(self, timeout: TimeoutLike) -> None:
-        """Change the timeout of later blocking calls, and how long a reply may be overdue."""
+        """Change the timeout of later blocking calls and of every request (the client's I/O
+        timeout); reconnecting keeps the constructor's timeout, as torch connects only then."""
         super().set_timeout(timeout)
-        self._client.connect_timeout = self._timeout
+        self._client.io_timeout = self._timeout
 
     def clone(self) -> TCPStore:
         """A new connection to the same server (no world-size handshake), same timeout."""

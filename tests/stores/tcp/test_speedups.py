@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import struct
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -187,3 +188,16 @@ def test_asking_for_missing_speedups_says_how_to_get_them(monkeypatch: pytest.Mo
         TCPServer(sock, accelerate=True)
     with socket.socket() as sock:
         assert TCPServer(sock).serve_fast is None  # by default: the Python path, quietly
+
+
+def test_call_waits_until_a_monotonic_deadline() -> None:
+    """call()'s time bound is an instant of time.monotonic(), computed once by the caller."""
+    fast = speedups(None, "test")
+    a, b = socket.socketpair()
+    with a, b:
+        start = time.monotonic()
+        status, value, rest, _ = fast.call(a.fileno(), b"\x07", 2, False, 0.0, start + 0.05, 0.0)
+        spent = time.monotonic() - start
+        assert (status, value, rest) == (-1, None, b"")  # no reply by the deadline: paused
+        assert 0.04 <= spent < 1.0
+        assert b.recv(16) == b"\x07"
