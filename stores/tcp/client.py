@@ -11,14 +11,12 @@ request (a wait) is bounded by the ``timeout`` it is given.  Each request comput
 *deadline*, an instant of ``time.monotonic()``, once, and passes it down, into the C speedups too.
 
 A connection that breaks mid-request (server gone, a signal handler raising) is closed; the
-request fails with :class:`StoreBroken` and the next request reconnects.  Names are resolved
-forward only: no reverse DNS, so no resolver stalls.
+request fails with :class:`StoreBroken` and the next request reconnects (:mod:`._connect`).
 """
 
 from __future__ import annotations
 
 import os
-import random
 import select
 import socket
 import struct
@@ -31,12 +29,12 @@ from typing import Any, TypeVar
 from .._errors import StoreBroken, StoreClosed, StoreTimeout, StoreValueError
 from .._types import deadline_after
 from ._accel import speedups
+from ._connect import open_connection
 from ._spin import SpinPolicy
 from .codec import (
     CHECK_READY,
     EXT_ACK,
     EXT_HELLO,
-    MAGIC,
     STATUS_CANCELED,
     STATUS_ERROR,
     STATUS_OK,
@@ -49,7 +47,6 @@ from .codec import (
     parse_bytes_list,
     parse_i64,
     parse_u8,
-    parse_u32,
 )
 
 __all__ = ["TCPClient"]
@@ -77,7 +74,7 @@ class TCPClient:
 
     ``connect_timeout`` bounds connecting, here and on each lazy reconnect; ``io_timeout``
     bounds each request the server answers at once (and may be changed later); ``0`` means no
-    limit for either.  Raises :class:`StoreBroken` when it cannot connect in time.
+    limit for either.  Raises :class:`StoreBroken` when it cannot connect in time, saying why.
     """
 
     def __init__(
@@ -137,52 +134,19 @@ class TCPClient:
     # ----------------------------------------------------------------- connection
 
     def _connect(self, deadline: float | None) -> None:
-        start = time.monotonic()
-        delay = 0.01
-        last: str = "no address"
-        while True:
-            try:
-                infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
-            except socket.gaierror as exc:
-                if exc.errno != socket.EAI_AGAIN:
-                    raise StoreBroken(
-                        f"cannot resolve host {self.host!r} for TCPStore {self.endpoint}: "
-                        f"{exc.strerror}",
-                        host=self.host,
-                        port=self.port,
-                    ) from exc
-                infos, last = [], f"temporary resolver failure ({exc.strerror})"
-            for family, kind, proto, _, address in infos:
-                sock = socket.socket(family, kind, proto)
-                try:
-                    left = None if deadline is None else max(0.001, deadline - time.monotonic())
-                    sock.settimeout(left)
-                    sock.connect(address)
-                    sock.settimeout(None)
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    self._arm_rcvtimeo(sock)
-                    self._poll = select.poll()
-                    self._poll.register(sock, select.POLLIN)
-                    self._sock, self._fd = sock, sock.fileno()
-                    self._buf.clear()
-                    self._handshake(deadline)
-                    return
-                except (OSError, StoreBroken) as exc:
-                    sock.close()
-                    self._sock = None
-                    last = getattr(exc, "strerror", None) or str(exc)
-            if deadline is not None and time.monotonic() >= deadline:
-                raise StoreBroken(
-                    f"connect to TCPStore {self.endpoint} timed out after "
-                    f"{time.monotonic() - start:.1f} s ({last}; no server listening?)",
-                    host=self.host,
-                    port=self.port,
-                )
-            pause = delay * random.uniform(0.5, 1.5)
-            if deadline is not None:
-                pause = min(pause, max(0.0, deadline - time.monotonic()))
-            time.sleep(pause)  # backoff between connection attempts, not synchronisation
-            delay = min(delay * 2, 1.0)
+        """Connect and shake hands by ``deadline`` (see :mod:`._connect`); raises
+        :class:`StoreBroken` saying what the last attempt met."""
+        want = self.want_extensions
+        nonce = EXT_HELLO if want else os.getpid() & 0xFFFFFFFF
+        answers = {EXT_ACK, nonce} if want else {nonce}
+        sock, answer = open_connection(self.host, self.port, self.endpoint, deadline, nonce,
+                                       answers)  # fmt: skip
+        self.extended = want and answer == EXT_ACK
+        self._arm_rcvtimeo(sock)
+        self._poll = select.poll()
+        self._poll.register(sock, select.POLLIN)
+        self._sock, self._fd = sock, sock.fileno()
+        self._buf.clear()
 
     def _arm_rcvtimeo(self, sock: socket.socket, current: float = 0.0) -> None:
         """Give the socket SO_RCVTIMEO = the I/O timeout (none without the C path or a limit),
@@ -198,19 +162,6 @@ class TCPClient:
         except OSError:
             armed = current
         self._rcvtimeo = armed
-
-    def _handshake(self, deadline: float | None) -> None:
-        nonce = EXT_HELLO if self.want_extensions else os.getpid() & 0xFFFFFFFF
-        self._send(encode_request(Query.VALIDATE, MAGIC) + encode_request(Query.PING, nonce))
-        answer = self._read(parse_u32, deadline, "connect")
-        if answer == EXT_ACK and self.want_extensions:
-            self.extended = True
-        elif answer == nonce:
-            self.extended = False
-        else:
-            raise StoreBroken(
-                f"TCPStore {self.endpoint}: ping failed, expected {nonce}, got {answer}"
-            )
 
     def close(self) -> None:
         self._closed = True
