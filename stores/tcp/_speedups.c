@@ -11,9 +11,12 @@
  * and state machine then take that request (and raise the protocol error, park the waiter, ...).
  * Replies of one call are written with a single write() call, in request order.
  *
- * call(): the client side.  Send a request on a blocking socket and read its reply, spinning
- * with MSG_DONTWAIT for up to `spin` seconds before sleeping (in one recv bounded by the socket's
- * SO_RCVTIMEO when the deadline allows, else poll() then recv()), all without the GIL.
+ * call(): the client side.  Send a request on a blocking socket without ever blocking in send()
+ * (a server that stops reading leaves the rest to Python, which waits until the deadline), and
+ * read its reply, spinning with MSG_DONTWAIT for up to `spin` seconds before sleeping (in one
+ * recv bounded by the socket's SO_RCVTIMEO when the deadline allows, else poll() then recv()),
+ * all without the GIL.  The deadline is an instant of CLOCK_MONOTONIC, the clock of Python's
+ * time.monotonic(): the caller computes it once for a whole operation.
  *
  * Byte layout: ../../../shared/TCP_PROTOCOL.md (little-endian integers; strings are u64 length
  * plus bytes).
@@ -571,6 +574,9 @@ enum { R_NONE = 0, R_U8 = 1, R_I64 = 2, R_BYTES = 3 };
 
 enum { R_DONE = 0, R_FAILED = -1, R_PAUSED = -2 };
 
+/* call()'s status when the server took only part of the request (its buffers are full). */
+enum { S_UNSENT = -2 };
+
 typedef struct {
     int fd;
     double spin;     /* seconds to poll with MSG_DONTWAIT before sleeping in poll() */
@@ -713,14 +719,17 @@ read_reply(Reader *r, int shape, int extended, int *status, size_t *head, uint64
 }
 
 PyDoc_STRVAR(call_doc,
-"call(fd, payload, shape, extended, spin, timeout, rcvtimeo) -> (status, value, rest, took)\n\n"
-"Send payload (small: sent whole, retrying on EINTR) and read one reply of the given shape\n"
-"(0 none, 1 u8, 2 i64, 3 string), status byte first on extended connections.  status 0: ok,\n"
-"value parsed; 1: error reply, value is its message; other >= 0: that status byte alone;\n"
-"-1: the reply is not complete (deadline passed or a signal arrived): value is None and the\n"
-"caller goes on reading after rest.  rest: bytes read past the reply (or the partial reply).\n"
-"timeout < 0: none.  rcvtimeo: the socket's SO_RCVTIMEO (0: none).  took: seconds from send to reply.  Raises OSError on a failed send or\n"
-"recv, EOFError when the peer closed the connection.");
+"call(fd, payload, shape, extended, spin, deadline, rcvtimeo) -> (status, value, rest, took)\n\n"
+"Send payload (small: sent whole unless the socket's buffer is full, retrying on EINTR) and\n"
+"read one reply of the given shape (0 none, 1 u8, 2 i64, 3 string), status byte first on\n"
+"extended connections.  status 0: ok, value parsed; 1: error reply, value is its message;\n"
+"other >= 0: that status byte alone; -1: the reply is not complete (deadline passed or a\n"
+"signal arrived): value is None and the caller goes on reading after rest; -2: the server\n"
+"took only the first `value` bytes of the request (it is not reading): the caller sends the\n"
+"rest, then reads the reply.  rest: bytes read past the reply (or the partial reply).\n"
+"deadline: an instant of time.monotonic() (CLOCK_MONOTONIC); < 0: none.  rcvtimeo: the\n"
+"socket's SO_RCVTIMEO in seconds (0: none).  took: seconds from send to reply.  Raises OSError\n"
+"on a failed send or recv, EOFError when the peer closed the connection.");
 
 static PyObject *
 call(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -733,7 +742,7 @@ call(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     long shape = PyLong_AsLong(args[2]);
     int extended = PyObject_IsTrue(args[3]);
     double spin = PyFloat_AsDouble(args[4]);
-    double timeout = PyFloat_AsDouble(args[5]);
+    double deadline = PyFloat_AsDouble(args[5]);
     double rcvtimeo = PyFloat_AsDouble(args[6]);
     if (PyErr_Occurred() || extended < 0) {
         return NULL;
@@ -749,21 +758,25 @@ call(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     unsigned char first[512];
     Reader r = {
         .fd = (int)fd, .spin = spin, .buf = first, .stack = first, .cap = sizeof first,
-        .rcvtimeo = rcvtimeo};
+        .deadline = deadline < 0 ? -1.0 : deadline, .rcvtimeo = rcvtimeo};
     int status = 0, send_err = 0;
     size_t head = 0;
     uint64_t size = 0;
-    Py_ssize_t used = 0;
+    Py_ssize_t used = 0, unsent = 0;
     double start = 0, took = 0;
     Py_BEGIN_ALLOW_THREADS
     start = now();
-    r.deadline = timeout < 0 ? -1.0 : start + timeout;
     const char *p = payload.buf;
     Py_ssize_t n = payload.len;
     while (n > 0) {
-        ssize_t sent = send(r.fd, p, (size_t)n, MSG_NOSIGNAL);
+        /* MSG_DONTWAIT: a server that stopped reading must not hold us past the deadline; the
+         * caller waits for it (poll, bounded) with the GIL free to run signal handlers. */
+        ssize_t sent = send(r.fd, p, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (sent < 0 && errno == EINTR) {
             continue;
+        }
+        if (sent < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            break;
         }
         if (sent < 0) {
             send_err = errno;
@@ -772,11 +785,13 @@ call(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         p += sent;
         n -= sent;
     }
-    if (!send_err && shape != R_NONE) {
+    unsent = send_err ? 0 : n;
+    if (!send_err && !unsent && shape != R_NONE) {
         used = read_reply(&r, (int)shape, extended, &status, &head, &size);
     }
     took = now() - start;
     Py_END_ALLOW_THREADS
+    Py_ssize_t payload_len = payload.len;
     PyBuffer_Release(&payload);
     PyObject *result = NULL;
     if (send_err) {
@@ -791,6 +806,9 @@ call(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             errno = r.err;
             PyErr_SetFromErrno(PyExc_OSError);
         }
+    }
+    else if (unsent) {
+        result = Py_BuildValue("(inyd)", S_UNSENT, payload_len - unsent, "", took);
     }
     else {
         PyObject *value;

@@ -2,35 +2,46 @@
 
 Against our server it negotiates the extensions (one-round-trip ``get``, error replies that keep
 the connection, server-side counter waits); against torch's server it speaks plain torch.  Keys
-passed here are wire keys (the facade adds torch's ``/`` prefix).
+passed here are wire keys (the facade adds torch's ``/`` prefix); ``shown`` arguments are the
+names that errors give them.
+
+Time.  Three durations, each named ``*_timeout``: ``connect_timeout`` bounds connecting (TCP
+connect and handshake, with retries while nobody listens); ``io_timeout`` bounds a request that
+the server answers at once (``add``, ``check``...), from sending it to its reply; a blocking
+request (a wait) is bounded by the ``timeout`` it is given.  Each operation computes its
+*deadline*, an instant of ``time.monotonic()``, once, and passes it down: to the reconnect, to
+each send and read, into the C speedups.  When a blocking request's time is up the client sends
+torch's cancel and gives the server :func:`overtime` (at most 0.5 s) to acknowledge it and to say
+which keys were missing.  A server that says nothing (stopped, hung, a black-holing network) is
+never waited for beyond that: the connection is dropped, :class:`StoreTimeout` is raised, and the
+next call reconnects.  So every operation ends by its timeout plus the overtime.
 
 A connection that breaks mid-request (server gone, a signal handler raising) is closed; the
-request fails with :class:`StoreBroken` and the next request reconnects.  Names are resolved
-forward only: no reverse DNS, so no resolver stalls.
+request fails with :class:`StoreBroken` and the next request reconnects (:mod:`._connect`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import random
 import select
 import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from time import monotonic
 from typing import Any, TypeVar
 
 from .._errors import StoreBroken, StoreClosed, StoreTimeout, StoreValueError
+from .._types import deadline_after, parse_counter
 from ._accel import speedups
+from ._connect import SILENT, SILENT_DETAIL, open_connection
 from ._spin import SpinPolicy
 from .codec import (
     CHECK_READY,
     EXT_ACK,
     EXT_HELLO,
-    MAGIC,
     STATUS_CANCELED,
     STATUS_ERROR,
     STATUS_OK,
@@ -43,13 +54,14 @@ from .codec import (
     parse_bytes_list,
     parse_i64,
     parse_u8,
-    parse_u32,
 )
 
-__all__ = ["TCPClient"]
+__all__ = ["OVERTIME_MAX", "TCPClient", "overtime"]
 
 _T = TypeVar("_T")
 Parser = Callable[[bytearray, int], tuple[_T, int]]
+#: The keys an error names: one (a plain str, so the hot path builds no list) or several.
+Shown = str | Sequence[str]
 _CANCEL = encode_request(Query.CANCEL_WAIT)
 #: Requests up to this size go through the C fast path (sent whole, so a signal never splits
 #: one); larger ones, and replies of other shapes, take the Python path.
@@ -57,23 +69,56 @@ _FAST_PAYLOAD = 1 << 16
 # The hot requests, encoded inline (the same bytes as encode_request, without its generality).
 _U64, _I64 = struct.Struct("<Q"), struct.Struct("<q")
 _SET, _ADD, _WAIT_GET = bytes([Query.SET]), bytes([Query.ADD]), bytes([Query.WAIT_GET])
+#: The C call()'s status for a request the server took only part of (see _speedups.c).
+_UNSENT = -2
+#: A cancelled request's reply that did not arrive before the cancel's acknowledgement.
+_NOTHING: Any = object()
+
+#: Overtime after a blocking request's timeout: at least this, this share of the timeout, at most.
+OVERTIME_MIN, OVERTIME_SHARE, OVERTIME_MAX = 0.25, 0.1, 0.5
 
 
-class _Late(Exception):
-    """A blocked request's answer arrived together with our cancellation."""
+def overtime(timeout: float) -> float:
+    """How long past a blocking request's ``timeout`` the server gets to acknowledge our cancel
+    and say which keys were missing: a tenth of the timeout, within 0.25 s .. 0.5 s.
 
-    def __init__(self, value: object) -> None:
-        self.value = value
+    A live server answers in microseconds, so this is only ever spent on a silent or badly
+    overloaded one; running out of it costs the connection (the next call reconnects), never
+    a wrong result.
+    """
+    return min(OVERTIME_MAX, max(OVERTIME_MIN, timeout * OVERTIME_SHARE))
+
+
+class _Unsent(Exception):
+    """The server took no more of our request by the deadline: it has stopped reading."""
+
+
+def _silence(exc: Exception) -> str:
+    """What a request that ran out of time with ``exc`` met."""
+    if isinstance(exc, _Unsent):
+        return "the server stopped reading the request"
+    return "the server sent no reply"
+
+
+def _names(shown: Shown) -> list[str]:
+    return [shown] if isinstance(shown, str) else list(shown)
 
 
 class TCPClient:
-    """A connection to a TCPStore server (ours or torch's)."""
+    """A connection to a TCPStore server (ours or torch's).
+
+    ``connect_timeout`` bounds connecting, here and on each lazy reconnect; ``io_timeout``
+    bounds each request the server answers at once (and may be changed later); ``0`` means no
+    limit for either.  Raises :class:`StoreBroken` when it cannot connect in time, saying why.
+    """
 
     def __init__(
         self,
         host: str,
         port: int,
+        *,
         connect_timeout: float,
+        io_timeout: float,
         extensions: bool = True,
         spin: float = 50e-6,
         accelerate: bool | None = None,
@@ -81,7 +126,9 @@ class TCPClient:
         self.host = host
         self.port = port
         self.endpoint = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+        self._where = f"TCPStore({self.endpoint})"
         self.connect_timeout = connect_timeout
+        self._io_timeout = io_timeout
         self.want_extensions = extensions
         #: How to wait for replies: spin first or sleep at once (learnt per connection).
         self.spin = SpinPolicy(spin)
@@ -96,86 +143,80 @@ class TCPClient:
         self._fd = -1
         self._buf = bytearray()
         self._closed = False
-        self._connect(None if connect_timeout == 0 else time.monotonic() + connect_timeout)
+        self._connect(deadline_after(connect_timeout))
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("connected" if self._sock else "broken")
         return f"TCPClient({self.endpoint}, {state}{', extended' if self.extended else ''})"
 
+    @property
+    def io_timeout(self) -> float:
+        """Seconds a request the server answers at once may take, send to reply (0: no limit)."""
+        return self._io_timeout
+
+    @io_timeout.setter
+    def io_timeout(self, seconds: float) -> None:
+        self._io_timeout = seconds
+        # The socket's SO_RCVTIMEO follows, unless a call is in flight: its reads rely on the
+        # value they were given, so the socket keeps it until the next reconnect (a stale
+        # SO_RCVTIMEO only costs the C path its one-syscall read, never correctness).
+        if self.lock.acquire(blocking=False):
+            try:
+                if self._sock is not None:
+                    self._arm_rcvtimeo(self._sock, self._rcvtimeo)
+            finally:
+                self.lock.release()
+
     # ----------------------------------------------------------------- connection
 
     def _connect(self, deadline: float | None) -> None:
-        start = time.monotonic()
-        delay = 0.01
-        last: str = "no address"
-        while True:
-            try:
-                infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
-            except socket.gaierror as exc:
-                if exc.errno != socket.EAI_AGAIN:
-                    raise StoreBroken(
-                        f"cannot resolve host {self.host!r} for TCPStore {self.endpoint}: "
-                        f"{exc.strerror}",
-                        host=self.host,
-                        port=self.port,
-                    ) from exc
-                infos, last = [], f"temporary resolver failure ({exc.strerror})"
-            for family, kind, proto, _, address in infos:
-                sock = socket.socket(family, kind, proto)
-                try:
-                    left = None if deadline is None else max(0.001, deadline - time.monotonic())
-                    sock.settimeout(left)
-                    sock.connect(address)
-                    sock.settimeout(None)
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    self._arm_rcvtimeo(sock)
-                    self._poll = select.poll()
-                    self._poll.register(sock, select.POLLIN)
-                    self._sock, self._fd = sock, sock.fileno()
-                    self._buf.clear()
-                    self._handshake(deadline)
-                    return
-                except (OSError, StoreBroken) as exc:
-                    sock.close()
-                    self._sock = None
-                    last = getattr(exc, "strerror", None) or str(exc)
-            if deadline is not None and time.monotonic() >= deadline:
-                raise StoreBroken(
-                    f"connect to TCPStore {self.endpoint} timed out after "
-                    f"{time.monotonic() - start:.1f} s ({last}; no server listening?)",
-                    host=self.host,
-                    port=self.port,
-                )
-            pause = delay * random.uniform(0.5, 1.5)
-            if deadline is not None:
-                pause = min(pause, max(0.0, deadline - time.monotonic()))
-            time.sleep(pause)  # backoff between connection attempts, not synchronisation
-            delay = min(delay * 2, 1.0)
+        """Connect and shake hands by ``deadline`` (see :mod:`._connect`); raises
+        :class:`StoreBroken` saying what the last attempt met."""
+        want = self.want_extensions
+        nonce = EXT_HELLO if want else os.getpid() & 0xFFFFFFFF
+        answers = {EXT_ACK, nonce} if want else {nonce}
+        sock, answer = open_connection(self.host, self.port, self.endpoint, deadline, nonce,
+                                       answers)  # fmt: skip
+        self.extended = want and answer == EXT_ACK
+        self._arm_rcvtimeo(sock)
+        self._poll = select.poll()
+        self._poll.register(sock, select.POLLIN)
+        self._sock, self._fd = sock, sock.fileno()
+        self._buf.clear()
 
-    def _arm_rcvtimeo(self, sock: socket.socket) -> None:
-        """Give the socket SO_RCVTIMEO = the I/O timeout, so the C path can wait for a reply in
-        one blocking recv (no poll first).  Python's own reads poll first and never see it."""
-        self._rcvtimeo = 0.0
-        if self._fast is None or not 0 < self.connect_timeout < 1e6:
-            return
-        whole = int(self.connect_timeout)
-        micros = int((self.connect_timeout - whole) * 1e6)
-        with contextlib.suppress(OSError):
+    def _arm_rcvtimeo(self, sock: socket.socket, current: float = 0.0) -> None:
+        """Give the socket SO_RCVTIMEO = the I/O timeout (none without the C path or a limit),
+        so the C path can wait for a reply in one blocking recv (no poll first) when its
+        deadline is at least that far.  ``current``: the socket's value now (0 for a new one),
+        kept if it cannot be changed; ``_rcvtimeo`` always says what the socket has."""
+        limit = self._io_timeout
+        armed = limit if self._fast is not None and 0 < limit < 1e6 else 0.0
+        whole = int(armed)
+        micros = int((armed - whole) * 1e6)
+        try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", whole, micros))
-            self._rcvtimeo = self.connect_timeout
+        except OSError:
+            armed = current
+        self._rcvtimeo = armed
 
-    def _handshake(self, deadline: float | None) -> None:
-        nonce = EXT_HELLO if self.want_extensions else os.getpid() & 0xFFFFFFFF
-        self._send(encode_request(Query.VALIDATE, MAGIC) + encode_request(Query.PING, nonce))
-        answer = self._read(parse_u32, deadline, "connect")
-        if answer == EXT_ACK and self.want_extensions:
-            self.extended = True
-        elif answer == nonce:
-            self.extended = False
-        else:
-            raise StoreBroken(
-                f"TCPStore {self.endpoint}: ping failed, expected {nonce}, got {answer}"
-            )
+    def _reconnect(
+        self, op: str, shown: Shown, start: float, limit: float, deadline: float | None
+    ) -> None:
+        """Connect again after a dropped connection, by the operation's ``deadline`` or the
+        connect timeout, whichever comes first.  A silent server that uses up the operation's
+        time raises :class:`StoreTimeout`; other failures :class:`StoreBroken`."""
+        if self._closed:
+            raise StoreClosed(op, repr(self))
+        by = deadline_after(self.connect_timeout)
+        cut_by_op = deadline is not None and (by is None or deadline <= by)
+        try:
+            self._connect(deadline if cut_by_op else by)
+        except StoreBroken as exc:
+            if cut_by_op and getattr(exc, "reason", "") == SILENT:
+                elapsed = time.monotonic() - start
+                detail = f"reconnecting, {SILENT_DETAIL}"
+                raise StoreTimeout(op, _names(shown), elapsed, limit, self._where, detail) from exc
+            raise
 
     def close(self) -> None:
         self._closed = True
@@ -189,19 +230,30 @@ class TCPClient:
                 self._sock = None
                 self._buf.clear()
 
-    def _ensure(self, op: str) -> None:
-        if self._closed:
-            raise StoreClosed(op, repr(self))
-        if self._sock is None:
-            timeout = self.connect_timeout
-            self._connect(None if timeout == 0 else time.monotonic() + timeout)
-
     # ----------------------------------------------------------------- I/O
 
-    def _send(self, payload: bytes) -> None:
-        assert self._sock is not None
+    def _send(self, payload: bytes | memoryview, deadline: float | None) -> None:
+        """Send all of ``payload`` by ``deadline``, else raise :class:`_Unsent` (the server is
+        not reading: its buffers and ours are full).  The socket stays blocking for the C path,
+        so each send asks not to block and a full buffer is waited out with poll."""
+        sock = self._sock
+        assert sock is not None
         try:
-            self._sock.sendall(payload)
+            try:
+                sent = sock.send(payload, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                sent = 0
+            if sent == len(payload):
+                return
+            view = memoryview(payload)[sent:]
+            writable = select.poll()
+            writable.register(sock, select.POLLOUT)
+            while view:
+                left = None if deadline is None else (deadline - time.monotonic()) * 1000
+                if (left is not None and left <= 0) or not writable.poll(left):
+                    raise _Unsent
+                with contextlib.suppress(BlockingIOError):
+                    view = view[sock.send(view, socket.MSG_DONTWAIT) :]
         except OSError as exc:
             self._drop()
             raise StoreBroken(
@@ -251,30 +303,32 @@ class TCPClient:
             left = deadline - time.monotonic()
             if left <= 0 or not self._poll.poll(left * 1000):
                 raise TimeoutError
+        elif self._rcvtimeo:
+            self._poll.poll()  # no limit: a bare recv would end at SO_RCVTIMEO
         return sock.recv(1 << 16)
 
     def _exchange(
         self,
         payload: bytes,
         parse: Parser[_T] | None,
-        start: float,
-        timeout: float,
+        deadline: float | None,
         op: str,
         may_block: bool = False,
     ) -> _T | None:
         """Send one request and read its reply (none when ``parse`` is ``None``) by
-        ``start + timeout`` (``timeout=0``: no limit), else raise ``TimeoutError``.
-        ``may_block``: the server may hold the reply back (a wait), so a slow reply says
-        nothing about how fast the server answers (see :class:`SpinPolicy`).
+        ``deadline`` (``None``: no limit), else raise ``TimeoutError`` (no reply) or
+        :class:`_Unsent` (the request was not all taken).  ``may_block``: the server may hold
+        the reply back (a wait), so a slow reply says nothing about how fast the server answers
+        (see :class:`SpinPolicy`).
 
         Through the C speedups when the reply has a simple shape and nothing is buffered;
-        a reply they leave incomplete (deadline passed, a signal arrived) is finished here.
+        a request or reply they leave incomplete (deadline passed, a signal arrived, a server
+        not reading) is finished here.
         """
-        deadline = None if timeout == 0 else start + timeout
         shape = _SHAPES.get(parse)
         fast = self._fast
         if fast is None or shape is None or self._buf or len(payload) > _FAST_PAYLOAD:
-            self._send(payload)
+            self._send(payload, deadline)
             if parse is None:
                 return None
             sent = time.perf_counter()
@@ -288,7 +342,7 @@ class TCPClient:
                 shape,
                 self.extended,
                 self.spin.budget if parse is not None else 0.0,
-                timeout or -1.0,
+                -1.0 if deadline is None else deadline,
                 self._rcvtimeo,
             )
         except EOFError:
@@ -297,6 +351,9 @@ class TCPClient:
         except OSError as exc:
             self._drop()
             raise self._lost(op, exc) from exc
+        if status == _UNSENT:  # the server stopped reading: wait for it here, by the deadline
+            self._send(memoryview(payload)[value:], deadline)
+            return None if parse is None else self._reply(parse, deadline, op)
         if parse is None:
             return None
         self.spin.record(took, may_block)
@@ -330,141 +387,245 @@ class TCPClient:
 
     def _reply(self, parse: Parser[_T], deadline: float | None, op: str) -> _T:
         """Read a reply, first the status byte on extended connections."""
-        if self.extended:
-            status = self._read(parse_u8, deadline, op)
-            if status == STATUS_ERROR:
-                message = self._read(parse_bytes, None, op).decode("utf-8", "replace")
-                raise StoreValueError(message)
-            if status != STATUS_OK:
-                self._drop()
-                raise StoreBroken(f"TCPStore {self.endpoint}: unexpected status {status} in {op}")
-        return self._read(parse, deadline, op)
+        if not self.extended:
+            return self._read(parse, deadline, op)
+        status = self._read(parse_u8, deadline, op)
+        if status == STATUS_ERROR:
+            message = self._read(parse_bytes, deadline, op).decode("utf-8", "replace")
+            raise StoreValueError(message)
+        if status != STATUS_OK:
+            self._drop()
+            raise StoreBroken(f"TCPStore {self.endpoint}: unexpected status {status} in {op}")
+        try:
+            return self._read(parse, deadline, op)
+        except TimeoutError:
+            self._buf[0:0] = bytes([STATUS_OK])  # put back: a cancel then reads the reply whole
+            raise
 
-    def call(self, op: str, payload: bytes, parse: Parser[_T] | None) -> _T | None:
-        """Send one request and read its reply (``parse=None``: the command has no reply)."""
+    def _silent(self, op: str, shown: Shown, start: float, limit: float, what: str) -> StoreTimeout:
+        """The error for a server that went quiet mid-request (the connection is dropped)."""
+        return StoreTimeout(
+            op,
+            _names(shown),
+            time.monotonic() - start,
+            limit,
+            self._where,
+            f"{what}; the connection was dropped, the next call reconnects "
+            "(server stopped or hung, or traffic lost?)",
+        )
+
+    def call(
+        self, op: str, payload: bytes, parse: Parser[_T] | None, shown: Shown = ()
+    ) -> _T | None:
+        """Send one request and read its reply (``parse=None``: the command has no reply), by
+        the I/O timeout; ``shown``: the keys errors name.
+
+        Raises :class:`StoreTimeout` when the server does not take the request or answer it
+        in time (the connection is dropped), :class:`StoreBroken` when the connection breaks.
+        """
         with self.lock:
-            if self._sock is None:
-                self._ensure(op)
             start = monotonic()
+            limit = self._io_timeout
+            deadline = None if limit == 0 else start + limit
             try:
-                return self._exchange(payload, parse, start, self.connect_timeout, op)
-            except StoreValueError:
-                raise  # an error reply: the stream is still in step
-            except TimeoutError:
+                if self._sock is None:
+                    self._reconnect(op, shown, start, limit, deadline)
+                return self._exchange(payload, parse, deadline, op)
+            except (StoreTimeout, StoreValueError):
+                raise  # a timeout already handled, or an error reply: the stream is in step
+            except (TimeoutError, _Unsent) as exc:
                 self._drop()
-                raise self._silent(op, [], start) from None
+                raise self._silent(op, shown, start, limit, _silence(exc)) from None
             except BaseException:
                 self._drop()  # mid-request the stream position is unknown
                 raise
-
-    def _io_deadline(self) -> float | None:
-        """When a reply that needs no waiting is overdue: the server went silent."""
-        limit = self.connect_timeout
-        return None if limit == 0 else time.monotonic() + limit
-
-    def _silent(self, op: str, keys: list[str], start: float) -> StoreTimeout:
-        return StoreTimeout(
-            op,
-            keys,
-            time.monotonic() - start,
-            self.connect_timeout,
-            f"TCPStore({self.endpoint})",
-            "the server sent no reply; the connection was dropped (server hung, or traffic lost?)",
-        )
 
     def blocking(
         self,
         op: str,
         payload: bytes,
-        parse: Parser[_T],
+        parse: Parser[Any],
         timeout: float,
-        keys: list[str],
-    ) -> _T:
-        """A request the server answers when ready; on timeout cancel it and raise."""
-        start = monotonic()
+        shown: Shown,
+        *,
+        start: float | None = None,
+        then: tuple[bytes, Parser[Any]] | None = None,
+        narrow: list[bytes] | None = None,
+        counter: tuple[bytes, str] | None = None,
+    ) -> Any:
+        """A request the server answers when ready, by ``start + timeout`` (``start``: now;
+        ``timeout=0``: no limit).  On time, cancel it and raise :class:`StoreTimeout`.
+
+        ``then``: a request (and its parser) to send once the first is answered, by the same
+        deadline or :func:`overtime` from then, whichever is later; its reply is the result
+        (torch's ``WAIT`` then ``GET``).  After a timeout, within the overtime: ``narrow`` (the
+        wire keys beside ``shown``) makes the error name only the keys still missing;
+        ``counter`` (a wire key and a text with ``{}``) gives the counter's value in its detail.
+        A server that does not acknowledge the cancel in that time costs the connection.
+        """
+        if start is None:
+            start = monotonic()
+        deadline = None if timeout == 0 else start + timeout
         with self.lock:
-            if self._sock is None:
-                self._ensure(op)
             try:
+                if self._sock is None:
+                    self._reconnect(op, shown, start, timeout, deadline)
                 try:
-                    return self._exchange(payload, parse, start, timeout, op, True)  # type: ignore[return-value]
+                    value = self._exchange(payload, parse, deadline, op, True)
                 except TimeoutError:
+                    assert deadline is not None
+                    until = deadline + overtime(timeout)
                     try:
-                        self._cancel(parse, op)
-                    except _Late as late:
-                        return late.value  # type: ignore[return-value]
-                    except TimeoutError:  # not even the cancel was answered
+                        value = self._cancel(parse, op, until)
+                    except (TimeoutError, _Unsent):
                         self._drop()
-                        raise self._silent(op, keys, start) from None
-                    elapsed = time.monotonic() - start
-                    where = f"TCPStore({self.endpoint})"
-                    raise StoreTimeout(op, keys, elapsed, timeout, where) from None
+                        what = (
+                            "the server sent no reply and did not acknowledge the cancel "
+                            f"within {until - deadline:.2f} s"
+                        )
+                        raise self._silent(op, shown, start, timeout, what) from None
+                    if value is _NOTHING:
+                        raise self._timed_out(
+                            op, shown, start, timeout, until, narrow, counter
+                        ) from None
+                if then is None:
+                    return value
+                follow, parse_follow = then
+                if deadline is not None:
+                    deadline = max(deadline, monotonic() + overtime(timeout))
+                return self._exchange(follow, parse_follow, deadline, op)
             except (StoreTimeout, StoreValueError):
                 raise
+            except (TimeoutError, _Unsent) as exc:
+                self._drop()
+                raise self._silent(op, shown, start, timeout, _silence(exc)) from None
             except BaseException:
                 self._drop()
                 raise
 
-    def _cancel(self, parse: Parser[object], op: str) -> None:
-        """Send CANCEL_WAIT and read up to its acknowledgement (torch's protocol)."""
-        self._send(_CANCEL)
-        deadline = self._io_deadline()
+    def _cancel(self, parse: Parser[object], op: str, until: float) -> object:
+        """Send CANCEL_WAIT and read up to its acknowledgement by ``until`` (torch's protocol).
+        Returns the blocked request's reply if it raced the cancel (extended), else _NOTHING."""
+        self._send(_CANCEL, until)
         if not self.extended:
-            while self._read(parse_u8, deadline, op) != WAIT_CANCELED:
+            while self._read(parse_u8, until, op) != WAIT_CANCELED:
                 pass  # a STOP_WAITING that raced the cancel
-            return
-        late: object = _Late
+            return _NOTHING
+        late: object = _NOTHING
+        error: bytes | None = None
         while True:
-            status = self._read(parse_u8, deadline, op)
+            status = self._read(parse_u8, until, op)
             if status == STATUS_CANCELED:
                 break
             if status == STATUS_OK:
-                late = self._read(parse, deadline, op)
-        if late is not _Late:
-            raise _Late(late)
+                late = self._read(parse, until, op)
+            elif status == STATUS_ERROR:
+                error = self._read(parse_bytes, until, op)
+            else:
+                self._drop()
+                raise StoreBroken(f"TCPStore {self.endpoint}: unexpected status {status} in {op}")
+        if error is not None:  # the request failed after all; the stream is in step again
+            raise StoreValueError(error.decode("utf-8", "replace"))
+        return late
+
+    def _timed_out(
+        self,
+        op: str,
+        shown: Shown,
+        start: float,
+        timeout: float,
+        until: float,
+        narrow: list[bytes] | None,
+        counter: tuple[bytes, str] | None,
+    ) -> StoreTimeout:
+        """The error for a cancelled request, with what the server says by ``until`` about the
+        keys still missing and the counter (a server that does not answer costs the
+        connection, and the error then names every key)."""
+        names = _names(shown)
+        count: object = "?"
+        try:
+            if narrow is not None:
+                check = Query.CHECK
+                missing = [
+                    name
+                    for key, name in dict(zip(narrow, names, strict=True)).items()
+                    if self._exchange(encode_request(check, [key]), parse_u8, until, "check")
+                    != CHECK_READY
+                ]
+                names = missing or names
+            if counter is not None:
+                # Read the counter, never write it: torch's servers release a barrier's
+                # waiters on any write to its counter, add(key, 0) included.
+                key = counter[0]
+                exists = self._exchange(
+                    encode_request(Query.CHECK, [key]), parse_u8, until, "check"
+                )
+                count = 0
+                if exists == CHECK_READY:
+                    raw = self._exchange(encode_request(Query.GET, key), parse_bytes, until, "get")
+                    count = parse_counter(raw or b"", key.decode("utf-8", "replace"))
+        except StoreValueError:
+            pass  # the counter is not a number: the stream is still in step
+        except (TimeoutError, _Unsent, StoreBroken):
+            self._drop()
+        detail = "" if counter is None else counter[1].format(count)
+        return StoreTimeout(op, names, time.monotonic() - start, timeout, self._where, detail)
 
     # ----------------------------------------------------------------- operations
 
-    def set(self, key: bytes, value: bytes) -> None:
+    def set(self, key: bytes, value: bytes, shown: Shown = ()) -> None:
         pack = _U64.pack
-        self.call("set", b"".join((_SET, pack(len(key)), key, pack(len(value)), value)), None)
+        payload = b"".join((_SET, pack(len(key)), key, pack(len(value)), value))
+        self.call("set", payload, None, shown)
 
     def get(self, key: bytes, timeout: float, shown: str) -> bytes:
         if self.extended:
             payload = _WAIT_GET + _U64.pack(len(key)) + key
-            return self.blocking("get", payload, parse_bytes, timeout, [shown])
-        self.wait([key], timeout, [shown], "get")
-        result = self.call("get", encode_request(Query.GET, key), parse_bytes)
+            value: bytes = self.blocking("get", payload, parse_bytes, timeout, shown)
+            return value
+        then = (encode_request(Query.GET, key), parse_bytes)
+        payload = encode_request(Query.WAIT, [key])
+        value = self.blocking("get", payload, _stop_waiting, timeout, shown, then=then)
+        return value
+
+    def add(self, key: bytes, amount: int, shown: Shown = ()) -> int:
+        payload = _ADD + _U64.pack(len(key)) + key + _I64.pack(amount)
+        result = self.call("add", payload, parse_i64, shown)
         assert result is not None
         return result
 
-    def add(self, key: bytes, amount: int) -> int:
-        result = self.call("add", _ADD + _U64.pack(len(key)) + key + _I64.pack(amount), parse_i64)
-        assert result is not None
-        return result
-
-    def compare_set(self, key: bytes, expected: bytes, desired: bytes) -> bytes:
+    def compare_set(self, key: bytes, expected: bytes, desired: bytes, shown: Shown = ()) -> bytes:
         payload = encode_request(Query.COMPARE_SET, key, expected, desired)
-        result = self.call("compare_set", payload, parse_bytes)
+        result = self.call("compare_set", payload, parse_bytes, shown)
         assert result is not None
         return result
 
-    def wait(self, keys: list[bytes], timeout: float, shown: list[str], op: str = "wait") -> None:
-        self.blocking(op, encode_request(Query.WAIT, keys), _stop_waiting, timeout, shown)
+    def wait(
+        self,
+        keys: list[bytes],
+        timeout: float,
+        shown: list[str],
+        op: str = "wait",
+        start: float | None = None,
+    ) -> None:
+        """Block until every key exists; the error names only those still missing."""
+        payload = encode_request(Query.WAIT, keys)
+        self.blocking(op, payload, _stop_waiting, timeout, shown, start=start, narrow=keys)
 
-    def check(self, keys: list[bytes]) -> bool:
-        return self.call("check", encode_request(Query.CHECK, keys), parse_u8) == CHECK_READY
+    def check(self, keys: list[bytes], shown: Shown = ()) -> bool:
+        return self.call("check", encode_request(Query.CHECK, keys), parse_u8, shown) == CHECK_READY
 
-    def delete_key(self, key: bytes) -> bool:
-        return bool(self.call("delete_key", encode_request(Query.DELETE_KEY, key), parse_i64))
+    def delete_key(self, key: bytes, shown: Shown = ()) -> bool:
+        payload = encode_request(Query.DELETE_KEY, key)
+        return bool(self.call("delete_key", payload, parse_i64, shown))
 
     def num_keys(self) -> int:
         result = self.call("num_keys", encode_request(Query.GETNUMKEYS), parse_i64)
         assert result is not None
         return result
 
-    def append(self, key: bytes, value: bytes) -> None:
-        self.call("append", encode_request(Query.APPEND, key, value), None)
+    def append(self, key: bytes, value: bytes, shown: Shown = ()) -> None:
+        self.call("append", encode_request(Query.APPEND, key, value), None, shown)
 
     def multi_get(self, keys: list[bytes], timeout: float, shown: list[str]) -> list[bytes]:
         n = len(keys)
@@ -472,34 +633,41 @@ class TCPClient:
         def values(buf: bytearray, pos: int) -> tuple[list[bytes], int]:
             return parse_bytes_list(buf, pos, n)
 
+        result: list[bytes]
         if self.extended:
             payload = encode_request(Query.WAIT_MULTI_GET, keys)
-            return self.blocking("multi_get", payload, values, timeout, shown)
-        self.wait(keys, timeout, shown, "multi_get")
-        result = self.call("multi_get", encode_request(Query.MULTI_GET, keys), values)
-        assert result is not None
+            result = self.blocking("multi_get", payload, values, timeout, shown, narrow=keys)
+            return result
+        then = (encode_request(Query.MULTI_GET, keys), values)
+        payload = encode_request(Query.WAIT, keys)
+        result = self.blocking(
+            "multi_get", payload, _stop_waiting, timeout, shown, then=then, narrow=keys
+        )
         return result
 
-    def multi_set(self, payload: bytes) -> None:
+    def multi_set(self, payload: bytes, shown: Shown = ()) -> None:
         """Send a MULTI_SET request (see :func:`.codec.encode_multi_set`)."""
-        self.call("multi_set", payload, None)
+        self.call("multi_set", payload, None, shown)
 
-    def queue_push(self, key: bytes, value: bytes) -> None:
-        self.call("queue_push", encode_request(Query.QUEUE_PUSH, key, value), None)
+    def queue_push(self, key: bytes, value: bytes, shown: Shown = ()) -> None:
+        self.call("queue_push", encode_request(Query.QUEUE_PUSH, key, value), None, shown)
 
-    def queue_pop(self, key: bytes) -> bytes | None:
+    def queue_pop(self, key: bytes, shown: Shown = ()) -> bytes | None:
         """Pop without blocking: the value, or ``None`` on an empty queue."""
+        return self.call("queue_pop", encode_request(Query.QUEUE_POP, key), _popped, shown)
 
-        def popped(buf: bytearray, pos: int) -> tuple[bytes | None, int]:
-            size, pos = parse_i64(buf, pos)
-            if size <= 0:
-                return None, pos
-            return parse_bytes(buf, pos)
+    def wait_and_pop(self, key: bytes, timeout: float, shown: str, start: float) -> bytes | None:
+        """Wait (by ``start + timeout``) for the queue to be non-empty, then pop: the value, or
+        ``None`` when another consumer took it first."""
+        then = (encode_request(Query.QUEUE_POP, key), _popped)
+        payload = encode_request(Query.WAIT, [key])
+        value: bytes | None = self.blocking(
+            "queue_pop", payload, _stop_waiting, timeout, shown, start=start, then=then
+        )
+        return value
 
-        return self.call("queue_pop", encode_request(Query.QUEUE_POP, key), popped)
-
-    def queue_len(self, key: bytes) -> int:
-        result = self.call("queue_len", encode_request(Query.QUEUE_LEN, key), parse_i64)
+    def queue_len(self, key: bytes, shown: Shown = ()) -> int:
+        result = self.call("queue_len", encode_request(Query.QUEUE_LEN, key), parse_i64, shown)
         assert result is not None
         return result
 
@@ -513,14 +681,20 @@ class TCPClient:
         return result
 
     def barrier(self, key: bytes, world_size: int, timeout: float, shown: str) -> None:
+        """Block until ``world_size`` callers arrived; the error says how many did."""
         payload = encode_request(Query.BARRIER, key, world_size)
-        self.blocking("barrier", payload, _stop_waiting, timeout, [shown])
+        arrived = f"{{}} of {world_size} participants arrived"
+        self.blocking("barrier", payload, _stop_waiting, timeout, shown, counter=(key, arrived))
 
-    def wait_count(self, key: bytes, target: int, timeout: float) -> int:
-        """Extension: block until the counter at ``key`` is at least ``target``."""
+    def wait_count(self, key: bytes, target: int, timeout: float, detail: str = "{}") -> int:
+        """Extension: block until the counter at ``key`` is at least ``target``.  ``detail``:
+        the timeout error's detail, ``{}`` standing for the counter's value then."""
         payload = encode_request(Query.WAIT_COUNT, key, target)
         shown = key.decode("utf-8", "replace")
-        return self.blocking("wait_count", payload, parse_i64, timeout, [shown])
+        count: int = self.blocking(
+            "wait_count", payload, parse_i64, timeout, shown, counter=(key, detail)
+        )
+        return count
 
 
 def _stop_waiting(buf: bytearray, pos: int) -> tuple[int, int]:
@@ -528,6 +702,14 @@ def _stop_waiting(buf: bytearray, pos: int) -> tuple[int, int]:
     if value != STOP_WAITING:
         raise StoreBroken(f"TCPStore: expected STOP_WAITING, got {value}")
     return value, pos
+
+
+def _popped(buf: bytearray, pos: int) -> tuple[bytes | None, int]:
+    """QUEUE_POP's reply: the queue's length before the pop, then the value if it was > 0."""
+    size, pos = parse_i64(buf, pos)
+    if size <= 0:
+        return None, pos
+    return parse_bytes(buf, pos)
 
 
 #: Reply parsers the C fast path can stand in for, with its shape codes (see _speedups.c).

@@ -69,7 +69,12 @@ class TCPStore(Store):
     ``accelerate``: use the C hot paths of the server and client (``None``: when built;
     ``False``: pure Python, the reference; ``True``: required).
 
-    Raises :class:`StoreBroken` when no server answers in time, :class:`StoreError` when the
+    ``timeout`` is the limit for connecting, for each request and for each blocking call (the
+    limits torch's client takes from it); a server that goes silent makes a call raise
+    :class:`StoreTimeout` by its timeout plus :func:`.client.overtime` (at most 0.5 s).
+
+    Raises :class:`StoreBroken` when no server answers in time (saying whether nobody listened,
+    the handshake went unanswered or the name did not resolve), :class:`StoreError` when the
     port is in use, :class:`StoreTimeout` when workers are missing.
     """
 
@@ -114,10 +119,15 @@ class TCPStore(Store):
         self._port = port
         try:
             self._client = TCPClient(
-                host_name, port, self._timeout, extensions, accelerate=accelerate
+                host_name,
+                port,
+                connect_timeout=self._timeout,
+                io_timeout=self._timeout,
+                extensions=extensions,
+                accelerate=accelerate,
             )
             if world_size is not None and wait_for_workers:
-                self._client.add(INIT_KEY, 1)
+                self._client.add(INIT_KEY, 1, INIT_KEY.decode())
                 if is_master:
                     self._wait_for_workers(world_size)
         except BaseException:
@@ -157,10 +167,10 @@ class TCPStore(Store):
         return server
 
     def _wait_for_workers(self, world_size: int) -> None:
+        joined = f"{{}}/{world_size} clients joined."  # the client fills in the count
         try:
-            self._client.wait_count(INIT_KEY, world_size, self._timeout)
+            self._client.wait_count(INIT_KEY, world_size, self._timeout, joined)
         except StoreTimeout as exc:
-            joined = self._client.add(INIT_KEY, 0)
             raise StoreTimeout(
                 "init",
                 [INIT_KEY.decode()],
@@ -168,7 +178,7 @@ class TCPStore(Store):
                 self._timeout,
                 repr(self),
                 f"Timed out after {exc.elapsed:.0f} seconds waiting for clients. "
-                f"{joined}/{world_size} clients joined.",
+                + getattr(exc, "detail", ""),
             ) from None
 
     # ----------------------------------------------------------------- properties
@@ -226,7 +236,7 @@ class TCPStore(Store):
 
     def set(self, key: KeyLike, value: ValueLike) -> None:
         k = key if type(key) is str else as_key(key)
-        self._c("set").set(_enc(k), value if type(value) is bytes else as_value(value))
+        self._c("set").set(_enc(k), value if type(value) is bytes else as_value(value), k)
 
     def get(self, key: KeyLike) -> bytes:
         k = key if type(key) is str else as_key(key)
@@ -234,28 +244,27 @@ class TCPStore(Store):
 
     def add(self, key: KeyLike, amount: int) -> int:
         k = key if type(key) is str else as_key(key)
-        return self._c("add").add(_enc(k), check_amount(amount, k))
+        return self._c("add").add(_enc(k), check_amount(amount, k), k)
 
     def compare_set(self, key: KeyLike, expected: ValueLike, desired: ValueLike) -> bytes:
         k = as_key(key)
         exp, new = as_value(expected, "expected"), as_value(desired, "desired")
-        return self._c("compare_set").compare_set(_enc(k), exp, new)
+        return self._c("compare_set").compare_set(_enc(k), exp, new, k)
 
     def wait(self, keys: Sequence[KeyLike], timeout: TimeoutLike | None = None) -> None:
         names = as_keys(keys)
         limit = self._timeout if timeout is None else as_seconds(timeout)
         client = self._c("wait")
-        if names:
-            try:
-                client.wait([_enc(k) for k in names], limit, names)
-            except StoreTimeout as exc:
-                raise self._narrowed(exc, names) from None
+        if names:  # a timeout names only the keys still missing (the client asks the server)
+            client.wait(_enc_all(names), limit, names)
 
     def check(self, keys: Sequence[KeyLike]) -> bool:
-        return self._c("check").check([_enc(k) for k in as_keys(keys)])
+        names = as_keys(keys)
+        return self._c("check").check(_enc_all(names), names)
 
     def delete_key(self, key: KeyLike) -> bool:
-        return self._c("delete_key").delete_key(_enc(as_key(key)))
+        k = as_key(key)
+        return self._c("delete_key").delete_key(_enc(k), k)
 
     def num_keys(self) -> int:
         """Keys on the server, including the world-size counter ``init/`` (as torch counts)."""
@@ -265,23 +274,15 @@ class TCPStore(Store):
         return True
 
     def append(self, key: KeyLike, value: ValueLike) -> None:
-        self._c("append").append(_enc(as_key(key)), as_value(value))
+        k = as_key(key)
+        self._c("append").append(_enc(k), as_value(value), k)
 
     def multi_get(self, keys: Sequence[KeyLike]) -> list[bytes]:
         names = as_keys(keys)
         client = self._c("multi_get")
         if not names:
             return []
-        try:
-            return client.multi_get(_enc_all(names), self._timeout, names)
-        except StoreTimeout as exc:
-            raise self._narrowed(exc, names) from None
-
-    def _narrowed(self, exc: StoreTimeout, names: list[str]) -> StoreTimeout:
-        """The same timeout, naming only the keys still missing (asked of the server)."""
-        client = self._client
-        missing = [k for k in dict.fromkeys(names) if not client.check([_enc(k)])]
-        return StoreTimeout(exc.op, missing or names, exc.elapsed, exc.timeout, exc.store)
+        return client.multi_get(_enc_all(names), self._timeout, names)
 
     def multi_set(self, keys: Sequence[KeyLike], values: Sequence[ValueLike]) -> None:
         names, data = self._pairs(keys, values)
@@ -290,33 +291,34 @@ class TCPStore(Store):
         payload = fast.encode_multi_set(PREFIX_BYTES, names, data) if fast else None
         if payload is None:  # no speedups, or a key with lone surrogates
             payload = encode_multi_set(list(zip(_enc_all(names), data, strict=True)))
-        client.multi_set(payload)
+        client.multi_set(payload, names)
 
     def queue_push(self, key: KeyLike, value: ValueLike) -> None:
-        self._queues("queue_push").queue_push(_enc(as_key(key)), as_value(value))
+        k = as_key(key)
+        self._queues("queue_push").queue_push(_enc(k), as_value(value), k)
 
     def queue_pop(self, key: KeyLike, block: bool = True) -> bytes:
         k = as_key(key)
         wire = _enc(k)
         client = self._queues("queue_pop")
-        value = client.queue_pop(wire)
+        limit = self._timeout
+        start = time.monotonic()  # one deadline, start + limit, for every round below
+        value = client.queue_pop(wire, k)
         if value is not None:
             return value
         if not block:
             raise QueueEmpty(k, repr(self))
-        limit = self._timeout
-        start = time.monotonic()
         while True:  # another consumer may win the race between WAIT and POP: wait again
+            value = client.wait_and_pop(wire, limit, k, start)
+            if value is not None:
+                return value
             elapsed = time.monotonic() - start
             if limit and elapsed >= limit:
                 raise StoreTimeout("queue_pop", [k], elapsed, limit, repr(self))
-            client.wait([wire], limit - elapsed if limit else 0, [k], "queue_pop")
-            value = client.queue_pop(wire)
-            if value is not None:
-                return value
 
     def queue_len(self, key: KeyLike) -> int:
-        return self._queues("queue_len").queue_len(_enc(as_key(key)))
+        k = as_key(key)
+        return self._queues("queue_len").queue_len(_enc(k), k)
 
     def list_keys(self) -> list[str]:
         """User keys (those torch's client would show: ``/``-prefixed, prefix removed)."""
@@ -327,28 +329,16 @@ class TCPStore(Store):
         k = as_key(key)
         check_world_size(k, world_size)
         limit = self._timeout if timeout is None else as_seconds(timeout)
-        client = self._c("barrier")
-        try:
-            client.barrier(_enc(k), world_size, limit, k)
-        except StoreTimeout as exc:
-            # Read the count without writing it: torch's servers release a barrier's waiters on
-            # any write to its counter, so add(key, 0) here would let the others pass early.
-            arrived = int(client.get(_enc(k), limit, k) or 0)
-            raise StoreTimeout(
-                "barrier",
-                [k],
-                exc.elapsed,
-                limit,
-                exc.store,
-                f"{arrived} of {world_size} participants arrived",
-            ) from None
+        # A timeout says how many participants arrived (the client asks the server).
+        self._c("barrier").barrier(_enc(k), world_size, limit, k)
 
     # ----------------------------------------------------------------- lifecycle
 
     def set_timeout(self, timeout: TimeoutLike) -> None:
-        """Change the timeout of later blocking calls, and how long a reply may be overdue."""
+        """Change the timeout of later blocking calls and of every request (the client's I/O
+        timeout); reconnecting keeps the constructor's timeout, as torch connects only then."""
         super().set_timeout(timeout)
-        self._client.connect_timeout = self._timeout
+        self._client.io_timeout = self._timeout
 
     def clone(self) -> TCPStore:
         """A new connection to the same server (no world-size handshake), same timeout."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import struct
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -187,3 +188,20 @@ def test_asking_for_missing_speedups_says_how_to_get_them(monkeypatch: pytest.Mo
         TCPServer(sock, accelerate=True)
     with socket.socket() as sock:
         assert TCPServer(sock).serve_fast is None  # by default: the Python path, quietly
+
+
+def test_call_waits_until_a_monotonic_deadline_and_never_blocks_in_send() -> None:
+    """call()'s time bound is an instant of time.monotonic(), computed once by the caller; a
+    peer that stops reading leaves the rest of the request to the caller (status -2)."""
+    fast = speedups(None, "test")
+    a, b = socket.socketpair()
+    with a, b:
+        start = time.monotonic()
+        status, value, rest, _ = fast.call(a.fileno(), b"\x07", 2, False, 0.0, start + 0.05, 0.0)
+        spent = time.monotonic() - start
+        assert (status, value, rest) == (-1, None, b"")  # no reply by the deadline: paused
+        assert 0.04 <= spent < 1.0
+        assert b.recv(16) == b"\x07"
+        big = b"x" * (64 << 20)  # more than the socket buffers hold; b never reads
+        status, value, rest, _ = fast.call(a.fileno(), big, 0, False, 0.0, -1.0, 0.0)
+        assert status == -2 and 0 <= value < len(big) and rest == b""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -122,17 +124,85 @@ def test_no_server_fails_in_time_naming_the_endpoint() -> None:
     reserved.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
     port = reserved.getsockname()[1]
     start = time.monotonic()
-    with pytest.raises(StoreBroken, match=rf"127\.0\.0\.1:{port} timed out after 0\.\d s"):
+    with pytest.raises(StoreBroken, match=rf"127\.0\.0\.1:{port} timed out after 0\.\d s") as info:
         TCPStore("127.0.0.1", port, timeout=0.5)
     assert time.monotonic() - start < 2.0
+    assert str(info.value).endswith("(connection refused; no server listening?)")
+    assert info.value.reason == "refused"  # type: ignore[attr-defined]
     reserved.close()
 
 
 def test_unresolvable_host_fails_fast() -> None:
     start = time.monotonic()
-    with pytest.raises(StoreBroken, match=r"cannot resolve host 'dnsnotexist\.invalid'"):
+    with pytest.raises(StoreBroken, match=r"cannot resolve host 'dnsnotexist\.invalid'") as info:
         TCPStore("dnsnotexist.invalid", 29500, timeout=30)
     assert time.monotonic() - start < 10, "a name that cannot resolve must not wait out the timeout"
+    assert str(info.value).endswith("(is the host name right?)")
+    assert info.value.reason == "unresolved"  # type: ignore[attr-defined]
+
+
+def test_a_listener_that_never_answers_the_handshake_is_named() -> None:
+    """The kernel accepts connections on a listening socket nobody serves (a stopped server, an
+    unrelated service): that is not "no server listening"."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        start = time.monotonic()
+        with pytest.raises(StoreBroken, match=rf"{port} timed out after 0\.\d s") as info:
+            TCPStore("127.0.0.1", port, timeout=0.5)
+        assert time.monotonic() - start < 1.0
+    assert str(info.value).endswith(
+        "(the listener accepted the connection but never answered the handshake; "
+        "is the server stopped or hung, or is another service on this port?)"
+    )
+    assert info.value.reason == "silent"  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def not_a_store(reply: bytes) -> Iterator[int]:
+    """A listener that reads each connection's handshake (10 bytes), answers ``reply`` and
+    hangs up; yields its port."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return  # shut down
+            with conn:
+                hello = b""
+                while len(hello) < 10 and (chunk := conn.recv(10 - len(hello))):
+                    hello += chunk
+                conn.sendall(reply)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept
+        listener.close()
+        thread.join(5)
+        assert not thread.is_alive()
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason", "what"),
+    [
+        (b"", "closed", "the listener closed the connection during the handshake"),
+        (b"HTTP", "rejected", f"ping was answered with {int.from_bytes(b'HTTP', 'little')}"),
+    ],
+)
+def test_a_listener_that_is_not_a_store_is_named(reply: bytes, reason: str, what: str) -> None:
+    with not_a_store(reply) as port, pytest.raises(StoreBroken) as info:
+        TCPStore("127.0.0.1", port, timeout=0.3)
+    assert what in str(info.value)
+    assert str(info.value).endswith("; is a TCPStore server on this port?)")
+    assert info.value.reason == reason  # type: ignore[attr-defined]
 
 
 def test_timeout_leaves_the_client_usable() -> None:
