@@ -66,6 +66,9 @@ _CANCEL = encode_request(Query.CANCEL_WAIT)
 #: Requests up to this size go through the C fast path (sent whole, so a signal never splits
 #: one); larger ones, and replies of other shapes, take the Python path.
 _FAST_PAYLOAD = 1 << 16
+#: How long close() waits for a call in another thread to let go of the connection before it
+#: leaves closing the fd to that call (which drops it as it wakes).
+_CLOSE_WAIT = 5.0
 # The hot requests, encoded inline (the same bytes as encode_request, without its generality).
 _U64, _I64 = struct.Struct("<Q"), struct.Struct("<q")
 _SET, _ADD, _WAIT_GET = bytes([Query.SET]), bytes([Query.ADD]), bytes([Query.WAIT_GET])
@@ -219,8 +222,22 @@ class TCPClient:
             raise
 
     def close(self) -> None:
+        """Close the connection; a call blocked on it in another thread wakes (StoreClosed).
+
+        Shutting the socket down wakes a thread asleep in recv or poll on it (closing the fd
+        would not, and could hand its number to a new file under that thread); the fd itself is
+        closed under the lock, once no call is using it.
+        """
         self._closed = True
-        self._drop()
+        sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        if self.lock.acquire(timeout=_CLOSE_WAIT):
+            try:
+                self._drop()
+            finally:
+                self.lock.release()
 
     def _drop(self) -> None:
         if self._sock is not None:
@@ -370,14 +387,18 @@ class TCPClient:
         self._drop()
         raise StoreBroken(f"TCPStore {self.endpoint}: unexpected status {status} in {op}")
 
-    def _lost(self, op: str, exc: OSError) -> StoreBroken:
+    def _lost(self, op: str, exc: OSError) -> StoreBroken | StoreClosed:
+        if self._closed:
+            return StoreClosed(op, repr(self))
         return StoreBroken(
             f"TCPStore {self.endpoint}: {op} failed, connection lost ({exc.strerror})",
             host=self.host,
             port=self.port,
         )
 
-    def _closed_during(self, op: str) -> StoreBroken:
+    def _closed_during(self, op: str) -> StoreBroken | StoreClosed:
+        if self._closed:  # we closed it, from another thread: not the server's doing
+            return StoreClosed(op, repr(self))
         return StoreBroken(
             f"TCPStore {self.endpoint}: connection closed by the server during {op} "
             "(did the server shut down or crash, or reject the request?)",

@@ -256,3 +256,21 @@ def test_a_skip_mark_skips_in_the_cli_too(tmp_path: Path) -> None:
     assert cli.returncode == 0, cli.stdout + cli.stderr
     assert "skipped skipped (not on this machine)" in cli.stderr
     assert "1 passed" in cli.stdout and "skipped" not in cli.stdout
+
+
+def _blocks_forever(ctx: RankContext) -> None:
+    ctx.store.wait(["never-set"], 0)
+
+
+@pytest.mark.parametrize("store", ["tcp", "prefix", "tcp-pure"])
+def test_a_stuck_thread_rank_on_tcp_is_woken_at_its_time_limit(store: str, tmp_path: Path) -> None:
+    from storeharness.harness import targets
+
+    with targets.start(store, tmp_path, timeout=30) as endpoint:
+        result = run_world(
+            _blocks_forever, 2, endpoint.opener(), "thread", time_limit=1.0, controls=endpoint
+        )
+    assert [r.fate for r in result] == [Fate.TIMED_OUT] * 2
+    for rank in result:
+        assert "still blocked" not in rank.error, rank.error  # the thread did not leak
+    assert result.elapsed < 3.0, result.elapsed  # not the 6 s a leaked thread cost

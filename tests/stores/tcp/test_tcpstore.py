@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from storeharness.stores import StoreBroken, StoreError, StoreTimeout, TCPStore
+from storeharness.stores import StoreBroken, StoreClosed, StoreError, StoreTimeout, TCPStore
 from storeharness.stores.tcp import Limits, ServerProcess, bind_listener
 
 from ..backends import torch_missing
@@ -314,3 +314,49 @@ def test_mixed_world_of_torch_and_our_clients() -> None:
     assert sorted(ours[0].multi_get([f"rank{r}" for r in range(5)])) == expected
     for s in everyone:
         s.close()
+
+
+@pytest.mark.parametrize("accelerate", [None, False], ids=["c", "pure"])
+def test_closing_a_handle_wakes_the_call_blocked_on_it(accelerate: bool | None) -> None:
+    # What the harness does to a thread rank stuck past its time limit: it closes the rank's
+    # handle, and the blocked call must end (with StoreClosed), not stay blocked in recv.
+    master = TCPStore("127.0.0.1", 0, is_master=True, timeout=60, accelerate=accelerate)
+    client = TCPStore("127.0.0.1", master.port, timeout=60, accelerate=accelerate)
+    outcome: list[BaseException] = []
+    blocked = threading.Event()
+
+    def waiter() -> None:
+        blocked.set()
+        try:
+            client.wait(["never-set"], timeout=0)  # no limit
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=waiter, daemon=True)
+    try:
+        thread.start()
+        assert blocked.wait(10) and thread.native_id is not None
+        _until_asleep_in_a_system_call(thread.native_id)  # inside the wait, not before it
+        start = time.monotonic()
+        client.close()
+        thread.join(10)
+        assert not thread.is_alive(), "the wait stayed blocked after close()"
+        assert time.monotonic() - start < 5
+        assert len(outcome) == 1 and isinstance(outcome[0], StoreClosed), outcome
+    finally:
+        client.close()
+        master.close()
+
+
+def _until_asleep_in_a_system_call(tid: int, limit: float = 10.0) -> None:
+    """Wait until thread ``tid`` of this process sleeps in a system call (Linux /proc)."""
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        with open(f"/proc/self/task/{tid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        with open(f"/proc/self/task/{tid}/syscall") as f:
+            call = f.read().split()[0]
+        if state == "S" and call not in ("running", "-1"):
+            return
+        time.sleep(0.001)  # polling another thread's state; bounded by ``limit``
+    raise AssertionError(f"thread {tid} never went to sleep in a system call")
