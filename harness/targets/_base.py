@@ -39,6 +39,8 @@ __all__ = [
 
 #: The key, inside a run's namespace, that holds the run's token.
 MARK = "storeharness/endpoint"
+#: How long the harness's own connection (writing the mark) waits for a store to answer.
+SETUP_TIMEOUT = 60.0
 WORKERS = ("process", "thread")
 
 
@@ -249,8 +251,9 @@ class Endpoint:
         """Start what the store needs; raise :class:`StoreError` if it cannot start."""
 
     @abc.abstractmethod
-    def _raw(self, address: tuple[str, int] | None) -> Callable[[], Store]:
-        """How to open the store (no namespace); ``address`` replaces the server's own."""
+    def _raw(self, address: tuple[str, int] | None, timeout: float) -> Callable[[], Store]:
+        """How to open the store (no namespace) with operation ``timeout``; ``address``
+        replaces the server's own."""
 
     def _upstream(self) -> tuple[str, int]:
         """The address the fault proxy forwards to."""
@@ -263,20 +266,23 @@ class Endpoint:
 
     def raw(self) -> Callable[[], Store]:
         """Open the store itself, outside any run's namespace (picklable where it can be)."""
-        return self._handle(None)
+        return self._handle(None, self.timeout)
 
-    def _handle(self, address: tuple[str, int] | None) -> Callable[[], Store]:
-        raw = self._raw(address)
+    def _handle(self, address: tuple[str, int] | None, timeout: float) -> Callable[[], Store]:
+        raw = self._raw(address, timeout)
         return raw if self.prefix is None else functools.partial(prefixed, self.prefix, raw)
 
     def _mark(self) -> None:
-        with self.raw()() as store:
+        # The harness's own connection waits for a server that is still starting (a loaded
+        # machine), whatever the scenario's operation timeout: that is the ranks' business.
+        with self._handle(None, max(self.timeout, SETUP_TIMEOUT))() as store:
             store.set(f"{self.namespace}/{MARK}", self.token)
 
     def opener(self) -> Callable[[], Store]:
         """What each rank calls to open its store (picklable for cross-process targets)."""
         address = ("127.0.0.1", self.proxy.port) if self.proxy is not None else None
-        return functools.partial(open_checked, self._handle(address), self.token, self.namespace)
+        raw = self._handle(address, self.timeout)
+        return functools.partial(open_checked, raw, self.token, self.namespace)
 
     # ------------------------------------------------------------------- fault controls
 

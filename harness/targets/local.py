@@ -69,9 +69,9 @@ class LocalEndpoint(Endpoint):
     def _start(self) -> None:
         self.local = self.target.make(self.workdir, self.timeout)
 
-    def _raw(self, address: tuple[str, int] | None) -> Callable[[], Store]:
+    def _raw(self, address: tuple[str, int] | None, timeout: float) -> Callable[[], Store]:
         assert self.local is not None, "the endpoint is closed"
-        return self.target.reopen(self.local, self.workdir, self.timeout)
+        return self.target.reopen(self.local, self.workdir, timeout)
 
     def _stop(self) -> None:
         if self.local is not None:

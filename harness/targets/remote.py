@@ -58,9 +58,9 @@ class RemoteTarget(Target):
 class RemoteEndpoint(Endpoint):
     target: RemoteTarget
 
-    def _raw(self, address: tuple[str, int] | None) -> Callable[[], Store]:
+    def _raw(self, address: tuple[str, int] | None, timeout: float) -> Callable[[], Store]:
         host, port = address or self.target.address
-        return functools.partial(our_tcp_client, host, port, self.timeout)
+        return functools.partial(our_tcp_client, host, port, timeout)
 
     def _upstream(self) -> tuple[str, int]:
         return self.target.address

@@ -124,9 +124,9 @@ class ServerEndpoint(Endpoint):
         assert self.sock is not None
         self.server = self.target.serve(self.sock.dup())
 
-    def _raw(self, address: tuple[str, int] | None) -> Callable[[], Store]:
+    def _raw(self, address: tuple[str, int] | None, timeout: float) -> Callable[[], Store]:
         host, port = address or (LOOPBACK, self.port)
-        return functools.partial(self.target.client, host, port, self.timeout)
+        return functools.partial(self.target.client, host, port, timeout)
 
     def _upstream(self) -> tuple[str, int]:
         return LOOPBACK, self.port
