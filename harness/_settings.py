@@ -53,8 +53,10 @@ class Settings:
 
 
 def _stores(raw: Any) -> tuple[str, ...]:
-    items = raw.split(",") if isinstance(raw, str) else list(raw)
-    names = tuple(str(s).strip() for s in items if str(s).strip())
+    # One spelling for every source: names separated by commas and/or whitespace (a line each
+    # in an ini file, as pytest's "args" ini type reads it), or a list of them.
+    items = [raw] if isinstance(raw, str) else list(raw)
+    names = tuple(n for item in items for n in str(item).replace(",", " ").split())
     if not names:
         raise ValueError("no store named; give one or more names, comma-separated")
     return names

@@ -36,7 +36,15 @@ from typing import NoReturn
 from .. import __version__
 from . import report, targets
 from ._settings import SettingError, Settings, ini_file_values, resolve
-from .run import CaseResult, load_package, load_scenarios, marked_skip, run_case, select
+from .run import (
+    CaseResult,
+    keyword_match,
+    load_package,
+    load_scenarios,
+    marked_skip,
+    run_case,
+    select,
+)
 from .scenario import Case, Scenario
 
 #: The bundled scenario library, by package name: data the CLI hands to the runner.
@@ -199,15 +207,35 @@ def _cases(args: argparse.Namespace, settings: Settings) -> list[Case]:
         if (why_skip := marked_skip(sc.marks)) is not None:
             print(f"storeharness: {sc.name} skipped ({why_skip})", file=sys.stderr)
             continue
-        for case in sc.cases(stores, args.workers, sizes):
-            key = (sc.module, sc.file, case.nodeid)
-            if selector in (None, sc.name, case.nodeid) and key not in seen:
-                seen.add(key)
-                cases.append(case)
+        for store in stores:
+            found = sc.cases([store], args.workers, sizes)
+            if not found and selector in (None, sc.name) and _wanted(args.k, sc.name, store):
+                print(f"storeharness: {sc.name} skipped on {store}: {_why_not(sc, store)}",
+                      file=sys.stderr)  # fmt: skip
+            for case in found:
+                key = (sc.module, sc.file, case.nodeid)
+                if selector in (None, sc.name, case.nodeid) and key not in seen:
+                    seen.add(key)
+                    cases.append(case)
     try:
         return select(cases, args.k)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _wanted(keyword: str | None, name: str, store: str) -> bool:
+    """Whether ``-k`` would select some case of ``name`` on ``store`` (bad -k: say nothing)."""
+    try:
+        return keyword is None or keyword_match(keyword, f"{name}[{store}]")
+    except ValueError:
+        return False
+
+
+def _why_not(sc: Scenario, store: str) -> str:
+    """Why scenario ``sc`` has no case on ``store``: its reasons per worker kind."""
+    spec = targets.get(store).spec
+    reasons = dict.fromkeys(sc.why_not(spec, kind) or "no world size fits" for kind in sc.workers)
+    return "; ".join(reasons)
 
 
 # ------------------------------------------------------------------------------ running

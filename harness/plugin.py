@@ -1,9 +1,9 @@
 """The pytest plugin (entry point ``pytest11``): hooks and fixtures only; the work is in harness.
 
-- Scenarios are collected as ordinary items: from files named ``scenario_*.py``, files in a
-  directory named ``scenarios``, and any test module that defines one.  Each scenario becomes
-  one item per store x worker kind x world size, in a fixed order (identical on every xdist
-  worker).
+- Scenarios are collected as ordinary items: from files named ``scenario_*.py``, the bundled
+  library's files, and any test module that defines one; no other file is imported.  Each
+  scenario becomes one item per store x worker kind x world size, in a fixed order (identical
+  on every xdist worker).
 - ``--store NAME`` (repeatable) picks the stores; the default is our own (hash, file, tcp,
   prefix); torch's (torch-tcp, torch-file, torch-hash) run when asked for and torch is installed.
 - Fixtures: ``store_target`` (the store's name; tests using it are parametrized over the

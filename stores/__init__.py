@@ -2,9 +2,9 @@
 
 ``stores`` knows nothing of the harness, pytest or multiprocess; everything public is here::
 
-    from stores import Store, HashStore, FileStore, PrefixStore, TCPStore
-    from stores import StoreError, StoreTimeout, QueueEmpty
-    from stores import rendezvous, register_rendezvous_handler  # torch's rendezvous(url)
+    from storeharness.stores import Store, HashStore, FileStore, PrefixStore, TCPStore
+    from storeharness.stores import StoreError, StoreTimeout, QueueEmpty
+    from storeharness.stores import rendezvous  # torch's rendezvous(url), over our stores
 """
 
 from ._base import Capability, Store

@@ -8,6 +8,7 @@ its own key namespace (with its mark), so runs sharing the server do not see eac
 from __future__ import annotations
 
 import functools
+import socket
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,9 @@ from ._base import Endpoint, Target, TargetSpec
 from .server import TCP_CAPABILITIES, our_tcp_client
 
 __all__ = ["RemoteTarget", "parse_address"]
+
+#: How long the up-front probe of a running server may take.
+_PROBE_TIMEOUT = 5.0
 
 
 def parse_address(url: str) -> tuple[str, int]:
@@ -48,6 +52,18 @@ class RemoteTarget(Target):
             network=True,
             kind="remote",
         )
+
+    def unavailable(self) -> str | None:
+        """Refused at once when nothing listens there (rather than every case waiting it out)."""
+        try:
+            socket.create_connection(self.address, timeout=_PROBE_TIMEOUT).close()
+        except OSError as exc:
+            host, port = self.address
+            return (
+                f"cannot connect to the TCPStore server at {host}:{port} "
+                f"({exc.strerror or exc}); start it first, or check the address"
+            )
+        return None
 
     def start(
         self, workdir: Path, *, timeout: float, proxy: bool = False, prefix: str | None = None

@@ -58,3 +58,8 @@ def test_the_command_line_reads_pytests_ini_file(tmp_path: Path) -> None:
     assert resolve(env={}, ini=found).time_scale == 2.5
     (deeper / "pytest.ini").write_text("[pytest]\nstoreharness_seed = 7\n")
     assert ini_file_values(deeper) == {"seed": (str(deeper / "pytest.ini"), "7")}
+
+
+def test_stores_read_the_same_from_every_source() -> None:
+    for raw in ("tcp,file", "tcp file", "tcp\nfile", ["tcp", "file"], " tcp , file "):
+        assert resolve(env={}, ini={"stores": ("pytest.ini", raw)}).stores == ("tcp", "file")

@@ -209,3 +209,28 @@ def test_the_library_runs_against_a_server_started_by_hand(server: str, tmp_path
 @scenario(world_size=2, faults=[KillServer(after(0, "now"))], expect={"*": returns()})
 def _kills_the_server(ctx: RankContext) -> None:
     ctx.point("now")
+
+
+def test_a_server_that_is_not_there_is_refused_up_front(tmp_path: Path) -> None:
+    listener = bind_listener(0, host="127.0.0.1")
+    port = listener.getsockname()[1]
+    listener.close()  # nothing listens there now (the port may be reused; that only helps)
+    why = targets.get(f"tcp://127.0.0.1:{port}").unavailable()
+    assert why is not None and "start it first" in why
+    proc = subprocess.run(
+        [sys.executable, "-m", "storeharness", "run", "--store", f"tcp://127.0.0.1:{port}"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 4 and "cannot connect to the TCPStore server" in proc.stderr
+
+
+def test_the_cli_says_why_a_scenario_skips_a_store(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "storeharness", "run", "-k", "sigint", "--store", "hash",
+         "--store", "file"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "sigint_during_wait skipped on hash: hash cannot be shared by process ranks" in (
+        proc.stderr
+    )
