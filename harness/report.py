@@ -134,7 +134,9 @@ def summary(
     counts = {word: 0 for word in _WORDS}
     for result in results:
         counts[status(result)] = counts.get(status(result), 0) + 1
-    parts = [f"{n} {word}" for word, n in counts.items() if n]
+    parts = [
+        f"{n} {word}{'s' if word == 'error' and n > 1 else ''}" for word, n in counts.items() if n
+    ]
     text = f" {', '.join(parts) or 'no cases ran'} in {spent:.2f} s "
     if interrupted:
         text = f"{text.rstrip()} (interrupted) "
@@ -179,7 +181,9 @@ def render(result: CaseResult, nodeid: str | None = None, style: Style | None = 
         if world.events:
             lines.append("  events (seconds since the world started):")
             lines += [f"    {event}" for event in world.events]
-    if not result.passed:
+    if result.xfail and result.passed and not result.ok:
+        lines.append(f"  ✗ XPASS(strict): expected to fail ({result.xfail}), but it passed")
+    if not result.ok or not result.passed:
         lines.append(f"  replay: {replay_command(result, nodeid)}")
     return "\n".join(lines)
 

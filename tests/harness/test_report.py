@@ -178,6 +178,8 @@ def test_xfail_outcomes_and_world_problems() -> None:
     assert R.case_line(xfailed, [base.case], R.Style()).startswith("XFAIL ")
     assert "1 xfailed, 1 xpassed" in R.summary([xfailed, xpassed], 1.0, R.Style())
     assert "✗ fault SIGINT to rank 1 never fired" in R.render(unfired)
+    assert "✗ XPASS(strict): expected to fail (known), but it passed" in R.render(strict)
+    assert "replay: " in R.render(strict)
     assert R.json_row(unfired)["world_problems"] == [unfired.world_problems[0]]
     suite = R.junit([xfailed, unfired], 1.0).getroot()
     skipped = suite.find("testcase/skipped")
