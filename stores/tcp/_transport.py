@@ -3,6 +3,7 @@
 :class:`Transport` owns the socket: connecting (:mod:`._connect`), sending and reading with the
 shared codec's parsers, the C speedups' one-call round trips, and blocking requests with their
 cancel; :class:`~.client.TCPClient` adds the store operations on top.
+
 Time.  Three durations, each named ``*_timeout``: ``connect_timeout`` bounds connecting (TCP
 connect and handshake, with retries while nobody listens); ``io_timeout`` bounds a request that
 the server answers at once (``add``, ``check``...), from sending it to its reply; a blocking
@@ -12,10 +13,8 @@ each send and read, into the C speedups.  When a blocking request's time is up t
 torch's cancel and gives the server :func:`overtime` (at most 0.5 s) to acknowledge it and to say
 which keys were missing.  A server that says nothing (stopped, hung, a black-holing network) is
 never waited for beyond that: the connection is dropped, :class:`StoreTimeout` is raised, and the
-next call reconnects.  So every operation ends by its timeout plus the overtime.
-
-A connection that breaks mid-request (server gone, a signal handler raising) is closed; the
-request fails with :class:`StoreBroken` and the next request reconnects (:mod:`._connect`).
+next call reconnects.  So every operation ends by its timeout plus the overtime.  A connection
+that breaks mid-request fails it with :class:`StoreBroken`; the next one reconnects.
 """
 
 from __future__ import annotations
@@ -595,14 +594,6 @@ def _stop_waiting(buf: bytearray, pos: int) -> tuple[int, int]:
     if value != STOP_WAITING:
         raise StoreBroken(f"TCPStore: expected STOP_WAITING, got {value}")
     return value, pos
-
-
-def _popped(buf: bytearray, pos: int) -> tuple[bytes | None, int]:
-    """QUEUE_POP's reply: the queue's length before the pop, then the value if it was > 0."""
-    size, pos = parse_i64(buf, pos)
-    if size <= 0:
-        return None, pos
-    return parse_bytes(buf, pos)
 
 
 #: Reply parsers the C fast path can stand in for, with its shape codes (see _speedups.c).

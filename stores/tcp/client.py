@@ -17,7 +17,6 @@ from ._transport import (
     OVERTIME_MAX,
     Shown,
     Transport,
-    _popped,
     _stop_waiting,
     overtime,
 )
@@ -28,6 +27,7 @@ from .codec import (
     parse_bytes,
     parse_bytes_list,
     parse_i64,
+    parse_popped,
     parse_u8,
 )
 
@@ -123,12 +123,12 @@ class TCPClient(Transport):
 
     def queue_pop(self, key: bytes, shown: Shown = ()) -> bytes | None:
         """Pop without blocking: the value, or ``None`` on an empty queue."""
-        return self.call("queue_pop", encode_request(Query.QUEUE_POP, key), _popped, shown)
+        return self.call("queue_pop", encode_request(Query.QUEUE_POP, key), parse_popped, shown)
 
     def wait_and_pop(self, key: bytes, timeout: float, shown: str, start: float) -> bytes | None:
         """Wait (by ``start + timeout``) for the queue to be non-empty, then pop: the value, or
         ``None`` when another consumer took it first."""
-        then = (encode_request(Query.QUEUE_POP, key), _popped)
+        then = (encode_request(Query.QUEUE_POP, key), parse_popped)
         payload = encode_request(Query.WAIT, [key])
         value: bytes | None = self.blocking(
             "queue_pop", payload, _stop_waiting, timeout, shown, start=start, then=then

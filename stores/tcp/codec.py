@@ -37,6 +37,7 @@ __all__ = [
     "parse_bytes",
     "parse_bytes_list",
     "parse_i64",
+    "parse_popped",
     "parse_u8",
     "parse_u32",
     "string",
@@ -210,6 +211,14 @@ def parse_bytes(buf: bytes | bytearray, pos: int, limit: int = 1 << 62) -> tuple
     if len(buf) < end:
         raise Incomplete(end)
     return bytes(buf[pos + 8 : end]), end
+
+
+def parse_popped(buf: bytes | bytearray, pos: int) -> tuple[bytes | None, int]:
+    """QUEUE_POP's reply: the queue's length before the pop, then the value if it was > 0."""
+    size, pos = parse_i64(buf, pos)
+    if size <= 0:
+        return None, pos
+    return parse_bytes(buf, pos)
 
 
 def parse_bytes_list(
