@@ -252,3 +252,46 @@ def test_append_fallback_survives_a_concurrent_delete() -> None:
 def test_prefix_over_hash_forwards_extended_api() -> None:
     assert PrefixStore("p", HashStore()).has_extended_api() is True
     assert PrefixStore("p", CoreOnlyStore()).has_extended_api() is False
+
+
+class BytesOnly(CoreOnlyStore):
+    """A store of one's own that insists on bytes values, as torch's PrefixStore gives them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pushed: list[bytes] = []
+
+    def set(self, key: KeyLike, value: ValueLike) -> None:
+        assert type(value) is bytes, f"set got {type(value).__name__}"
+        super().set(key, value)
+
+    def compare_set(self, key: KeyLike, expected: ValueLike, desired: ValueLike) -> bytes:
+        assert type(expected) is bytes and type(desired) is bytes, "compare_set got str"
+        return super().compare_set(key, expected, desired)
+
+    def append(self, key: KeyLike, value: ValueLike) -> None:
+        assert type(value) is bytes, f"append got {type(value).__name__}"
+        super().append(key, value)
+
+    def multi_set(self, keys: Sequence[KeyLike], values: Sequence[ValueLike]) -> None:
+        assert all(type(v) is bytes for v in values), "multi_set got a non-bytes value"
+        super().multi_set(keys, values)
+
+    def queue_push(self, key: KeyLike, value: ValueLike) -> None:
+        assert type(value) is bytes, f"queue_push got {type(value).__name__}"
+        self.pushed.append(value)
+
+
+def test_prefix_store_hands_bytes_to_the_store_beneath() -> None:
+    inner = BytesOnly()
+    p = PrefixStore("p", inner)
+    p.set("k", "v")
+    assert p.compare_set("k", "v", "w") == b"w"
+    p.append("k", "x")
+    p.multi_set(["a", "b"], ["1", bytearray(b"2")])
+    p.queue_push("q", "item")
+    assert inner.multi_get(["p/k", "p/a", "p/b"]) == [b"wx", b"1", b"2"]
+    assert inner.pushed == [b"item"]
+    nested = PrefixStore("outer", PrefixStore("inner", BytesOnly()))
+    nested.set("k", memoryview(b"m"))
+    assert nested.get("k") == b"m"
