@@ -225,8 +225,13 @@ class TCPStore(Store):
         return self._server
 
     def __repr__(self) -> str:
+        """torch's shape: ``TCPStore(client=TCPClient(SocketImpl(...)), server=TCPServer(port=N))``,
+        ``server=<nullptr>`` without a server of its own (as torch prints a null pointer)."""
         client = getattr(self, "_client", None)
-        return f"TCPStore(client={client!r}, server={self._server!r})"
+        client_text = "<nullptr>" if client is None else repr(client)
+        server = getattr(self, "_server", None)
+        server_text = "<nullptr>" if server is None else repr(server)
+        return f"TCPStore(client={client_text}, server={server_text})"
 
     # ----------------------------------------------------------------- operations
 
