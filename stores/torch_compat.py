@@ -157,17 +157,20 @@ def _rendezvous_handler(url: str, **kwargs: Any) -> Iterator[tuple[Any, int, int
 def torch_error(exc: StoreError) -> Exception:
     """The exception torch's own stores raise where ours raised ``exc`` (``exc`` is not chained)."""
     dist = _torch_distributed()
+    made: Exception
     if isinstance(exc, StoreTimeout):
         shown = ", ".join(exc.keys)
         millis = round(exc.timeout * 1000)
-        return dist.DistStoreError(f"{exc.op} timeout after {millis}ms, keys: {shown} ({exc})")
-    if isinstance(exc, QueueEmpty):
-        return dist.QueueEmptyError(str(exc))
-    if isinstance(exc, StoreBroken):
-        return dist.DistNetworkError(str(exc))
-    if isinstance(exc, ValueError | TypeError | NotImplementedError):
-        return exc
-    return dist.DistStoreError(str(exc))
+        made = dist.DistStoreError(f"{exc.op} timeout after {millis}ms, keys: {shown} ({exc})")
+    elif isinstance(exc, QueueEmpty):
+        made = dist.QueueEmptyError(str(exc))
+    elif isinstance(exc, StoreBroken):
+        made = dist.DistNetworkError(str(exc))
+    elif isinstance(exc, ValueError | TypeError | NotImplementedError):
+        made = exc
+    else:
+        made = dist.DistStoreError(str(exc))
+    return made
 
 
 @contextlib.contextmanager

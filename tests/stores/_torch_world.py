@@ -30,6 +30,11 @@ _CTX = multiprocessing.get_context("forkserver")
 _CTX.set_forkserver_preload(PRELOAD)
 
 
+def context() -> Any:
+    """The multiprocessing context the ranks start from (for Events and Values they share)."""
+    return _CTX
+
+
 class RankFailed(AssertionError):
     """A rank raised, died, or did not finish in time; the message has every rank's story."""
 
@@ -62,7 +67,7 @@ def run_ranks(
                 rank = next(r for r, c in pending.items() if c is conn)
                 del pending[rank]
                 try:
-                    results[rank] = conn.recv()  # type: ignore[union-attr]
+                    results[rank] = conn.recv()  # type: ignore[union-attr,call-arg]
                 except EOFError:
                     results[rank] = ("died", None)
         for proc in procs:
@@ -100,6 +105,7 @@ def _rank_main(
     # Loopback only: gloo and TensorPipe pick their interface from these.
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     os.environ["TP_SOCKET_IFNAME"] = "lo"
+    result: tuple[str, Any]
     try:
         result = ("ok", fn(rank, world_size, *args))
     except BaseException:
@@ -119,15 +125,21 @@ def file_stores(path: str, world_size: int, rank: int) -> tuple[Any, Any]:
     return tuple(FileStore(path, 2 * world_size, OP_TIMEOUT) for _ in range(2))  # type: ignore[return-value]
 
 
+def hash_stores(rank: int) -> tuple[Any, Any]:
+    """Two handles on one HashStore: a world of one process (HashStore does not cross them)."""
+    from storeharness.stores import HashStore
+
+    store = HashStore(OP_TIMEOUT)
+    return store, store.clone()
+
+
 def tcp_stores(port: Any, published: Any, world_size: int, rank: int) -> tuple[Any, Any]:
     """Rank 0 is the TCPStore master (port 0, published to the others); every rank's RPC and
     process group talk to that one server socket, each through a connection of its own."""
     from storeharness.stores import TCPStore
 
     if rank == 0:
-        master = TCPStore(
-            "127.0.0.1", 0, world_size, True, OP_TIMEOUT, wait_for_workers=False
-        )
+        master = TCPStore("127.0.0.1", 0, world_size, True, OP_TIMEOUT, wait_for_workers=False)
         port.value = master.port
         published.set()
         return master, TCPStore("127.0.0.1", master.port, None, False, OP_TIMEOUT)
@@ -154,10 +166,11 @@ def pg_and_rpc(
     """
     import torch
     import torch.distributed as dist
-    import torch.distributed.rpc as rpc
+    import torch.distributed.rpc as _rpc
 
     from storeharness.stores.torch_compat import as_torch_store, torch_init_method
 
+    rpc: Any = _rpc  # partly untyped
     limit = timedelta(seconds=OP_TIMEOUT)
     rpc_store, pg_store = open_stores(rank)
     opts = rpc.TensorPipeRpcBackendOptions(
