@@ -161,7 +161,9 @@ def torch_error(exc: StoreError) -> Exception:
     if isinstance(exc, StoreTimeout):
         shown = ", ".join(exc.keys)
         millis = round(exc.timeout * 1000)
-        made = dist.DistStoreError(f"{exc.op} timeout after {millis}ms, keys: {shown} ({exc})")
+        phrase = f"{exc.op} timeout after {millis}ms, keys: {shown}"
+        text = str(exc)  # ours already in torch's phrasing: do not say it twice
+        made = dist.DistStoreError(text if phrase in text else f"{phrase} ({text})")
     elif isinstance(exc, QueueEmpty):
         made = dist.QueueEmptyError(str(exc))
     elif isinstance(exc, StoreBroken):

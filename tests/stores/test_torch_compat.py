@@ -37,7 +37,7 @@ from storeharness.stores import (
     TCPStore,
     UnsupportedOperation,
 )
-from storeharness.stores.torch_compat import as_torch_store, torch_init_method
+from storeharness.stores.torch_compat import as_torch_store, torch_error, torch_init_method
 
 from .backends import torch_missing
 
@@ -243,6 +243,15 @@ def test_our_errors_leave_as_torchs(dist: Any, error: StoreError, expected: str)
         assert type(raised) is getattr(dist, expected)
         assert raised.__cause__ is error
         assert str(error) in str(raised)
+
+
+def test_a_timeout_already_in_torchs_phrasing_is_not_said_twice(dist: Any) -> None:
+    phrase = "wait timeout after 100ms, keys: k"
+    converted = torch_error(StoreTimeout("wait", ["k"], 0.1, 0.1, detail=phrase))
+    assert type(converted) is dist.DistStoreError
+    assert str(converted).count(phrase) == 1
+    plain = torch_error(StoreTimeout("wait", ["k"], 0.1, 0.1))
+    assert str(plain).startswith(phrase + " (wait timeout after 0.1 s")
 
 
 def test_errors_from_real_stores(dist: Any) -> None:
