@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -201,3 +202,18 @@ def pg_and_rpc(
         "keys": keys,
         "exists_after_pg": after_pg,
     }
+
+
+def gives_up(rank: int, world_size: int) -> dict[str, Any]:
+    """Rank 1 raises; the others succeed (for run_ranks' own test)."""
+    if rank == 1:
+        raise ValueError("rank 1 gives up")
+    return {"pid": os.getpid()}
+
+
+def blocks_forever(rank: int, world_size: int, pid_dir: str) -> dict[str, Any]:
+    """Record this rank's pid, then block until killed (for run_ranks' own test)."""
+    with open(os.path.join(pid_dir, str(rank)), "w") as f:
+        f.write(str(os.getpid()))
+    threading.Event().wait()
+    return {}

@@ -345,7 +345,57 @@ def test_gloo_times_out_with_torchs_error_when_a_rank_is_missing(dist: Any) -> N
     assert 0.9 <= elapsed < 10, elapsed
 
 
+def test_gloo_setup_gets_torchs_network_error_when_our_server_goes(dist: Any) -> None:
+    """Our StoreBroken reaches gloo's caller as DistNetworkError, at once, not at the timeout."""
+    master = TCPStore("127.0.0.1", 0, None, True, 30, wait_for_workers=False)
+    client = TCPStore("127.0.0.1", master.port, None, False, 30)
+    outcome: dict[str, Any] = {}
+
+    def rank0() -> None:
+        try:
+            dist.ProcessGroupGloo(
+                dist.PrefixStore("g", as_torch_store(client)), 0, 2, timedelta(seconds=30)
+            )
+        except Exception as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=rank0, daemon=True)
+    try:
+        thread.start()
+        deadline = time.monotonic() + 20
+        while not any(k.startswith("g/") for k in master.list_keys()):  # rank 0 is in, waiting
+            assert time.monotonic() < deadline, "gloo's rank 0 never wrote its address"
+            time.sleep(0.005)
+        start = time.monotonic()
+        master.close()
+        thread.join(20)
+        elapsed = time.monotonic() - start
+    finally:
+        master.close()
+        client.close()
+    assert not thread.is_alive()
+    error = outcome["error"]
+    assert type(error) is dist.DistNetworkError, error
+    assert isinstance(error.__cause__, StoreBroken)
+    assert elapsed < 10, elapsed  # the store timeout is 30 s
+
+
 # --------------------------------------------------------------------------- processes as ranks
+
+
+@pytest.mark.slow
+def test_run_ranks_names_a_failing_rank_and_kills_a_stuck_one(dist: Any, tmp_path: Path) -> None:
+    from . import _torch_world as world
+
+    with pytest.raises(world.RankFailed, match=r"rank 1 raised:(.|\n)*ValueError: rank 1 gives up"):
+        world.run_ranks(world.gives_up, 2, (), 60)
+    with pytest.raises(world.RankFailed, match=r"rank 0 still running after 5 s"):
+        world.run_ranks(world.blocks_forever, 1, (str(tmp_path),), 5)
+    pid = int((tmp_path / "0").read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # killed and reaped
+
+
 # torch's test_store.py: FileStoreTest.test_init_pg_and_rpc_with_same_file and
 # TCPStoreTest.test_init_pg_and_rpc_with_same_socket, on worlds of processes over our stores.
 
