@@ -215,8 +215,8 @@ def _forwarding_class() -> type[Any]:
         def __init__(self, store: Store) -> None:
             super().__init__()
             self._ours = store
-            self._synced = store.timeout
-            base.set_timeout(self, self._synced)
+            base.set_timeout(self, store.timeout)
+            self._remember_timeouts()
 
         def __repr__(self) -> str:
             return f"TorchCompatStore({self._ours!r})"
@@ -226,15 +226,20 @@ def _forwarding_class() -> type[Any]:
             """Our store this one forwards to."""
             return self._ours
 
+        def _remember_timeouts(self) -> None:
+            # Each side as it reads back (C++ keeps whole milliseconds), so that rounding is
+            # never mistaken for a change.
+            self._seen = (self.timeout, self._ours.timeout)
+
         def _sync_timeout(self) -> None:
             """Reconcile torch's C++ timeout with ours: the side that changed since last wins."""
             theirs, ours = self.timeout, self._ours.timeout
-            if theirs != self._synced:
+            if theirs != self._seen[0]:
                 self._ours.set_timeout(theirs)
-                self._synced = theirs
-            elif ours != self._synced:
+                self._remember_timeouts()
+            elif ours != self._seen[1]:
                 base.set_timeout(self, ours)
-                self._synced = ours
+                self._remember_timeouts()
 
         # ------------------------------------------------------------- what C++ calls
 
@@ -302,7 +307,7 @@ def _forwarding_class() -> type[Any]:
             with _torch_errors():
                 self._ours.set_timeout(timeout)
             base.set_timeout(self, self._ours.timeout)
-            self._synced = self._ours.timeout
+            self._remember_timeouts()
 
         def queue_push(self, key: str, value: bytes | str) -> None:
             with _torch_errors():

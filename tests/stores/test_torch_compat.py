@@ -207,6 +207,11 @@ def test_a_timeout_set_on_our_store_reaches_torch(dist: Any) -> None:
         assert wrapper.timeout == timedelta(seconds=0.25)
         wrapper.set_timeout(timedelta(seconds=7))
         assert store.timeout == timedelta(seconds=7)
+    with HashStore(timeout=0.2501) as store:  # C++ keeps whole milliseconds
+        wrapper = as_torch_store(store)
+        with pytest.raises(dist.DistStoreError):
+            wrapper.get("absent")
+        assert store.timeout == timedelta(seconds=0.2501)  # not rounded by the reconciling
 
 
 class _Failing(HashStore):
