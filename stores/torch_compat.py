@@ -52,6 +52,7 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from . import _errors
 from ._base import Store
 from ._errors import QueueEmpty, StoreBroken, StoreError, StoreTimeout
 
@@ -154,8 +155,14 @@ def _rendezvous_handler(url: str, **kwargs: Any) -> Iterator[tuple[Any, int, int
     raise RuntimeError(f"Unable to perform re-rendezvous using {SCHEME}:// method")
 
 
-def torch_error(exc: StoreError) -> Exception:
-    """The exception torch's own stores raise where ours raised ``exc`` (``exc`` is not chained)."""
+def torch_error(exc: Exception) -> Exception:
+    """The exception torch's own stores raise where ours raised ``exc`` (``exc`` is not chained).
+
+    Decided by our classes (``isinstance``), so subclasses map as their base: a timeout is
+    ``DistStoreError``, an empty queue ``QueueEmptyError``, a broken peer (any of our errors that
+    is a ``ConnectionError``) ``DistNetworkError``; ``ValueError``, ``TypeError`` and
+    ``NotImplementedError`` are returned as they are (torch raises those builtins too).
+    """
     dist = _torch_distributed()
     made: Exception
     if isinstance(exc, StoreTimeout):
@@ -166,7 +173,7 @@ def torch_error(exc: StoreError) -> Exception:
         made = dist.DistStoreError(text if phrase in text else f"{phrase} ({text})")
     elif isinstance(exc, QueueEmpty):
         made = dist.QueueEmptyError(str(exc))
-    elif isinstance(exc, StoreBroken):
+    elif isinstance(exc, StoreBroken | ConnectionError):
         made = dist.DistNetworkError(str(exc))
     elif isinstance(exc, ValueError | TypeError | NotImplementedError):
         made = exc
@@ -179,11 +186,17 @@ def torch_error(exc: StoreError) -> Exception:
 def _torch_errors() -> Iterator[None]:
     try:
         yield
-    except StoreError as exc:
+    except _OUR_ROOTS as exc:
         converted = torch_error(exc)
         if converted is exc:
             raise
         raise converted from exc
+
+
+#: The roots of our error tree: StoreError, and DistError where our tree has torch's names too.
+_OUR_ROOTS: tuple[type[Exception], ...] = tuple(
+    {getattr(_errors, "DistError", StoreError), StoreError}
+)
 
 
 def _torch_distributed() -> Any:
