@@ -18,6 +18,7 @@ import time
 import traceback
 from collections.abc import Callable
 from datetime import timedelta
+from multiprocessing import forkserver
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -29,6 +30,18 @@ OP_TIMEOUT = 30.0
 
 _CTX = multiprocessing.get_context("forkserver")
 _CTX.set_forkserver_preload(PRELOAD)
+
+
+def stop_forkserver() -> None:
+    """Stop the forkserver and wait for it (else it ends when this process does).
+
+    ``multiprocessing.forkserver._forkserver._stop`` is private (CPython's own tests use it); if
+    a Python lacks it the forkserver simply lives until this process exits.  The next
+    :func:`run_ranks` starts a new one.
+    """
+    stop = getattr(getattr(forkserver, "_forkserver", None), "_stop", None)
+    if stop is not None:
+        stop()
 
 
 def context() -> Any:

@@ -58,6 +58,17 @@ def dist() -> Any:
     return torch.distributed
 
 
+@pytest.fixture(scope="module")
+def world(dist: Any) -> Iterator[Any]:
+    """The process-world helper; its forkserver (torch imported once) stops after the module."""
+    from . import _torch_world
+
+    try:
+        yield _torch_world
+    finally:
+        _torch_world.stop_forkserver()
+
+
 @pytest.fixture(params=["hash", "file", "tcp"])
 def ours(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     """One of our stores, closed afterwards (a TCPStore master on an ephemeral loopback port)."""
@@ -389,9 +400,7 @@ def test_gloo_setup_gets_torchs_network_error_when_our_server_goes(dist: Any) ->
 
 
 @pytest.mark.slow
-def test_run_ranks_names_a_failing_rank_and_kills_a_stuck_one(dist: Any, tmp_path: Path) -> None:
-    from . import _torch_world as world
-
+def test_run_ranks_names_a_failing_rank_and_kills_a_stuck_one(world: Any, tmp_path: Path) -> None:
     with pytest.raises(world.RankFailed, match=r"rank 1 raised:(.|\n)*ValueError: rank 1 gives up"):
         world.run_ranks(world.gives_up, 2, (), 60)
     with pytest.raises(world.RankFailed, match=r"rank 0 still running after 5 s"):
@@ -418,9 +427,7 @@ def _check_world(results: list[dict[str, Any]], world_size: int) -> None:
 
 
 @pytest.mark.slow
-def test_init_pg_and_rpc_with_same_file(dist: Any, tmp_path: Path) -> None:
-    from . import _torch_world as world
-
+def test_init_pg_and_rpc_with_same_file(world: Any, tmp_path: Path) -> None:
     path = str(tmp_path / "shared-store")
     results = world.run_ranks(
         world.pg_and_rpc, 2, (functools.partial(world.file_stores, path, 2),), 90
@@ -431,9 +438,7 @@ def test_init_pg_and_rpc_with_same_file(dist: Any, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_init_pg_and_rpc_with_same_socket(dist: Any) -> None:
-    from . import _torch_world as world
-
+def test_init_pg_and_rpc_with_same_socket(world: Any) -> None:
     port, published = world.context().Value("i", 0), world.context().Event()
     results = world.run_ranks(
         world.pg_and_rpc, 3, (functools.partial(world.tcp_stores, port, published, 3),), 90
@@ -442,9 +447,7 @@ def test_init_pg_and_rpc_with_same_socket(dist: Any) -> None:
 
 
 @pytest.mark.slow
-def test_init_pg_and_rpc_over_hash_store_in_one_process(dist: Any) -> None:
+def test_init_pg_and_rpc_over_hash_store_in_one_process(world: Any) -> None:
     """HashStore lives in one process: a world of one, its process group and RPC sharing it."""
-    from . import _torch_world as world
-
     results = world.run_ranks(world.pg_and_rpc, 1, (world.hash_stores,), 90)
     _check_world(results, 1)
