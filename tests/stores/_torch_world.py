@@ -230,3 +230,41 @@ def blocks_forever(rank: int, world_size: int, pid_dir: str) -> dict[str, Any]:
         f.write(str(os.getpid()))
     threading.Event().wait()
     return {}
+
+
+def pg_with_a_missing_rank(
+    rank: int, world_size: int, open_stores: Callable[[int], tuple[Any, Any]], limit: float
+) -> dict[str, Any]:
+    """Rank 0 calls ``init_process_group(timeout=limit)``; no other rank ever does.
+
+    Returns what rank 0 got: the exception's class, its cause's class, and how long it took.
+    """
+    import torch.distributed as dist
+
+    from storeharness.stores.torch_compat import as_torch_store
+
+    if rank != 0:
+        return {}
+    rpc_store, pg_store = open_stores(rank)
+    start = time.monotonic()
+    try:
+        dist.init_process_group(
+            "gloo",
+            store=as_torch_store(pg_store),
+            rank=rank,
+            world_size=world_size,
+            timeout=timedelta(seconds=limit),
+        )
+    except Exception as exc:
+        outcome = {
+            "error": f"{type(exc).__module__}.{type(exc).__qualname__}",
+            "cause": type(exc.__cause__).__name__,
+            "message": str(exc),
+        }
+    else:
+        outcome = {"error": None}
+        dist.destroy_process_group()
+    outcome["elapsed"] = time.monotonic() - start
+    pg_store.close()
+    rpc_store.close()
+    return outcome

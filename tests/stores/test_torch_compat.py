@@ -451,3 +451,15 @@ def test_init_pg_and_rpc_over_hash_store_in_one_process(world: Any) -> None:
     """HashStore lives in one process: a world of one, its process group and RPC sharing it."""
     results = world.run_ranks(world.pg_and_rpc, 1, (world.hash_stores,), 90)
     _check_world(results, 1)
+
+
+@pytest.mark.slow
+def test_init_process_group_times_out_in_its_timeout_when_a_rank_never_comes(world: Any) -> None:
+    """gloo's own timeout (init_process_group's ``timeout=``) bounds a wait on our TCPStore."""
+    port, published = world.context().Value("i", 0), world.context().Event()
+    stores = functools.partial(world.tcp_stores, port, published, 2)
+    got = world.run_ranks(world.pg_with_a_missing_rank, 2, (stores, 1.5), 90)[0]
+    assert got["error"] == "torch.distributed.DistStoreError", got
+    assert got["cause"] == "StoreTimeout"
+    assert "timeout after 1500ms" in got["message"]
+    assert 1.4 <= got["elapsed"] < 15, got  # the store's own timeout is 30 s
