@@ -247,6 +247,7 @@ def pg_with_a_missing_rank(
         return {}
     rpc_store, pg_store = open_stores(rank)
     start = time.monotonic()
+    outcome: dict[str, Any]
     try:
         dist.init_process_group(
             "gloo",
