@@ -136,6 +136,47 @@ def test_cpp_callers_reach_every_forwarded_operation(dist: Any, ours: Store) -> 
     assert ours.check(["p/b/last_member"])
 
 
+@pytest.mark.parametrize("kind", ["hash", "tcp"])
+def test_the_conformance_suite_through_torchs_cpp_prefix_store(dist: Any, kind: str) -> None:
+    """Our contract, driven through torch_adapter → torch's C++ PrefixStore → the wrapper → ours.
+
+    Every case passes but ``binary_keys``: pybind11 decodes C++ keys as UTF-8 before our Python
+    sees them (docs/differences.md).  Queues and list_keys are not offered: C++ does not forward
+    them to a Python store.
+    """
+    from storeharness.stores import Capability
+    from storeharness.stores.conformance import Backend, check_store
+    from storeharness.stores.torch_adapter import TorchStore
+
+    made: list[Store] = []
+    masters: list[TCPStore] = []
+
+    def make() -> Store:
+        store: Store
+        if kind == "hash":
+            store = HashStore()
+        else:
+            masters.append(TCPStore("127.0.0.1", 0, None, True, wait_for_workers=False))
+            store = TCPStore("127.0.0.1", masters[-1].port)
+        made.append(store)
+        adapted = TorchStore(dist.PrefixStore("p", as_torch_store(store)))
+        adapted.capabilities = frozenset({Capability.ADD_ERRORS, Capability.CAS_WAKES})  # type: ignore[misc]
+        return adapted
+
+    try:
+        outcomes = check_store(Backend(f"{kind}-through-torch", make))
+    finally:
+        for store in made + masters:
+            store.close()
+    failed = {o.case: o.detail for o in outcomes if o.status == "failed"}
+    assert set(failed) == {"binary_keys"}, failed
+    assert "utf-8" in failed["binary_keys"]
+    skipped = {o.case for o in outcomes if o.status == "skipped"}
+    assert skipped <= {"list_keys", "queues", "queue_nonblocking", "queues_bidirectional",
+                       "queue_each_item_once"}, skipped  # fmt: skip
+    assert len([o for o in outcomes if o.status == "passed"]) >= 20
+
+
 def test_torch_runs_its_python_store_check_against_it(dist: Any) -> None:
     """torch's ``PythonStoreTest``: a C++ set/get/add/compare_set sequence through the wrapper."""
     check = getattr(dist, "_test_python_store", None)
