@@ -116,7 +116,8 @@ def _rank_main(
     args: tuple[Any, ...],
     conn: Connection,
 ) -> None:
-    # Loopback only: gloo and TensorPipe pick their interface from these.
+    # Loopback only: gloo (init_process_group's groups and RPC's own) and TensorPipe pick their
+    # interface from these; a bogus name makes gloo fail, so they are known to be read.
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     os.environ["TP_SOCKET_IFNAME"] = "lo"
     result: tuple[str, Any]

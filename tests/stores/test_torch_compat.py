@@ -58,6 +58,13 @@ def dist() -> Any:
     return torch.distributed
 
 
+@pytest.fixture(autouse=True)
+def _loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """gloo (its store-taking constructor reads this) and TensorPipe bind loopback only."""
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
+    monkeypatch.setenv("TP_SOCKET_IFNAME", "lo")
+
+
 @pytest.fixture(scope="module")
 def world(dist: Any) -> Iterator[Any]:
     """The process-world helper; its forkserver (torch imported once) stops after the module."""
