@@ -9,6 +9,11 @@ of our stores, so torch code that takes a store runs over ours unchanged::
 
     ours = TCPStore("127.0.0.1", port, world_size=2, is_master=(rank == 0))
     dist.init_process_group("gloo", store=as_torch_store(ours), rank=rank, world_size=2)
+    ...
+    dist.destroy_process_group()
+    ours.close()  # the wrapper lives until then (see as_torch_store)
+
+RPC takes a URL, not a store: :func:`torch_init_method` makes one that hands torch the wrapper.
 
 This is the reverse of :mod:`.torch_adapter` (torch's stores behind our API).  It builds on the
 Python-subclassable ``torch.distributed.Store`` (a pybind11 trampoline).  What torch 2.13's C++
