@@ -209,11 +209,11 @@ def _torch_distributed() -> Any:
         import torch.distributed as dist
     except ImportError as exc:
         raise ImportError(
-            "as_torch_store needs torch: pip install 'storeharness[torch]' "
+            "storeharness.stores.torch_compat needs torch: pip install 'storeharness[torch]' "
             f"(torch==2.13.0, CPU is enough); importing it failed: {exc}"
         ) from exc
     if not dist.is_available():
-        raise ImportError("this torch build has no torch.distributed; as_torch_store needs it")
+        raise ImportError("this torch build has no torch.distributed, which storeharness.stores.torch_compat needs")
     return dist
 
 

@@ -105,6 +105,20 @@ def test_importing_stores_or_torch_compat_does_not_import_torch() -> None:
     assert done.returncode == 0, done.stderr
 
 
+def test_without_torch_the_error_says_how_to_get_it() -> None:
+    code = (
+        "import sys; sys.modules['torch'] = None  # as if torch were not installed\n"
+        "from storeharness.stores import HashStore\n"
+        "from storeharness.stores.torch_compat import as_torch_store\n"
+        "as_torch_store(HashStore())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "ImportError: storeharness.stores.torch_compat needs torch: pip install 'storeharness[torch]'" in (
+        done.stderr
+    ), done.stderr
+
+
 @pytest.mark.parametrize("fn", [as_torch_store, torch_init_method])
 def test_refuses_what_is_not_our_store(fn: Any) -> None:
     with pytest.raises(TypeError, match=r"storeharness\.stores\.Store\), got dict"):
