@@ -213,7 +213,10 @@ def _torch_distributed() -> Any:
             f"(torch==2.13.0, CPU is enough); importing it failed: {exc}"
         ) from exc
     if not dist.is_available():
-        raise ImportError("this torch build has no torch.distributed, which storeharness.stores.torch_compat needs")
+        raise ImportError(
+            "this torch build has no torch.distributed, which storeharness.stores.torch_compat "
+            "needs (the CPU wheel of torch==2.13.0 has it)"
+        )
     return dist
 
 

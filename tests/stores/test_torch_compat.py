@@ -114,9 +114,8 @@ def test_without_torch_the_error_says_how_to_get_it() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
-    assert "ImportError: storeharness.stores.torch_compat needs torch: pip install 'storeharness[torch]'" in (
-        done.stderr
-    ), done.stderr
+    wanted = "storeharness.stores.torch_compat needs torch: pip install 'storeharness[torch]'"
+    assert f"ImportError: {wanted}" in done.stderr, done.stderr
 
 
 @pytest.mark.parametrize("fn", [as_torch_store, torch_init_method])
