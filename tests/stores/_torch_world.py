@@ -169,6 +169,20 @@ def tcp_stores(port: Any, published: Any, world_size: int, rank: int) -> tuple[A
 # --------------------------------------------------------------------------- rank functions
 
 
+def _leave(store: Any, rank: int, world_size: int) -> None:
+    """Close ``store`` once no rank needs it: rank 0 (which may serve it) closes last.
+
+    The other ranks count out with a request-reply each (their last use of the server), and
+    the last of them releases rank 0.
+    """
+    if rank == 0:
+        if world_size > 1:
+            store.wait(["storeharness-test/all-left"])
+    elif store.add("storeharness-test/left", 1) == world_size - 1:
+        store.set("storeharness-test/all-left", "1")
+    store.close()
+
+
 def pg_and_rpc(
     rank: int, world_size: int, open_stores: Callable[[int], tuple[Any, Any]]
 ) -> dict[str, Any]:
@@ -206,8 +220,8 @@ def pg_and_rpc(
     path = getattr(pg_store, "path", None)
     pg_store.close()
     after_pg = os.path.exists(path) if path is not None else None
-    rpc.shutdown()
-    rpc_store.close()
+    rpc.shutdown()  # its own store barrier: the last rank out may still be using the store
+    _leave(rpc_store, rank, world_size)
     return {
         "pid": os.getpid(),
         "all_reduce": tensor.tolist(),
