@@ -500,6 +500,23 @@ class EtcdStore(Reads, Store):
             self._t.drop(self._lease_id)
         _transport.release(self._t)
 
+    def destroy(self) -> None:
+        """Delete every key of this run (every participant's) and revoke its lease, then close.
+
+        For whoever owns the run (a test's teardown); the others' later calls find no keys.
+        """
+        self._check_open("destroy")
+        deadline, start = self._op_deadline()
+        root = self._layout.root
+        self._call("destroy", [], "DeleteRange",
+                   lambda: self.rpc.DeleteRangeRequest(key=root, range_end=range_end(root)),
+                   deadline, start)  # fmt: skip
+        lease = self._lease_id
+        if lease:
+            self._call("destroy", [], "LeaseRevoke", lambda: self.rpc.LeaseRevokeRequest(ID=lease),
+                       deadline, start, service="Lease")  # fmt: skip
+        self.close()
+
     def __del__(self) -> None:
         try:
             if not self._closed and hasattr(self, "_t"):
