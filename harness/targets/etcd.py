@@ -151,21 +151,21 @@ def _torch_etcd_adapter() -> type[Store]:
             self, op: str, keys: Sequence[str] = (), limit: float | None = None
         ) -> Iterator[Any]:
             start = time.monotonic()
-            with super()._call(op, keys, limit) as store:
-                try:
+            try:
+                with super()._call(op, keys, limit) as store:
                     yield store
-                except LookupError as exc:
-                    raise StoreTimeout(op, list(keys), time.monotonic() - start,
-                                       self._timeout if limit is None else limit, repr(self),
-                                       str(exc)) from exc  # fmt: skip
-                except RuntimeError as exc:
-                    text = str(exc)
-                    if "pure virtual" in text or "Not implemented" in text:
-                        raise UnsupportedOperation(
-                            "torch's EtcdStore", op,
-                            "torch's v2 EtcdStore implements only set, get, add, wait and check",
-                        ) from exc  # fmt: skip
+            except LookupError as exc:
+                raise StoreTimeout(op, list(keys), time.monotonic() - start,
+                                   self._timeout if limit is None else limit, repr(self),
+                                   str(exc)) from exc  # fmt: skip
+            except RuntimeError as exc:
+                text = str(exc)
+                if "pure virtual" not in text and "Not implemented" not in text:
                     raise
+                raise UnsupportedOperation(
+                    repr(self), op,
+                    "torch's v2 EtcdStore implements only set, get, add, wait and check",
+                ) from exc  # fmt: skip
 
     return TorchEtcdStore
 
