@@ -223,7 +223,7 @@ class EtcdStore(Reads, Store):
             alive = self._call("open", [], "LeaseTimeToLive",
                                lambda: r.LeaseTimeToLiveRequest(ID=int(old)),
                                deadline, start, service="Lease")  # fmt: skip
-            if alive.TTL > 0:
+            if alive.TTL >= 0:  # whole seconds left (0 < 1 s); -1: expired or unknown
                 self._adopt(int(old))
                 return
         ttl = max(1, round(self._lease_ttl))
