@@ -84,6 +84,7 @@ class Transport:
         self._current = 0
         self._channels: dict[int, Any] = {}
         self._watchers: dict[int, Any] = {}
+        self._methods: dict[tuple[int, str, str], Any] = {}
         self._leases: dict[int, tuple[int, float]] = {}  # id -> (users, ttl)
         self._keeper: threading.Thread | None = None
         self._stop = threading.Event()
@@ -132,9 +133,12 @@ class Transport:
         Raises :class:`Transient`, :class:`LeaseGone` or :class:`Rejected`.
         """
         index, channel = self._channel()
-        stub = getattr(self.rpc, f"{service}Stub")(channel)
+        rpc = self._methods.get((index, service, method))
+        if rpc is None:  # a stub builds a callable per method: build each once per channel
+            rpc = getattr(getattr(self.rpc, f"{service}Stub")(channel), method)
+            self._methods[(index, service, method)] = rpc
         try:
-            return getattr(stub, method)(request, timeout=max(time_limit, 0.001))
+            return rpc(request, timeout=max(time_limit, 0.001))
         except self.grpc.RpcError as exc:
             raise self._translate(exc, index) from exc
 
@@ -231,6 +235,7 @@ class Transport:
         with self._lock:
             watchers, self._watchers = list(self._watchers.values()), {}
             channels, self._channels = list(self._channels.values()), {}
+            self._methods = {}
         for watcher in watchers:
             watcher.close()
         for channel in channels:

@@ -441,6 +441,9 @@ class EtcdStore(Reads, Store):
                     watch = Watch(self._t, self._sleepers, self._sleepers_lock)
                     self._start_watch(watch, "queue_pop", [k], [(prefix, end)],
                                       got.header.revision + 1, deadline, start)  # fmt: skip
+                    # Look once more: a push that raced the watch's creation is served by
+                    # etcd's 100 ms "unsynced" sweep (see reads.py), the range answers now.
+                    continue
                 item_or_none = watch.next(deadline)
                 if item_or_none is None:
                     raise StoreTimeout("queue_pop", [k], time.monotonic() - start, limit,
