@@ -62,8 +62,7 @@ class Raw:
         if resp.kvs:
             return bytes(resp.kvs[0].value)
         events: queue.Queue[Any] = queue.Queue()
-        watch_id = self.c.add_watch_callback(k, events.put,
-                                             start_revision=resp.header.revision + 1)
+        watch_id = self.c.add_watch_callback(k, events.put, start_revision=resp.header.revision + 1)
         try:
             again = self.c.get_response(k)  # a put that raced the watch's creation
             if again.kvs:

@@ -31,6 +31,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ...stores import StoreError
 
@@ -260,8 +261,9 @@ class EtcdCluster:
             status = self._status(member)
             if status is None:
                 continue
-            ids[int(status["header"]["member_id"])] = i
-            leader_id = int(status.get("leader", 0)) or leader_id
+            header: Any = status.get("header", {})
+            ids[int(header["member_id"])] = i
+            leader_id = int(str(status.get("leader", 0))) or leader_id
         if leader_id not in ids:
             raise StoreError(f"no running member of {self!r} knows a leader")
         return ids[leader_id]

@@ -130,7 +130,9 @@ def torch_etcd_store(endpoint: str, prefix: str, timeout: float) -> Store:
         client = etcd.Client(host=host, port=int(port), protocol="http", read_timeout=5)
         return TorchEtcd(client, f"/{prefix}", timedelta(seconds=timeout))
 
-    return _torch_etcd_adapter()(connect(), reopen=connect)
+    adapter: Any = _torch_etcd_adapter()
+    store: Store = adapter(connect(), reopen=connect)
+    return store
 
 
 @functools.cache
@@ -141,7 +143,7 @@ def _torch_etcd_adapter() -> type[Store]:
         """torch's v2 EtcdStore: its timeouts (``LookupError``) and the operations it lacks
         (the C++ base's "pure virtual" / "Not implemented") translated into our errors."""
 
-        capabilities = frozenset({Capability.CROSS_PROCESS})  # type: ignore[misc]
+        capabilities = frozenset({Capability.CROSS_PROCESS})
 
         def __repr__(self) -> str:
             return "TorchStore(torch EtcdStore, v2 API)"

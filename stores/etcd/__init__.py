@@ -4,7 +4,7 @@ Importing this package imports no etcd client: the client (``pip install 'storeh
 is loaded when the first store opens, so ``import storeharness.stores`` works without it.
 """
 
-from . import _rendezvous  # registers etcd:// (imports no client)
+from . import _rendezvous as _rendezvous  # registers etcd:// (imports no client)
 from ._layout import parse_endpoints
 from ._transport import MISSING_EXTRA
 from .store import EtcdStore

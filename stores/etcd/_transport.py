@@ -169,7 +169,7 @@ class Transport:
 
         def relay(update: Any) -> None:
             if isinstance(update, compacted):
-                callback(Compacted(update.compacted_revision))
+                callback(Compacted(getattr(update, "compacted_revision", 0)))
             elif isinstance(update, BaseException):
                 callback(self._translate(update, index))
             else:

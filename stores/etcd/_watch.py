@@ -8,6 +8,7 @@ watch is cancelled because ``R + 1`` was compacted away, or its stream breaks, t
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -70,10 +71,8 @@ class Watch:
     def stop(self) -> None:
         cancels, self._cancels = self._cancels, []
         for cancel in cancels:
-            try:
+            with contextlib.suppress(Exception):  # a stream already gone: nothing to cancel
                 cancel()
-            except Exception:  # the stream is gone already; nothing left to cancel
-                pass
 
     def close(self) -> None:
         self.stop()

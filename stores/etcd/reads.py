@@ -103,7 +103,7 @@ class Reads:
     def _targets(self, names: list[str], queues: bool) -> list[tuple[bytes, bytes | None]]:
         lay = self._layout
         if len(names) > PER_KEY_WATCHES:
-            whole = [(lay.data, lay.data_end)]
+            whole: list[tuple[bytes, bytes | None]] = [(lay.data, lay.data_end)]
             return [*whole, (lay.queues, range_end(lay.queues))] if queues else whole
         out: list[tuple[bytes, bytes | None]] = [(lay.key(k), None) for k in names]
         if queues:

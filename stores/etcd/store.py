@@ -37,8 +37,6 @@ from .._types import (
     TimeoutLike,
     ValueLike,
     as_key,
-    as_keys,
-    as_seconds,
     as_value,
     check_amount,
     deadline_after,
@@ -87,7 +85,9 @@ class EtcdStore(Reads, Store):
         if not isinstance(prefix, str) or not prefix.strip("/"):
             raise ValueError(f"EtcdStore prefix must be a non-empty str, got {prefix!r}")
         if not lease_ttl >= 1:
-            raise ValueError(f"EtcdStore lease_ttl must be >= 1 s (etcd's minimum), got {lease_ttl}")
+            raise ValueError(
+                f"EtcdStore lease_ttl must be >= 1 s (etcd's minimum), got {lease_ttl}"
+            )
         if not rpc_timeout > 0:
             raise ValueError(f"EtcdStore rpc_timeout must be > 0 s, got {rpc_timeout}")
         self._endpoints = parse_endpoints(endpoints)
@@ -167,6 +167,7 @@ class EtcdStore(Reads, Store):
         ``build`` runs per attempt, so a re-granted lease is named by the retry.
         """
         attempt = 0
+        last: Exception | None = None
         while True:
             self._check_open(op)
             left = None if deadline is None else deadline - time.monotonic()
@@ -176,15 +177,14 @@ class EtcdStore(Reads, Store):
             try:
                 return self._t.call(service, method, build(), limit)
             except Transient as exc:
-                last: Exception = exc
+                last = exc
             except LeaseGone as exc:
                 last = exc
                 self._renew_lease(deadline, start)
                 continue
             except Rejected as exc:
                 raise StoreValueError(
-                    f"{op}({', '.join(map(repr, keys))}) refused by etcd at {self._t.label}: "
-                    f"{exc}",
+                    f"{op}({', '.join(map(repr, keys))}) refused by etcd at {self._t.label}: {exc}",
                     keys=tuple(keys),
                 ) from exc
             # An endpoint that refused at once: back off a little before the next one.
@@ -304,7 +304,7 @@ class EtcdStore(Reads, Store):
             seq = str(next(self._seq)).encode()
             resp = self._txn(
                 op, [k],
-                lambda: self.rpc.TxnRequest(
+                lambda seen=seen, new=new, seq=seq: self.rpc.TxnRequest(  # type: ignore[misc]
                     compare=[self._compare(key, "MOD", mod_revision=seen)],
                     success=[self._put(key, new), self._put(marker, seq)],
                     failure=[self._range(key), self._range(marker)]),
@@ -345,8 +345,11 @@ class EtcdStore(Reads, Store):
                                     success=[self._put(stored, new)],
                                     failure=[self._range(stored)])  # fmt: skip
             # "absent or empty": create, else (nested) overwrite an empty value, else read
-            inner = r.TxnRequest(compare=[self._compare(stored, "VALUE", value=b"")],
-                                 success=[self._put(stored, new)], failure=[self._range(stored)])
+            inner = r.TxnRequest(
+                compare=[self._compare(stored, "VALUE", value=b"")],
+                success=[self._put(stored, new)],
+                failure=[self._range(stored)],
+            )
             return r.TxnRequest(compare=[self._compare(stored, "CREATE", create_revision=0)],
                                 success=[self._put(stored, new)],
                                 failure=[r.RequestOp(request_txn=inner)])  # fmt: skip
@@ -371,7 +374,8 @@ class EtcdStore(Reads, Store):
         stored = self._layout.key(k)
         deadline, start = self._op_deadline()
         resp = self._call("delete_key", [k], "DeleteRange",
-                          lambda: self.rpc.DeleteRangeRequest(key=stored), deadline, start)  # fmt: skip
+                          lambda: self.rpc.DeleteRangeRequest(key=stored),
+                          deadline, start)  # fmt: skip
         return bool(resp.deleted > 0)
 
     # ------------------------------------------------------------------ queues

@@ -21,7 +21,6 @@ from storeharness.harness.targets._etcd_server import EtcdCluster
 from storeharness.stores import (
     StoreBroken,
     StoreClosed,
-    StoreError,
     StoreTimeout,
     StoreValueError,
     rendezvous,

@@ -20,9 +20,8 @@ from typing import Any
 import pytest
 
 from storeharness.harness.targets._etcd_server import EtcdCluster, etcd_missing
-from storeharness.stores import StoreBroken, StoreError, StoreTimeout
-from storeharness.stores.etcd import EtcdStore
-from storeharness.stores.etcd import _watch
+from storeharness.stores import StoreBroken, StoreTimeout
+from storeharness.stores.etcd import EtcdStore, _watch
 
 from . import etcd_support
 
@@ -91,7 +90,7 @@ def _run_world_killing(
                 p.wait()
     assert [p.returncode for p in procs] == [0] * WORKERS, outputs
     results = [tuple(json.loads(out)) for out in outputs]
-    return killed_at, results, main  # type: ignore[return-value]
+    return killed_at, results, main
 
 
 def _check_exact(main: EtcdStore, results: list[tuple[list[float], list[str]]]) -> None:
@@ -191,8 +190,14 @@ def test_a_watch_outlives_compaction_and_re_reads_a_compacted_start(
 
     def compact() -> None:
         writer.set("tick", "x")  # a new revision to compact up to
-        head = writer._call("compact", [], "Range",
-                            lambda: writer.rpc.RangeRequest(key=b"x"), None, time.monotonic())
+        head = writer._call(
+            "compact",
+            [],
+            "Range",
+            lambda: writer.rpc.RangeRequest(key=b"x"),
+            None,
+            time.monotonic(),
+        )
         writer._call("compact", [], "Compact",
                      lambda: writer.rpc.CompactionRequest(revision=head.header.revision,
                                                           physical=True),
@@ -238,4 +243,3 @@ def test_a_watch_outlives_compaction_and_re_reads_a_compacted_start(
     assert got == [b"seen"]
     store.close()
     writer.close()
-

@@ -12,10 +12,9 @@ import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from storeharness.harness import targets
 from storeharness.stores import QueueEmpty, Store
 from storeharness.stores.conformance import ReferenceModel
-
-from storeharness.harness import targets
 
 from . import etcd_support
 from .backends import NAMES, make_backend
