@@ -93,7 +93,8 @@ def test_no_cluster_is_a_network_error_naming_the_endpoints_within_the_timeout()
             EtcdStore(f"127.0.0.1:{port}", prefix="nobody", timeout=1.0, rpc_timeout=0.3)
         spent = time.monotonic() - start
     assert isinstance(err.value, ConnectionError)
-    assert spent < 2.5, f"gave up after {spent:.2f} s, timeout 1 s"
+    # the deadline, plus at most one back-off step (0.2 s) and a loaded machine's scheduling
+    assert spent < 3.0, f"gave up after {spent:.2f} s, timeout 1 s"
 
 
 # ----------------------------------------------------------------- operations
