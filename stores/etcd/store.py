@@ -454,12 +454,9 @@ class EtcdStore(Reads, Store):
                                        repr(self))  # fmt: skip
                 if item_or_none is CLOSED:
                     raise StoreClosed("queue_pop", repr(self))
-                if is_restart(item_or_none):
-                    watch.stop()
-                    watch_rev = self._call("queue_pop", [k], "Range", lambda: oldest,
-                                           deadline, start).header.revision  # fmt: skip
-                    self._start_watch(watch, "queue_pop", [k], [(prefix, end)], watch_rev + 1,
-                                      deadline, start)  # fmt: skip
+                if is_restart(item_or_none):  # compacted or broken: look again, watch anew
+                    watch.close()
+                    watch = None
         finally:
             if watch is not None:
                 watch.close()

@@ -5,6 +5,7 @@ The contract itself runs in test_conformance.py and test_stateful.py (target ``e
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
@@ -118,6 +119,19 @@ def test_many_keys_span_several_txns_and_pages(store: EtcdStore) -> None:
     store.wait(names, 5)
 
 
+@contextlib.contextmanager
+def losing_replies(store: EtcdStore, method: str = "Txn") -> Iterator[LostReplies]:
+    """``store`` with its next ``method`` reply lost; its own transport restored afterwards."""
+    inner = store._t
+    lossy = LostReplies(inner, method)
+    store._t = lossy  # type: ignore[assignment]
+    try:
+        yield lossy
+    finally:
+        store._t = inner
+    assert lossy.lose == 0, "no reply was lost: the test did not test the retry"
+
+
 class LostReplies:
     """A transport whose first reply to ``method`` is lost after etcd applied the request."""
 
@@ -137,28 +151,25 @@ class LostReplies:
 
 def test_a_retried_add_after_a_lost_reply_applies_once(store: EtcdStore) -> None:
     store.add("n", 5)
-    lossy = LostReplies(store._t, "Txn")
-    store._t = lossy  # type: ignore[assignment]
-    assert store.add("n", 1) == 6
-    assert lossy.lose == 0, "no reply was lost: the test did not test the retry"
-    assert _peer(store).add("n", 0) == 6
+    with losing_replies(store):
+        assert store.add("n", 1) == 6
+    with _peer(store) as peer:
+        assert peer.add("n", 0) == 6
 
 
 def test_a_retried_pop_after_a_lost_reply_returns_that_item(store: EtcdStore) -> None:
     for item in ("a", "b"):
         store.queue_push("q", item)
-    lossy = LostReplies(store._t, "Txn")
-    store._t = lossy  # type: ignore[assignment]
-    assert store.queue_pop("q") == b"a"
-    assert lossy.lose == 0
+    with losing_replies(store):
+        assert store.queue_pop("q") == b"a"
     assert store.queue_pop("q") == b"b"
     assert store.queue_len("q") == 0
 
 
 def test_a_retried_append_after_a_lost_reply_appends_once(store: EtcdStore) -> None:
     store.append("s", "ab")
-    store._t = LostReplies(store._t, "Txn")  # type: ignore[assignment]
-    store.append("s", "cd")
+    with losing_replies(store):
+        store.append("s", "cd")
     assert store.get("s") == b"abcd"
 
 
@@ -264,3 +275,27 @@ def test_etcd_rendezvous(store: EtcdStore) -> None:
 def test_etcd_rendezvous_errors(url: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         next(rendezvous(url))
+
+
+def test_a_blocked_pop_whose_watch_breaks_looks_again_before_watching(
+    store: EtcdStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from storeharness.stores.etcd import _watch
+
+    popper = _peer(store)
+    popper.set_timeout(3)
+    original = _watch.Watch.next
+    broke: list[bool] = []
+
+    def break_once(self: _watch.Watch, deadline: float | None) -> Any:
+        if broke:
+            return original(self, deadline)
+        broke.append(True)
+        self.stop()  # the stream is gone: this push reaches no watch, only a fresh look
+        store.queue_push("q", "pushed while the watch was down")
+        return Transient("stream broke (test)")
+
+    monkeypatch.setattr(_watch.Watch, "next", break_once)
+    assert popper.queue_pop("q") == b"pushed while the watch was down"
+    assert broke == [True]
+    popper.close()
