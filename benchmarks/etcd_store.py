@@ -136,7 +136,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    with EtcdCluster(Path(tempfile.mkdtemp(prefix="etcd-bench-", dir=shm)), enable_v2=True) as c:
+    with (
+        tempfile.TemporaryDirectory(prefix="etcd-bench-", dir=shm) as where,
+        EtcdCluster(Path(where), enable_v2=True) as c,
+    ):
         endpoint = c.members[0].endpoint
         makers: dict[str, Callable[[str], Any]] = {"raw": Raw, "ours": _ours}
         try:
