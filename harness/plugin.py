@@ -219,6 +219,8 @@ class ScenarioItem(pytest.Item):
             pytest.skip(f"no selected store can run this scenario ({self.why})")
         settings = _settings(self.config, self)
         result = run_case(self.case, seed=settings.seed, time_scale=settings.time_scale)
+        if result.unsupported:  # a gap of the store's, reported as such (not as a crash)
+            pytest.skip(f"unsupported by store {self.case.target}: {result.unsupported}")
         if not result.passed:
             for rank, log in result.logs().items():
                 self.add_report_section("call", f"rank {rank} log", log)

@@ -20,6 +20,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from ..stores import UnsupportedOperation
 from . import report as _report
 from . import targets
 from ._keyword import compile_keyword
@@ -78,6 +79,17 @@ class CaseResult:
         if self.xfail:
             return not (self.passed and self.xfail_strict)
         return self.passed
+
+    @property
+    def unsupported(self) -> str:
+        """Why the store cannot run this case at all, or "": a failed case in which a rank hit
+        :class:`UnsupportedOperation` (torch's v2 EtcdStore has no ``compare_set``, say)."""
+        if self.passed or self.world is None:
+            return ""
+        for rank in self.world:
+            if isinstance(rank.exception, UnsupportedOperation):
+                return f"rank {rank.rank}: {rank.exception}"
+        return ""
 
     def replay(self, nodeid: str | None = None) -> str:
         """The command that runs exactly this case again, faults and seed included.

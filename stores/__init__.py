@@ -2,7 +2,7 @@
 
 ``stores`` knows nothing of the harness, pytest or multiprocess; everything public is here::
 
-    from storeharness.stores import Store, HashStore, FileStore, PrefixStore, TCPStore
+    from storeharness.stores import Store, HashStore, FileStore, PrefixStore, TCPStore, EtcdStore
     from storeharness.stores import StoreError, StoreTimeout, QueueEmpty
     from storeharness.stores import rendezvous  # torch's rendezvous(url), over our stores
 
@@ -45,6 +45,7 @@ from ._types import (
     compare_set_outcome,
     next_counter,
 )
+from .etcd import EtcdStore
 from .file import FileStore
 from .hash import HashStore
 from .prefix import PrefixStore
@@ -58,6 +59,7 @@ __all__ = [
     "DistError",
     "DistNetworkError",
     "DistStoreError",
+    "EtcdStore",
     "FileStore",
     "HashStore",
     "KeyLike",

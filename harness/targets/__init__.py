@@ -4,7 +4,8 @@ A target is named by
 
 - a built-in name (``hash``, ``file``, ``tcp``, ``tcp-pure``, ``prefix``, ``prefix-hash``,
   ``prefix-file``; torch's ``torch-tcp``, ``torch-file``, ``torch-hash``; the interop pairings
-  ``torch-client``, ``ours-on-torch``, ``ours-on-torch-legacy``);
+  ``torch-client``, ``ours-on-torch``, ``ours-on-torch-legacy``; ``etcd`` (our EtcdStore) and
+  ``torch-etcd`` (torch's v2 EtcdStore), on an etcd started on loopback);
 - a name a package registers in the ``storeharness.targets`` entry-point group (the entry point
   loads a :class:`Target`, or a store factory as below);
 - ``module.path:factory``, a user's store factory (see :mod:`.user`);
@@ -22,6 +23,7 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
 from ._base import MARK, Endpoint, Target, TargetSpec, open_checked
+from .etcd import etcd_targets
 from .local import file_target, hash_target
 from .prefix import PrefixTarget
 from .remote import RemoteTarget
@@ -60,6 +62,7 @@ def builtin() -> dict[str, Target]:
         PrefixTarget("prefix", tcp), PrefixTarget("prefix-hash", hashed),
         PrefixTarget("prefix-file", filed),
         *torch_targets(),
+        *etcd_targets(),
     ]  # fmt: skip
     return {t.spec.name: t for t in found}
 

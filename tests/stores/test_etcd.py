@@ -1,0 +1,301 @@
+"""EtcdStore beyond the shared contract: its client boundary, leases, retries, fork, closing.
+
+The contract itself runs in test_conformance.py and test_stateful.py (target ``etcd``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from storeharness.harness._parties import process_parties
+from storeharness.harness.targets._etcd_server import EtcdCluster
+from storeharness.stores import (
+    StoreBroken,
+    StoreClosed,
+    StoreTimeout,
+    StoreValueError,
+    rendezvous,
+)
+from storeharness.stores.etcd import EtcdStore, parse_endpoints
+from storeharness.stores.etcd._transport import Transient
+
+from . import etcd_support
+
+
+@pytest.fixture
+def cluster() -> EtcdCluster:
+    return etcd_support.cluster()
+
+
+@pytest.fixture
+def store(cluster: EtcdCluster) -> Iterator[EtcdStore]:
+    s = EtcdStore(cluster.endpoints, prefix=f"test/{uuid.uuid4().hex}", timeout=10)
+    yield s
+    if not s.closed:
+        s.destroy()
+
+
+def _peer(store: EtcdStore, **kw: Any) -> EtcdStore:
+    return EtcdStore(store.endpoints, prefix=store.prefix, timeout=10, **kw)
+
+
+# ----------------------------------------------------------------- the client boundary
+
+
+def test_importing_stores_loads_no_etcd_client() -> None:
+    code = "import sys, storeharness.stores; print(sorted({'pyetcd', 'grpc'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_without_the_client_the_error_names_the_extra() -> None:
+    code = (
+        "import sys; sys.modules['pyetcd'] = None\n"
+        "from storeharness.stores import EtcdStore\n"
+        "try:\n    EtcdStore('127.0.0.1:2379')\n"
+        "except Exception as e:\n    print(type(e).__name__, e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("StoreError"), out.stdout + out.stderr
+    assert "pip install 'storeharness[etcd]'" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [("nohost", "'nohost' is not host:port"), ("h:99999", "out of range"), ("", "at least one")],
+)
+def test_bad_endpoints_are_named(given: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_endpoints(given)
+
+
+def test_endpoints_in_every_spelling() -> None:
+    want = [("127.0.0.1", 1), ("::1", 2)]
+    assert parse_endpoints("127.0.0.1:1,[::1]:2") == want
+    assert parse_endpoints(["http://127.0.0.1:1", ("::1", 2)]) == want
+
+
+def test_no_cluster_is_a_network_error_naming_the_endpoints_within_the_timeout() -> None:
+    with socket.socket() as holder:  # bound, never listening: connections are refused
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+        start = time.monotonic()
+        with pytest.raises(StoreBroken, match=rf"127\.0\.0\.1:{port}.*quorum") as err:
+            EtcdStore(f"127.0.0.1:{port}", prefix="nobody", timeout=1.0, rpc_timeout=0.3)
+        spent = time.monotonic() - start
+    assert isinstance(err.value, ConnectionError)
+    # the deadline, plus at most one back-off step (0.2 s) and a loaded machine's scheduling
+    assert spent < 3.0, f"gave up after {spent:.2f} s, timeout 1 s"
+
+
+# ----------------------------------------------------------------- operations
+
+
+def test_a_value_etcd_refuses_is_a_value_error_and_the_store_goes_on(store: EtcdStore) -> None:
+    with pytest.raises(StoreValueError, match="too large"):
+        store.set("big", b"x" * 2_000_000)
+    store.set("small", "ok")
+    assert store.get("small") == b"ok"
+
+
+def test_many_keys_span_several_txns_and_pages(store: EtcdStore) -> None:
+    names = [f"k{i}" for i in range(1100)]
+    store.multi_set([*names, "k0"], [*names, "last"])  # a repeated key: the last value wins
+    assert store.num_keys() == 1100
+    assert sorted(store.list_keys()) == sorted(names)
+    got = store.multi_get(names)
+    assert got[0] == b"last" and got[1:] == [n.encode() for n in names[1:]]
+    assert store.check(names)
+    store.wait(names, 5)
+
+
+@contextlib.contextmanager
+def losing_replies(store: EtcdStore, method: str = "Txn") -> Iterator[LostReplies]:
+    """``store`` with its next ``method`` reply lost; its own transport restored afterwards."""
+    inner = store._t
+    lossy = LostReplies(inner, method)
+    store._t = lossy  # type: ignore[assignment]
+    try:
+        yield lossy
+    finally:
+        store._t = inner
+    assert lossy.lose == 0, "no reply was lost: the test did not test the retry"
+
+
+class LostReplies:
+    """A transport whose first reply to ``method`` is lost after etcd applied the request."""
+
+    def __init__(self, inner: Any, method: str, lose: int = 1) -> None:
+        self._inner, self._method, self.lose = inner, method, lose
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def call(self, service: str, method: str, request: Any, time_limit: float) -> Any:
+        reply = self._inner.call(service, method, request, time_limit)
+        if method == self._method and self.lose > 0:
+            self.lose -= 1
+            raise Transient("reply lost (test)")
+        return reply
+
+
+def test_a_retried_add_after_a_lost_reply_applies_once(store: EtcdStore) -> None:
+    store.add("n", 5)
+    with losing_replies(store):
+        assert store.add("n", 1) == 6
+    with _peer(store) as peer:
+        assert peer.add("n", 0) == 6
+
+
+def test_a_retried_pop_after_a_lost_reply_returns_that_item(store: EtcdStore) -> None:
+    for item in ("a", "b"):
+        store.queue_push("q", item)
+    with losing_replies(store):
+        assert store.queue_pop("q") == b"a"
+    assert store.queue_pop("q") == b"b"
+    assert store.queue_len("q") == 0
+
+
+def test_a_retried_append_after_a_lost_reply_appends_once(store: EtcdStore) -> None:
+    store.append("s", "ab")
+    with losing_replies(store):
+        store.append("s", "cd")
+    assert store.get("s") == b"abcd"
+
+
+# ----------------------------------------------------------------- leases
+
+
+def test_run_keys_live_while_a_participant_does_and_vanish_after(cluster: EtcdCluster) -> None:
+    import pyetcd
+
+    prefix = f"test/{uuid.uuid4().hex}"
+    first = EtcdStore(cluster.endpoints, prefix=prefix, timeout=10, lease_ttl=1)
+    first.set("k", "v")
+    second = EtcdStore(cluster.endpoints, prefix=prefix, timeout=10, lease_ttl=1)
+    first.close()
+    host, port = cluster.members[0].endpoint.split(":")
+    raw = pyetcd.client(host=host, port=int(port))
+    try:
+        key = f"{prefix}/k/k".encode()
+        # The lease's TTL is 1 s: 2.5 s without a DELETE shows the survivor's keep-alive works.
+        deleted = raw.watch_once(key, timeout=2.5, filters=[raw_filter("NOPUT")])
+    except Exception as exc:  # pyetcd raises WatchTimedOut when nothing came
+        assert type(exc).__name__ == "WatchTimedOut", exc
+    else:
+        pytest.fail(f"the key was deleted while a participant lived: {deleted}")
+    try:
+        assert second.get("k") == b"v"
+        second.close()
+        event = raw.watch_once(key, timeout=10, filters=[raw_filter("NOPUT")])
+        assert type(event).__name__ == "DeleteEvent"
+        assert raw.get(key)[0] is None
+    finally:
+        raw.close()
+
+
+def raw_filter(name: str) -> Any:
+    from pyetcd import etcdrpc
+
+    return getattr(etcdrpc.WatchCreateRequest, name)
+
+
+# ----------------------------------------------------------------- blocking, closing, fork
+
+
+def test_closing_wakes_a_blocked_wait_with_store_closed(store: EtcdStore) -> None:
+    waiter = _peer(store)
+    errors: list[BaseException] = []
+
+    def block() -> None:
+        try:
+            waiter.wait(["never"], 30)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=block)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not waiter._sleepers and time.monotonic() < deadline:  # blocked in its watch
+        time.sleep(0.005)
+    assert waiter._sleepers, "the wait never blocked"
+    waiter.close()
+    thread.join(5)
+    assert not thread.is_alive()
+    assert [type(e) for e in errors] == [StoreClosed]
+
+
+def test_a_wait_times_out_naming_the_missing_key(store: EtcdStore) -> None:
+    store.set("there", "1")
+    with pytest.raises(StoreTimeout, match=r"\['absent'\]"):
+        store.wait(["there", "absent"], 0.2)
+
+
+def _child_uses_inherited(opener: Any, rank: int, store: EtcdStore) -> bytes:
+    store.set(f"from-{rank}", "x")
+    return store.get("parent")
+
+
+def test_a_handle_inherited_through_fork_opens_its_own_channel(store: EtcdStore) -> None:
+    store.set("parent", "p")
+    assert process_parties(_child_uses_inherited, 2, (None, store)) == [b"p", b"p"]
+    assert store.multi_get(["from-0", "from-1"]) == [b"x", b"x"]
+
+
+def test_etcd_rendezvous(store: EtcdStore) -> None:
+    url = f"etcd://{store.endpoints}/{store.prefix}?rank=1&world_size=2"
+    got, rank, size = next(rendezvous(url, timeout=5))
+    try:
+        assert (rank, size) == (1, 2)
+        got.set("via-url", "1")
+        assert store.get("via-url") == b"1"
+    finally:
+        got.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("etcd:///p?rank=0&world_size=1", "endpoints missing"),
+        ("etcd://127.0.0.1:2379?rank=0&world_size=1", "prefix missing"),
+        ("etcd://127.0.0.1:2379/p?world_size=1", "rank parameter missing"),
+        ("etcd://nohostport/p?rank=0&world_size=1", "not host:port"),
+    ],
+)
+def test_etcd_rendezvous_errors(url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        next(rendezvous(url))
+
+
+def test_a_blocked_pop_whose_watch_breaks_looks_again_before_watching(
+    store: EtcdStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from storeharness.stores.etcd import _watch
+
+    popper = _peer(store)
+    popper.set_timeout(3)
+    original = _watch.Watch.next
+    broke: list[bool] = []
+
+    def break_once(self: _watch.Watch, deadline: float | None) -> Any:
+        if broke:
+            return original(self, deadline)
+        broke.append(True)
+        self.stop()  # the stream is gone: this push reaches no watch, only a fresh look
+        store.queue_push("q", "pushed while the watch was down")
+        return Transient("stream broke (test)")
+
+    monkeypatch.setattr(_watch.Watch, "next", break_once)
+    assert popper.queue_pop("q") == b"pushed while the watch was down"
+    assert broke == [True]
+    popper.close()
