@@ -274,3 +274,25 @@ def test_a_stuck_thread_rank_on_tcp_is_woken_at_its_time_limit(store: str, tmp_p
     for rank in result:
         assert "still blocked" not in rank.error, rank.error  # the thread did not leak
     assert result.elapsed < 3.0, result.elapsed  # not the 6 s a leaked thread cost
+
+
+def user_hash_store(workdir: Path) -> HashStore:
+    """A user's store factory (``--store tests.harness.test_trust:user_hash_store``)."""
+    return HashStore()
+
+
+def _hits_a_gap(ctx: RankContext) -> None:
+    from storeharness.stores import UnsupportedOperation
+
+    raise UnsupportedOperation("SomeStore", "compare_set")
+
+
+def test_a_gap_is_unsupported_only_in_a_store_not_ours() -> None:
+    # A store of torch's or a user's may lack an operation (the case is reported as a skip
+    # naming it); ours claim the whole contract, so the same gap there is a plain failure.
+    gap = scenario(world_size=2, workers="thread", name="gap")(_hits_a_gap)
+    ours = run_case(_case(gap, "hash"))  # type: ignore[arg-type]
+    assert not ours.passed and ours.unsupported == ""
+    theirs = run_case(_case(gap, "tests.harness.test_trust:user_hash_store"))  # type: ignore[arg-type]
+    assert not theirs.passed
+    assert theirs.unsupported == "rank 0: SomeStore does not support compare_set()"
