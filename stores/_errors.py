@@ -18,6 +18,7 @@ __all__ = [
     "QueueEmpty",
     "StoreBroken",
     "StoreClosed",
+    "StoreCorrupt",
     "StoreError",
     "StoreTimeout",
     "StoreValueError",
@@ -147,3 +148,21 @@ class UnsupportedOperation(StoreError, NotImplementedError):
         if reason:
             message += f": {reason}"
         super().__init__(message, store=store, method=method, reason=reason)
+
+
+class StoreCorrupt(StoreError):
+    """A store's persistent data is damaged (FileStore: a record that is neither whole nor a torn
+    tail).  Attributes: ``path``, ``offset`` (byte offset of the bad record), ``reason``."""
+
+    path: str
+    offset: int
+    reason: str
+
+    def __init__(self, path: str, offset: int, reason: str) -> None:
+        super().__init__(
+            f"FileStore: {path!r} is corrupt at byte {offset}: {reason}; nothing was repaired or "
+            "truncated (keep the file for inspection and start the store on a new path)",
+            path=path,
+            offset=offset,
+            reason=reason,
+        )
