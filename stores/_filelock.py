@@ -126,7 +126,8 @@ def _describe(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             argv = f.read().split(b"\0")
-        command = " ".join(a.decode(errors="replace") for a in argv if a)[:120] or "?"
+        command = " ".join(" ".join(a.decode(errors="replace").split()) for a in argv if a)
+        command = (command[:100] + "...") if len(command) > 100 else command or "?"
     except OSError:
         return f"pid {pid} (no longer visible)"
     state = ""
