@@ -36,7 +36,7 @@ from __future__ import annotations
 import re
 import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from ._errors import StoreError
@@ -83,24 +83,29 @@ class Damage(Exception):
         self.reason = reason
 
 
-def _key_bytes(key: str, value: bytes) -> bytes:
-    kb = key.encode("utf-8", "surrogateescape")
-    if len(kb) > _U32_MAX or len(value) > _U32_MAX:
-        raise StoreError(
-            f"FileStore: key or value of {max(len(kb), len(value))} bytes exceeds the "
-            "4 GiB limit of one entry"
-        )
-    return kb
+def _too_long(kb: bytes, value: bytes) -> None:
+    raise StoreError(
+        f"FileStore: key or value of {max(len(kb), len(value))} bytes exceeds the 4 GiB limit "
+        "of one entry"
+    )
 
 
-def encode(records: Iterable[Record]) -> bytes:
+def encode(records: Sequence[Record]) -> bytes:
     """One version-2 record holding every ``(op, key, value)`` of one operation."""
-    body = bytearray()
-    for op, key, value in records:
-        kb = _key_bytes(key, value)
-        body += _ENTRY.pack(op, len(kb), len(value))
-        body += kb
-        body += value
+    if len(records) == 1:
+        op, key, value = records[0]
+        kb = key.encode("utf-8", "surrogateescape")
+        if len(kb) > _U32_MAX or len(value) > _U32_MAX:
+            _too_long(kb, value)
+        body = _ENTRY.pack(op, len(kb), len(value)) + kb + value
+    else:
+        parts: list[bytes] = []
+        for op, key, value in records:
+            kb = key.encode("utf-8", "surrogateescape")
+            if len(kb) > _U32_MAX or len(value) > _U32_MAX:
+                _too_long(kb, value)
+            parts += (_ENTRY.pack(op, len(kb), len(value)), kb, value)
+        body = b"".join(parts)
     head = _HEAD.pack(len(body), zlib.crc32(body))
     return b"".join((head, _U32.pack(zlib.crc32(head)), body))
 
@@ -109,7 +114,9 @@ def encode_v1(records: Iterable[Record]) -> bytes:
     """Version-1 records, one per entry (for appending to a file that is version 1)."""
     out = bytearray()
     for op, key, value in records:
-        kb = _key_bytes(key, value)
+        kb = key.encode("utf-8", "surrogateescape")
+        if len(kb) > _U32_MAX or len(value) > _U32_MAX:
+            _too_long(kb, value)
         body = _ENTRY.pack(op, len(kb), len(value)) + kb + value
         out += _U32.pack(zlib.crc32(body))
         out += body
@@ -156,7 +163,7 @@ class Framing(Protocol):
         """Check and decode the whole record ``view[pos:end]``; raises ``Damage``."""
         ...
 
-    def encode(self, records: Iterable[Record]) -> bytes: ...
+    def encode(self, records: Sequence[Record]) -> bytes: ...
 
 
 class _V2:

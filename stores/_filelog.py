@@ -25,6 +25,7 @@ Each handle keeps the offset of the first byte it has not applied and reads only
 
 from __future__ import annotations
 
+import fcntl
 import os
 import threading
 import time
@@ -268,7 +269,11 @@ class Log:
         written as one record in one ``write`` and applied locally.  Call with ``mutex`` held.
         Raises ``_filelock.LockBusy`` if the lock is not had by ``deadline``.
         """
-        self.lock(True, deadline)
+        fd = self.fd
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            acquire(fd, True, deadline, self.path)
         try:
             self.sync(EXCLUSIVE)
             records, result = decide()
@@ -279,10 +284,11 @@ class Log:
                 else:
                     blob = self.framing.encode(records)
                 self._append(blob)
-                self._apply_all(records)
+                for op, key, value in records:
+                    self._apply(op, key, value)
             return result
         finally:
-            self.unlock()
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
     def _append(self, blob: bytes) -> None:
         fd = self.fd

@@ -238,38 +238,38 @@ class FileStore(Store):
     def _transact(
         self,
         op: str,
-        keys: list[str],
+        keys: list[str] | list[Record],
         decide: Callable[[], tuple[list[Record], _T]],
         start: float | None = None,
     ) -> _T:
-        """``Log.transact`` within the store's timeout (counted from ``start``, default now)."""
+        """``Log.transact`` within the store's timeout (counted from ``start``, default now).
+
+        ``keys`` (names, or the records to write) only serve the ``StoreTimeout``'s message.
+        """
         log = self._log_for(op)
-        mutex = log.mutex
-        if mutex.acquire(False):  # the common case, without reading the clock
-            deadline = None
-            if self._timeout != 0:
-                if start is None:
-                    start = time.monotonic()
-                deadline = start + self._timeout
-            try:
-                return log.transact(decide, deadline)
-            except LockBusy as busy:
-                raise self._lock_timeout(op, keys, start, busy) from None
-            finally:
-                mutex.release()
         if start is None:
             start = time.monotonic()
-        with _timeouts(op, keys, start, self._timeout, repr(self)), _holding(mutex, start, log):
-            return log.transact(decide, _deadline(start, self._timeout))
+        deadline = _deadline(start, self._timeout)
+        try:
+            if log.mutex.acquire(False):  # the common case
+                try:
+                    return log.transact(decide, deadline)
+                finally:
+                    log.mutex.release()
+            with _holding(log.mutex, start, log):
+                return log.transact(decide, deadline)
+        except LockBusy as busy:
+            raise self._lock_timeout(op, keys, start, busy) from None
 
     def _lock_timeout(
-        self, op: str, keys: list[str], start: float | None, busy: LockBusy
+        self, op: str, keys: list[str] | list[Record], start: float, busy: LockBusy
     ) -> StoreTimeout:
-        elapsed = 0.0 if start is None else time.monotonic() - start
-        return StoreTimeout(op, keys, elapsed, self._timeout, repr(self), busy.detail)
+        names = [k if isinstance(k, str) else k[1] for k in keys]
+        elapsed = time.monotonic() - start
+        return StoreTimeout(op, names, elapsed, self._timeout, repr(self), busy.detail)
 
     def _write(self, op: str, records: list[Record]) -> None:
-        self._transact(op, [k for _, k, _ in records], lambda: (records, None))
+        self._transact(op, records, lambda: (records, None))
 
     def _read(self, op: str, read: Callable[[Log], _T]) -> _T:
         log = self._log_for(op)
