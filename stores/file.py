@@ -299,9 +299,12 @@ class FileStore(Store):
                 log.observers.append(observe)
         try:
             while True:
-                with _timeouts(op, missing(log), start, limit, repr(self)), log.mutex:
+                with log.mutex:
                     self._check_open(op)
-                    log.sync()
+                    try:
+                        log.sync()
+                    except LockBusy as busy:  # damage seen lock-free, and a stopped writer
+                        raise self._lock_timeout(op, missing(log), start, busy) from None
                     result = read(log)
                     if result is not None:
                         return result
