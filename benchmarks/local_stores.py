@@ -7,15 +7,18 @@ Rounds alternate ours and torch's so that drift on a noisy machine hits both ali
 is the median over rounds of the mean µs/op within a round.  Ratios are ours / torch (lower is
 better).  Without torch installed, only our figures are printed.  Targets (issue 2): FileStore
 set/get within 2x of torch's, HashStore within 5x.  ``multi_set`` sets 10 keys per call (µs per
-call).  ``--baseline CHECKOUT`` also measures the stores of another checkout of this repository
-(e.g. ``main``'s) in the same rounds and prints ours / baseline.
+call).  ``file add, 4 procs`` is the wall time (ms) of 4 processes doing 500 ``add``s each on
+one file: contention for the file lock.  ``--baseline CHECKOUT`` also measures the FileStore of
+another checkout of this repository (e.g. ``main``'s) in the same rounds: ours / baseline.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -86,6 +89,31 @@ def measure(store: Any, n: int) -> dict[str, float]:
     return out
 
 
+def contended_adds(make: Callable[[], Any], procs: int = 4, n: int = 500) -> float:
+    """Wall ms for ``procs`` forked processes to do ``n`` adds each on one store."""
+    go_r, go_w = os.pipe()
+    pids = []
+    for _ in range(procs):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                store = make()
+                os.read(go_r, 1)
+                for _ in range(n):
+                    store.add("counter", 1)
+            finally:
+                os._exit(0)
+        pids.append(pid)
+    start = time.perf_counter()
+    os.write(go_w, b"x" * procs)
+    for pid in pids:
+        os.waitpid(pid, 0)
+    elapsed = (time.perf_counter() - start) * 1e3
+    os.close(go_r)
+    os.close(go_w)
+    return elapsed
+
+
 def load_baseline(checkout: str) -> Any:
     """Import ``checkout``'s ``stores`` package under another name, beside ours."""
     root = Path(checkout) / "stores"
@@ -126,13 +154,22 @@ def run(n: int, rounds: int, tmp: str, baseline: Any = None) -> dict[str, Any]:
                 for op, us in measure(store, n).items():
                     table[kind][impl][op].append(us)
                 del store
+    contended: dict[str, list[float]] = {impl: [] for impl in factories(tmp, baseline)["file"]}
+    for r in range(rounds):
+        for impl, make in factories(tmp, baseline)["file"].items():
+            contended[impl].append(contended_adds(functools.partial(make, 1000 + r)))
     medians = {
         kind: {
             impl: {op: statistics.median(v) for op, v in ops.items()} for impl, ops in impls.items()
         }
         for kind, impls in table.items()
     }
-    return {"ops_per_round": n, "rounds": rounds, "median_us_per_op": medians}
+    return {
+        "ops_per_round": n,
+        "rounds": rounds,
+        "median_us_per_op": medians,
+        "file_add_4_procs_ms": {impl: statistics.median(v) for impl, v in contended.items()},
+    }
 
 
 def report(result: dict[str, Any]) -> str:
@@ -155,6 +192,15 @@ def report(result: dict[str, Any]) -> str:
             lines.append(
                 f"{kind:<6} {op:<9} {ours:>9.2f} {shown:>9} {ratio:>7} {target:>7} {based}".rstrip()
             )
+    wall = result["file_add_4_procs_ms"]
+    ours = wall["ours"]
+    torch_ms = wall.get("torch")
+    base = wall.get("baseline")
+    lines.append(
+        f"file add, 4 procs (ms): ours {ours:.1f}"
+        + ("" if torch_ms is None else f", torch {torch_ms:.1f} ({ours / torch_ms:.2f}x)")
+        + ("" if base is None else f", baseline {base:.1f} ({ours / base:.2f}x)")
+    )
     return "\n".join(lines)
 
 

@@ -8,6 +8,7 @@ record's byte offset, from readers and writers alike, and the file is never trun
 from __future__ import annotations
 
 import os
+import pickle
 import resource
 import signal
 import struct
@@ -18,7 +19,7 @@ from pathlib import Path
 import multiprocess
 import pytest
 
-from storeharness.stores import FileStore, StoreCorrupt
+from storeharness.stores import FileStore, StoreCorrupt, StoreError
 from storeharness.stores._fileformat import MAGIC_V1, OP_META, encode_v1
 from storeharness.stores._filelog import OP_DELETE, OP_QPOP, OP_QPUSH, OP_SET, encode
 
@@ -255,3 +256,11 @@ def test_a_reader_racing_a_tail_repair_confirms_under_the_lock_and_goes_on(
     monkeypatch.setattr(os, "pread", racing_pread)
     assert reader.get("k") == b"fresh"
     assert served == [at], "the race was not staged"
+
+
+def test_store_corrupt_is_a_store_error_and_pickles_whole() -> None:
+    err = StoreCorrupt("/x/fs", 123, "record checksum mismatch")
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is StoreCorrupt and isinstance(back, StoreError)
+    assert (back.path, back.offset, back.reason) == ("/x/fs", 123, "record checksum mismatch")
+    assert str(back) == str(err) and "corrupt at byte 123: record checksum mismatch" in str(err)
