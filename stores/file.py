@@ -1,4 +1,7 @@
-"""FileStore: one file shared by many processes (see ``_filelog`` for the format and why it holds).
+"""FileStore: one file shared by many processes.
+
+``_fileformat`` holds the on-disk format, ``_filelog`` why it is crash-consistent, ``_filelock``
+how the file lock is taken within the timeout.
 
 Blocked calls sleep on inotify and wake when the file changes; where inotify is unavailable they
 fall back to a bounded backoff (1 ms doubling to 50 ms).  ``world_size`` participants are
