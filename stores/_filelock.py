@@ -31,9 +31,10 @@ _MAX_DELAY = 5e-3
 class LockBusy(Exception):
     """The lock was not acquired by the deadline; ``detail`` says who holds it, if known."""
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, waited: float) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.waited = waited  # seconds spent waiting for this lock
 
 
 def acquire(fd: int, exclusive: bool, deadline: float | None, path: str) -> None:
@@ -48,10 +49,12 @@ def acquire(fd: int, exclusive: bool, deadline: float | None, path: str) -> None
             fcntl.flock(fd, kind)
             return
     delay = _FIRST_DELAY
+    start = time.monotonic()
     while True:
-        left = deadline - time.monotonic()
+        now = time.monotonic()
+        left = deadline - now
         if left <= 0:
-            raise LockBusy(holder(fd, path))
+            raise LockBusy(holder(fd, path), now - start)
         time.sleep(min(delay, left))
         delay = min(delay * 2, _MAX_DELAY)
         try:

@@ -141,7 +141,8 @@ def _holding(mutex: Any, start: float, log: Log) -> Iterator[None]:
     if not mutex.acquire(timeout=wait):
         raise LockBusy(
             f"another thread of this process kept the handle on {log.path!r} busy (waiting "
-            "for the file lock, probably)"
+            "for the file lock, probably)",
+            time.monotonic() - start,
         )
     try:
         yield
@@ -276,12 +277,11 @@ class FileStore(Store):
 
     def _read(self, op: str, read: Callable[[Log], _T]) -> _T:
         log = self._log_for(op)
-        start = time.monotonic()
         with log.mutex:
             try:
                 log.sync()
-            except LockBusy as busy:
-                raise self._lock_timeout(op, [], start, busy) from None
+            except LockBusy as busy:  # damage seen lock-free; a stopped writer kept it unconfirmed
+                raise self._lock_timeout(op, [], time.monotonic() - busy.waited, busy) from None
             return read(log)
 
     def _blocking(
@@ -382,12 +382,11 @@ class FileStore(Store):
     def get(self, key: KeyLike) -> bytes:
         k = key if type(key) is str else as_key(key)
         log = self._log_for("get")
-        start = time.monotonic()
         with log.mutex:
             try:
                 log.sync()
             except LockBusy as busy:  # damage seen lock-free; a stopped writer kept it unconfirmed
-                raise self._lock_timeout("get", [k], start, busy) from None
+                raise self._lock_timeout("get", [k], time.monotonic() - busy.waited, busy) from None
             value = log.data.get(k)
         if value is not None:
             return value
