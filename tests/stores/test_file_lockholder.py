@@ -14,6 +14,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -186,3 +187,31 @@ def _write_after(path: str, rank: int) -> int:
     store.set(f"r{rank}", "v")
     store.close()
     return rank
+
+
+@pytest.mark.timeout(60)
+def test_threads_sharing_a_handle_each_time_out_by_their_own_deadline(world: World) -> None:
+    """The second thread first waits for the handle's mutex, held by the first one's lock wait:
+    its deadline counts from its call, so it ends by T too (not T for the mutex, then T again
+    for the file lock)."""
+    outcomes: list[tuple[float, BaseException | None]] = []
+
+    def write(key: str) -> None:
+        start = time.monotonic()
+        try:
+            world.early.set(key, "v")
+        except BaseException as exc:
+            outcomes.append((time.monotonic() - start, exc))
+        else:
+            outcomes.append((time.monotonic() - start, None))
+
+    threads = [threading.Thread(target=write, args=(f"t{i}",)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(outcomes) == 2
+    for elapsed, exc in outcomes:
+        assert isinstance(exc, StoreTimeout), exc
+        assert T <= elapsed < 2 * T - 0.1, f"{elapsed:.3f} s: waited out two timeouts?"
+    assert any(f"pid {world.holder.pid}" in str(exc) for _, exc in outcomes)
