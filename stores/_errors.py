@@ -14,7 +14,8 @@ corresponding error (checked against torch 2.13 in ``tests/stores/test_torch_err
   cannot listen): ``DistNetworkError``s, as torch's client and server failures are;
 * ``StoreValueError`` a ``ValueError`` (torch's ``stoll`` errors are), ``UnsupportedOperation``
   a ``NotImplementedError`` (torch's unimplemented store methods raise one), ``StoreClosed``
-  only a ``StoreError`` (torch has no ``close``).
+  only a ``StoreError`` (torch has no ``close``);
+* ``StoreCorrupt`` (a FileStore log is damaged): a ``DistStoreError``, the store failed.
 
 ``StoreError`` is not a ``DistStoreError``: torch code that catches ``DistStoreError`` (a
 timeout, say) must not swallow a network failure, which torch never raises as one.
@@ -245,7 +246,7 @@ class UnsupportedOperation(StoreError, NotImplementedError):
         super().__init__(message, store=store, method=method, reason=reason)
 
 
-class StoreCorrupt(StoreError):
+class StoreCorrupt(StoreError, DistStoreError):
     """A store's persistent data is damaged (FileStore: a record that is neither whole nor a torn
     tail).  Attributes: ``path``, ``offset`` (byte offset of the bad record), ``reason``."""
 
