@@ -14,7 +14,8 @@ corresponding error (checked against torch 2.13 in ``tests/stores/test_torch_err
   cannot listen): ``DistNetworkError``s, as torch's client and server failures are;
 * ``StoreValueError`` a ``ValueError`` (torch's ``stoll`` errors are), ``UnsupportedOperation``
   a ``NotImplementedError`` (torch's unimplemented store methods raise one), ``StoreClosed``
-  only a ``StoreError`` (torch has no ``close``).
+  only a ``StoreError`` (torch has no ``close``);
+* ``StoreCorrupt`` (a FileStore log is damaged): a ``DistStoreError``, the store failed.
 
 ``StoreError`` is not a ``DistStoreError``: torch code that catches ``DistStoreError`` (a
 timeout, say) must not swallow a network failure, which torch never raises as one.
@@ -38,6 +39,7 @@ __all__ = [
     "StoreBindError",
     "StoreBroken",
     "StoreClosed",
+    "StoreCorrupt",
     "StoreError",
     "StoreTimeout",
     "StoreValueError",
@@ -242,3 +244,21 @@ class UnsupportedOperation(StoreError, NotImplementedError):
         if reason:
             message += f": {reason}"
         super().__init__(message, store=store, method=method, reason=reason)
+
+
+class StoreCorrupt(StoreError, DistStoreError):
+    """A store's persistent data is damaged (FileStore: a record that is neither whole nor a torn
+    tail).  Attributes: ``path``, ``offset`` (byte offset of the bad record), ``reason``."""
+
+    path: str
+    offset: int
+    reason: str
+
+    def __init__(self, path: str, offset: int, reason: str) -> None:
+        super().__init__(
+            f"FileStore: {path!r} is corrupt at byte {offset}: {reason}; nothing was repaired or "
+            "truncated (keep the file for inspection and start the store on a new path)",
+            path=path,
+            offset=offset,
+            reason=reason,
+        )

@@ -1,4 +1,7 @@
-"""FileStore: one file shared by many processes (see ``_filelog`` for the format and why it holds).
+"""FileStore: one file shared by many processes.
+
+``_fileformat`` holds the on-disk format, ``_filelog`` why it is crash-consistent, ``_filelock``
+how the file lock is taken within the timeout.
 
 Blocked calls sleep on inotify and wake when the file changes; where inotify is unavailable they
 fall back to a bounded backoff (1 ms doubling to 50 ms).  ``world_size`` participants are
@@ -7,17 +10,18 @@ reference-counted and the last one to close removes the file, as in torch.
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import functools
 import os
 import select
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from ._base import Capability, Store
 from ._errors import QueueEmpty, StoreError, StoreTimeout
+from ._filelock import LockBusy
 from ._filelog import (
     OP_APPEND,
     OP_DELETE,
@@ -92,12 +96,17 @@ class _Watch:
             self._inotify = None
 
 
-def _release(log: Log, world_size: int, owner_pid: int) -> None:
+def _deadline(start: float, limit: float) -> float | None:
+    return None if limit == 0 else start + limit
+
+
+def _release(log: Log, world_size: int, owner_pid: int, name: str) -> None:
     """Leave the store: drop our reference; the last participant removes the file."""
     try:
         if os.getpid() != owner_pid or log.fd < 0:
             return  # a handle inherited across fork never joined, so it has nothing to drop
-        with log.mutex:
+        start = time.monotonic()
+        with _timeouts("close", [], start, log.timeout, name), _holding(log.mutex, start, log):
 
             def leave() -> tuple[list[Record], bool]:
                 cleanup = log.meta.get("cleanup", 0) + 1
@@ -111,9 +120,34 @@ def _release(log: Log, world_size: int, owner_pid: int) -> None:
                     os.unlink(log.path)  # under the lock: joiners re-check the link count
                 return ([] if last else records), last
 
-            log.transact(leave)
+            log.transact(leave, _deadline(start, log.timeout))
     finally:
         log.close()
+
+
+@contextlib.contextmanager
+def _timeouts(op: str, keys: list[str], start: float, limit: float, name: str) -> Iterator[None]:
+    """Turn a lock not had in time into the ``StoreTimeout`` of ``op``, naming its holder."""
+    try:
+        yield
+    except LockBusy as busy:
+        raise StoreTimeout(op, keys, time.monotonic() - start, limit, name, busy.detail) from None
+
+
+@contextlib.contextmanager
+def _holding(mutex: Any, start: float, log: Log) -> Iterator[None]:
+    """Hold the handle's thread mutex, waiting no longer than the handle's timeout."""
+    wait = -1.0 if log.timeout == 0 else max(0.0, start + log.timeout - time.monotonic())
+    if not mutex.acquire(timeout=wait):
+        raise LockBusy(
+            f"another thread of this process kept the handle on {log.path!r} busy (waiting "
+            "for the file lock, probably)",
+            time.monotonic() - start,
+        )
+    try:
+        yield
+    finally:
+        mutex.release()
 
 
 class FileStore(Store):
@@ -152,24 +186,34 @@ class FileStore(Store):
             )
         self._path = os.fspath(file_name)
         self._world_size = world_size
-        self._log = log = self._join(self._path)
-        self._finalizer = weakref.finalize(self, _release, log, world_size, os.getpid())
+        self._log = log = self._join()
+        self._finalizer = weakref.finalize(self, _release, log, world_size, os.getpid(), repr(self))
 
-    @staticmethod
-    def _join(path: str) -> Log:
-        """Open the log and count ourselves in, on a file that is still linked at ``path``."""
+    def _join(self) -> Log:
+        """Open the log and count ourselves in, on a file that is still linked at ``path``.
+
+        Waits for the file lock no longer than the timeout (``StoreTimeout`` names the holder).
+        """
+        start = time.monotonic()
+        deadline = _deadline(start, self._timeout)
         while True:
-            log = Log(path)
-            fcntl.flock(log.fd, fcntl.LOCK_EX)
+            log = Log(self._path, self._timeout)
             try:
-                linked = os.fstat(log.fd).st_nlink > 0
-            finally:
-                fcntl.flock(log.fd, fcntl.LOCK_UN)
+                with _timeouts("FileStore", [], start, self._timeout, repr(self)):
+                    log.lock(True, deadline)
+                    try:
+                        linked = os.fstat(log.fd).st_nlink > 0
+                    finally:
+                        log.unlock()
+                    if linked:
+                        with log.mutex:
+                            log.transact(functools.partial(_count_in, log), deadline)
+            except BaseException:
+                log.close()
+                raise
             if not linked:  # the last participant removed it as we opened it: start anew
                 log.close()
                 continue
-            with log.mutex:
-                log.transact(functools.partial(_count_in, log))
             _LIVE_LOGS.add(log)
             return log
 
@@ -181,6 +225,10 @@ class FileStore(Store):
     def world_size(self) -> int:
         return self._world_size
 
+    def set_timeout(self, timeout: TimeoutLike) -> None:
+        super().set_timeout(timeout)
+        self._log.timeout = self._timeout
+
     def __repr__(self) -> str:
         state = ", closed" if self._closed else ""
         return f"FileStore({self._path!r}, world_size={self._world_size}{state})"
@@ -191,15 +239,49 @@ class FileStore(Store):
         self._check_open(op)
         return self._log
 
-    def _write(self, op: str, records: list[Record]) -> None:
+    def _transact(
+        self,
+        op: str,
+        keys: list[str] | list[Record],
+        decide: Callable[[], tuple[list[Record], _T]],
+        start: float | None = None,
+    ) -> _T:
+        """``Log.transact`` within the store's timeout (counted from ``start``, default now).
+
+        ``keys`` (names, or the records to write) only serve the ``StoreTimeout``'s message.
+        """
         log = self._log_for(op)
-        with log.mutex:
-            log.transact(lambda: (records, None))
+        if start is None:
+            start = time.monotonic()
+        deadline = _deadline(start, self._timeout)
+        try:
+            if log.mutex.acquire(False):  # the common case
+                try:
+                    return log.transact(decide, deadline)
+                finally:
+                    log.mutex.release()
+            with _holding(log.mutex, start, log):
+                return log.transact(decide, deadline)
+        except LockBusy as busy:
+            raise self._lock_timeout(op, keys, start, busy) from None
+
+    def _lock_timeout(
+        self, op: str, keys: list[str] | list[Record], start: float, busy: LockBusy
+    ) -> StoreTimeout:
+        names = [k if isinstance(k, str) else k[1] for k in keys]
+        elapsed = time.monotonic() - start
+        return StoreTimeout(op, names, elapsed, self._timeout, repr(self), busy.detail)
+
+    def _write(self, op: str, records: list[Record]) -> None:
+        self._transact(op, records, lambda: (records, None))
 
     def _read(self, op: str, read: Callable[[Log], _T]) -> _T:
         log = self._log_for(op)
         with log.mutex:
-            log.sync()
+            try:
+                log.sync()
+            except LockBusy as busy:  # damage seen lock-free; a stopped writer kept it unconfirmed
+                raise self._lock_timeout(op, [], time.monotonic() - busy.waited, busy) from None
             return read(log)
 
     def _blocking(
@@ -222,7 +304,10 @@ class FileStore(Store):
             while True:
                 with log.mutex:
                     self._check_open(op)
-                    log.sync()
+                    try:
+                        log.sync()
+                    except LockBusy as busy:  # damage seen lock-free, and a stopped writer
+                        raise self._lock_timeout(op, missing(log), start, busy) from None
                     result = read(log)
                     if result is not None:
                         return result
@@ -268,8 +353,7 @@ class FileStore(Store):
             total = next_counter(log.data.get(k), amount, k)
             return [(OP_SET, k, str(total).encode())], total
 
-        with log.mutex:
-            return log.transact(decide)
+        return self._transact("add", [k], decide)
 
     def compare_set(self, key: KeyLike, expected: ValueLike, desired: ValueLike) -> bytes:
         k = as_key(key)
@@ -281,8 +365,7 @@ class FileStore(Store):
             write, result = compare_set_outcome(log.data.get(k), exp, new)
             return ([(OP_SET, k, new)] if write else []), result
 
-        with log.mutex:
-            return log.transact(decide)
+        return self._transact("compare_set", [k], decide)
 
     def delete_key(self, key: KeyLike) -> bool:
         k = as_key(key)
@@ -292,8 +375,7 @@ class FileStore(Store):
             present = k in log.data
             return ([(OP_DELETE, k, b"")] if present else []), present
 
-        with log.mutex:
-            return log.transact(decide)
+        return self._transact("delete_key", [k], decide)
 
     # ----------------------------------------------------------------- reads
 
@@ -301,7 +383,10 @@ class FileStore(Store):
         k = key if type(key) is str else as_key(key)
         log = self._log_for("get")
         with log.mutex:
-            log.sync()
+            try:
+                log.sync()
+            except LockBusy as busy:  # damage seen lock-free; a stopped writer kept it unconfirmed
+                raise self._lock_timeout("get", [k], time.monotonic() - busy.waited, busy) from None
             value = log.data.get(k)
         if value is not None:
             return value
@@ -361,8 +446,7 @@ class FileStore(Store):
         start = time.monotonic()
         limit = self._timeout
         while True:
-            with log.mutex:
-                value = log.transact(take)
+            value = self._transact("queue_pop", [k], take, start)
             if value is not None:
                 return value
             if not block:
@@ -396,6 +480,8 @@ class FileStore(Store):
         self._closed = True
         try:
             self._finalizer()
+        except StoreError:
+            raise
         except OSError as exc:
             raise StoreError(f"FileStore: closing {self._path!r} failed: {exc}") from exc
 

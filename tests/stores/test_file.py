@@ -9,8 +9,8 @@ import multiprocess
 import pytest
 
 from storeharness.harness._parties import process_parties
-from storeharness.stores import FileStore, StoreBroken, StoreError
-from storeharness.stores._filelog import MAGIC, OP_SET, encode
+from storeharness.stores import FileStore, StoreBroken, StoreCorrupt, StoreError
+from storeharness.stores._fileformat import MAGIC, OP_SET, encode
 
 FORK = multiprocess.get_context("fork")
 
@@ -117,7 +117,7 @@ def test_corruption_inside_the_log_is_reported(tmp_path: Path) -> None:
     data[-1] ^= 0xFF  # flip a bit in the last record's value
     path.write_bytes(bytes(data))
     fresh = FileStore.__new__(FileStore)
-    with pytest.raises(StoreBroken, match="corrupt at byte"):
+    with pytest.raises(StoreCorrupt, match="corrupt at byte"):
         FileStore.__init__(fresh, path)
 
 
