@@ -23,12 +23,12 @@ from .._types import parse_counter, wrap_int64
 
 __all__ = [
     "BLOCKS",
-    "Cell",
     "EMPTY_CELL",
     "QUEUE_EMPTY",
+    "VALUE_ERROR",
+    "Cell",
     "Raised",
     "ReferenceModel",
-    "VALUE_ERROR",
     "apply",
     "exists",
 ]
@@ -144,7 +144,7 @@ class ReferenceModel:
     def get(self, key: str) -> bytes | None:
         """The value, or ``None`` where a store would block."""
         result = self._do("get", key)
-        return None if result is BLOCKS else result  # type: ignore[no-any-return]
+        return None if result is BLOCKS else result
 
     def add(self, key: str, amount: int) -> int:
         """The new total; raises ``ValueError`` where a store must (non-integer text)."""
@@ -181,7 +181,7 @@ class ReferenceModel:
     def queue_pop(self, key: str) -> bytes | None:
         """The popped value, or ``None`` where a non-blocking pop raises ``QueueEmpty``."""
         result = self._do("queue_pop", key, False)
-        return None if result is QUEUE_EMPTY else result  # type: ignore[no-any-return]
+        return None if result is QUEUE_EMPTY else result
 
     def queue_len(self, key: str) -> int:
         return int(self._do("queue_len", key))
