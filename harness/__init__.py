@@ -15,6 +15,7 @@ from ._messages import Event, EventKind
 from ._results import WorldFailed
 from .context import RankContext, RankStopped
 from .expect import all_agree, exactly_one, killed, never_starts, raises, returns, times_out
+from .history import linearizable
 from .faults import (
     ANY,
     AnyRank,
@@ -71,6 +72,7 @@ __all__ = [
     "all_agree",
     "exactly_one",
     "killed",
+    "linearizable",
     "load_scenarios",
     "never_starts",
     "raises",

@@ -82,8 +82,11 @@ class Failure:
     culprit: Op
     cut: int  # the culprit's completion time (ns): operations still open then are unknown
 
-    def text(self, t0: int = 0, limit: int = 14) -> str:
-        """The failing operations per rank, latest ``limit`` of each, times from ``t0``."""
+    def text(self, t0: int | None = None, limit: int = 14) -> str:
+        """The failing operations per rank, latest ``limit`` of each, times from ``t0`` (ns;
+        by default the first of them)."""
+        if t0 is None:
+            t0 = min(o.call for o in self.ops)
         lines = [
             f"not linearizable on key(s) {', '.join(map(repr, self.keys))}: no order of these "
             f"operations explains {self.culprit.signature()} -> {self.culprit.outcome()} "
