@@ -15,7 +15,6 @@ from ._messages import Event, EventKind
 from ._results import WorldFailed
 from .context import RankContext, RankStopped
 from .expect import all_agree, exactly_one, killed, never_starts, raises, returns, times_out
-from .history import linearizable
 from .faults import (
     ANY,
     AnyRank,
@@ -32,6 +31,7 @@ from .faults import (
     Trigger,
     after,
 )
+from .history import linearizable
 from .run import CaseResult, load_scenarios, run_case
 from .scenario import Case, NonFixed, Scenario, ScenarioError, scenario
 from .targets import Endpoint, Target, TargetSpec
