@@ -234,14 +234,17 @@ def _partition(cops: list[_COp]) -> list[tuple[tuple[str, ...], list[_COp], bool
 # ----------------------------------------------------------------------------- steps
 
 
-def _accepts(expected: Any, got: Any, unknown: bool) -> bool:
+def _acceptor(expected: Any, unknown: bool) -> Callable[[Any], bool]:
+    """Whether a result the model gives is the one the history recorded (decided once)."""
     if unknown:
-        return True
+        return lambda got: True
     if expected == TIMEOUT:
-        return got is BLOCKS or got is False
+        return lambda got: got is BLOCKS or got is False
     if expected == QUEUE_EMPTY:
-        return got is QUEUE_EMPTY or got is BLOCKS
-    return bool(got == expected) and got is not BLOCKS
+        return lambda got: got is QUEUE_EMPTY or got is BLOCKS
+    if expected is None or isinstance(expected, bool):
+        return lambda got: got is expected
+    return lambda got: got is not BLOCKS and got == expected
 
 
 def _compile(c: _COp, index: dict[str, int], counting: bool) -> Step:
@@ -252,14 +255,23 @@ def _compile(c: _COp, index: dict[str, int], counting: bool) -> Step:
         i = slots[0]
         if kind == "exists":
             expected = True if expected is None else expected
+        accepts = _acceptor(expected, unknown)
+        memo: dict[Any, Any] = {}  # the model is pure: one answer per cell
 
         def single(state: State) -> State | None:
-            cell, got = apply(kind, state[i], args)
-            if not _accepts(expected, got, unknown):
+            cell = state[i]
+            try:
+                new = memo[cell]
+            except KeyError:
+                new, got = apply(kind, cell, args)
+                if not accepts(got):
+                    new = None
+                memo[cell] = new
+            if new is None:
                 return None
-            if cell is state[i]:
-                return state
-            return (*state[:i], cell, *state[i + 1 :])
+            if len(state) == 1:
+                return (new,)
+            return (*state[:i], new, *state[i + 1 :])
 
         return single
     if kind == "check":
@@ -335,8 +347,10 @@ def _search(cops: Sequence[_COp], keys: tuple[str, ...], counting: bool, deadlin
     match = [ret_of[op_of[e]] if is_call[e] else -1 for e in range(m)]
 
     state: State = tuple(EMPTY_CELL for _ in keys) + ((None,) if counting else ())
-    linearized = 0
-    cache: set[tuple[int, State]] = set()
+    # The linearized set, kept small for the memo: every operation below ``low`` (in
+    # invocation order) is linearized, and bit j of ``rest`` says whether ``low + j`` is.
+    low, rest = 0, 0
+    cache: set[tuple[int, int, State]] = set()
     stack: list[tuple[int, State]] = []
     entry = nxt[head]
     ticks = 0
@@ -348,12 +362,17 @@ def _search(cops: Sequence[_COp], keys: tuple[str, ...], counting: bool, deadlin
             i = op_of[entry]
             new = steps[i](state)
             if new is not None:
-                marked = linearized | (1 << i)
-                memo = (marked, new)
+                if i == low:
+                    new_low, new_rest = low + 1, rest >> 1
+                    while new_rest & 1:
+                        new_low, new_rest = new_low + 1, new_rest >> 1
+                else:
+                    new_low, new_rest = low, rest | (1 << (i - low))
+                memo = (new_low, new_rest, new)
                 if memo not in cache:
                     cache.add(memo)
                     stack.append((entry, state))
-                    state, linearized = new, marked
+                    state, low, rest = new, new_low, new_rest
                     r = match[entry]  # lift the call and its completion out of the list
                     nxt[prv[entry]], prv[nxt[entry]] = nxt[entry], prv[entry]
                     if nxt[r] != -1:
@@ -366,7 +385,12 @@ def _search(cops: Sequence[_COp], keys: tuple[str, ...], counting: bool, deadlin
             if not stack:
                 return False
             entry, state = stack.pop()
-            linearized &= ~(1 << op_of[entry])
+            i = op_of[entry]
+            if i >= low:
+                rest &= ~(1 << (i - low))
+            else:  # low .. i were all linearized: i no longer is
+                k = low - i
+                low, rest = i, (rest << k) | ((1 << k) - 2)
             r = match[entry]  # put them back, in the reverse order
             nxt[prv[r]] = r
             if nxt[r] != -1:

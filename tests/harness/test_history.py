@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,7 +34,7 @@ from .history_tools import BROKEN, broken, workload
 MS = 1_000_000
 
 
-def op(i: int, rank: int, name: str, keys: tuple[str, ...], args: tuple, call: int,
+def op(i: int, rank: int, name: str, keys: tuple[str, ...], args: tuple[Any, ...], call: int,
        ret: int | None, result: object) -> Op:  # fmt: skip
     return Op(i, rank, 0, name, keys, args, call * MS, None if ret is None else ret * MS, result)
 
