@@ -104,7 +104,7 @@ def simulate(n: int, clients: int, keys: int, groups: int, unknown: float, seed:
     planned.sort()
     cells: dict[str, Cell] = {}
     ops = []
-    for at, i, c, call, ret, name, ks, args in planned:
+    for _at, i, c, call, ret, name, ks, args in planned:
         lost = name not in ("get", "check", "wait", "multi_get") and rng.random() < unknown
         if lost and rng.random() < 0.5:
             ops.append(Op(i, c, 0, name, ks, args, call, None, UNKNOWN, "simulated"))
@@ -128,7 +128,7 @@ def time_check(history: History) -> tuple[float, Any]:
 
 def _per_op(store: Store, n: int) -> float:
     start = time.perf_counter_ns()
-    for i in range(n):
+    for _ in range(n):
         store.set("k", b"v")
         store.get("k")
     return (time.perf_counter_ns() - start) / (2 * n)
@@ -176,8 +176,7 @@ def main() -> None:
 
     print(f"\n| store (median of {args.rounds}) | plain (µs/op) | recorded (µs/op) | overhead |")
     print("|---|---|---|---|")
-    hash_store = HashStore()
-    plain, recorded = recording_cost(lambda: hash_store, 20_000, args.rounds)
+    plain, recorded = recording_cost(HashStore, 20_000, args.rounds)
     print(f"| HashStore | {plain / 1e3:.2f} | {recorded / 1e3:.2f} | "
           f"+{(recorded - plain) / 1e3:.2f} µs ({recorded / plain:.2f}x) |")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp, get("tcp").start(Path(tmp), timeout=30) as end:

@@ -53,7 +53,8 @@ def linearizable(budget: float = 10.0) -> Any:
         if verdict.ok is None:
             return str(verdict)
         assert verdict.failure is not None
-        return f"{verdict}\n{verdict.failure.text(history.t0)}"
+        detail = verdict.failure.text(history.t0).replace("\n", "\n    ")
+        return f"{verdict}: {detail}"
 
     check_world.__name__ = "linearizable"
     check_world.needs_history = True  # type: ignore[attr-defined]

@@ -15,7 +15,7 @@ from ._ops import History, Op
 
 __all__ = ["timeline", "write_timeline"]
 
-_WIDTH = 1400  # px of the time axis
+_WIDTH = 1150  # px of the time axis (labels may run 300 px past its end)
 _LANE = 22  # px per row of a lane
 _LABEL = 90  # px for the lane names
 
@@ -26,8 +26,9 @@ h1{font-size:18px;margin:0 0 4px} .sub{color:#555;margin-bottom:10px;white-space
 .lane{position:relative;border-bottom:1px solid #e4e4e4}
 .name{position:absolute;left:0;width:80px;font-weight:600;padding-top:3px}
 .op{position:absolute;height:16px;border-radius:3px;background:#9ec5e8;border:1px solid #5b8db8;
- overflow:hidden;white-space:nowrap;font-size:11px;padding:0 3px;box-sizing:border-box;
- min-width:3px}
+ white-space:nowrap;font-size:11px;box-sizing:border-box;min-width:5px}
+.op span{position:absolute;left:100%;margin-left:3px;top:0;background:#fffc;padding:0 2px}
+.op.bad span{color:#b00020;font-weight:600}
 .op.part{background:#ffe08a;border-color:#b8860b}
 .op.bad{background:#f28b82;border:2px solid #b00020;z-index:2}
 .op.unknown{background:repeating-linear-gradient(45deg,#ddd,#ddd 4px,#f6f6f6 4px,#f6f6f6 8px);
@@ -38,18 +39,19 @@ h1{font-size:18px;margin:0 0 4px} .sub{color:#555;margin-bottom:10px;white-space
  white-space:nowrap}
 .axis{position:relative;height:18px;color:#666;font-size:11px}
 .tick{position:absolute;border-left:1px solid #bbb;height:6px;top:0}
-.tick span{position:absolute;top:5px;left:-10px}
+.tick span{position:absolute;top:5px;left:-10px;white-space:nowrap}
 pre{background:#f7f7f7;padding:8px;overflow:auto;font-size:12px}
 .legend span{display:inline-block;padding:0 6px;margin-right:8px;border-radius:3px}
 """
 
 
-def _rows(ops: list[Op], end: int) -> list[list[Op]]:
-    """Greedy rows so that overlapping operations of one lane do not hide each other."""
+def _rows(ops: list[Op], end: int, ns_per_px: float) -> list[list[Op]]:
+    """Greedy rows so that operations of one lane (and their labels) do not hide each other."""
     rows: list[list[Op]] = []
-    ends: list[int] = []
+    ends: list[float] = []
     for op in sorted(ops, key=lambda o: o.call):
-        stop = op.ret if op.ret is not None else end
+        label = (len(str(op)) * 6.5 + 12) * ns_per_px
+        stop = max(op.ret if op.ret is not None else end, op.call + label)
         for r, last in enumerate(ends):
             if op.call >= last:
                 rows[r].append(op)
@@ -76,7 +78,7 @@ def timeline(history: History, title: str = "history") -> str:
 
     lanes = []
     for rank in sorted({o.rank for o in history.ops}):
-        rows = _rows([o for o in history.ops if o.rank == rank], end)
+        rows = _rows([o for o in history.ops if o.rank == rank], end, 1 / scale)
         bars = []
         for r, row in enumerate(rows):
             for op in row:
@@ -100,7 +102,7 @@ def timeline(history: History, title: str = "history") -> str:
                 left, width = x(op.call), max(3.0, (stop - op.call) * scale)
                 bars.append(
                     f'<div class="{" ".join(cls)}" style="left:{left:.1f}px;top:{r * _LANE + 3}px;'
-                    f'width:{width:.1f}px" title="{html.escape(tip)}">{html.escape(str(op))}</div>'
+                    f'width:{width:.1f}px" title="{html.escape(tip)}"><span>{html.escape(str(op))}</span></div>'
                 )
         height = len(rows) * _LANE + 4
         lanes.append(
@@ -139,7 +141,7 @@ def timeline(history: History, title: str = "history") -> str:
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
         f'<div class="sub">{summary}</div>{legend}'
-        f'<div class="chart" style="width:{_LABEL + _WIDTH + 20}px">{faults}{"".join(lanes)}'
+        f'<div class="chart" style="width:{_LABEL + _WIDTH + 300}px">{faults}{"".join(lanes)}'
         f'<div class="axis">{"".join(ticks)}</div></div>{detail}</body></html>'
     )
 
