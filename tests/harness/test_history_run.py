@@ -1,0 +1,90 @@
+"""Histories through the harness: recorded by every rank, judged with the case, drawn on failure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from storeharness import RankContext, ScenarioError, scenario
+from storeharness.harness.history import TIMELINE
+from storeharness.harness.run import load_package, load_scenarios, run_case
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "stale_cache"
+
+
+@pytest.fixture
+def library() -> dict[str, object]:
+    return {sc.name: sc for sc in load_package("storeharness.scenarios")}
+
+
+def test_a_failing_check_writes_the_timeline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    (sc,) = load_scenarios([str(EXAMPLE / "scenario_config.py")])
+    (case,) = sc.cases(["cachingstore:make"])
+    result = run_case(case, log_dir=str(tmp_path))
+    assert not result.passed
+    assert all(r.fate.value == "returned" for r in result.world)  # only the history shows it
+    (problem,) = result.world_problems
+    assert "NOT linearizable" in problem and "<-- contradiction" in problem
+    page = Path(result.timeline)
+    assert page.name == TIMELINE and page.parent.parent == tmp_path
+    html = page.read_text()
+    assert 'class="op part bad"' in html and "rank 3 starts" in html  # the Late fault's mark
+    assert f"history timeline (HTML): {page}" in result.report()
+
+
+def test_killed_rank_operations_are_in_the_history(library: dict[str, object]) -> None:
+    sc = library["leader_killed_after_winning"]
+    case = sc.cases(["file"], workers="process", world_sizes=[4])[0]  # type: ignore[attr-defined]
+    result = run_case(case)
+    assert result.passed, result.report()
+    history = result.world.history
+    first = result.world.rank_of("first")
+    mine = [o for o in history if o.rank == first]
+    assert [(o.name, o.keys) for o in mine] == [("compare_set", ("leader/term-1",))]
+    assert history.verdict.ok is True and history.verdict.ops == len(history)
+    assert any("SIGKILL" in text for _, text in history.events)
+
+
+def test_history_flag_records_and_checks_any_scenario(library: dict[str, object]) -> None:
+    sc = library["leader_election"]
+    case = sc.cases(["hash"], workers="thread", world_sizes=[4])[0]  # type: ignore[attr-defined]
+    assert sc.history  # type: ignore[attr-defined]  # linearizable() turns recording on
+    result = run_case(case)
+    assert result.world.history is not None and len(result.world.history) == 4
+    sc2 = library["leader_election"]
+    assert "--history" not in result.replay()  # the scenario records by itself
+    assert sc2 is sc
+
+
+def test_torch_store_histories_check(library: dict[str, object]) -> None:
+    pytest.importorskip("torch")
+    sc = library["leader_election"]
+    case = sc.cases(["torch-tcp"], workers="process", world_sizes=[4])[0]  # type: ignore[attr-defined]
+    result = run_case(case)
+    assert result.passed, result.report()
+    assert result.world.history.verdict.ok is True
+    assert {o.name for o in result.world.history} == {"compare_set"}
+
+
+def _publish(ctx: RankContext) -> bytes:
+    ctx.store.set(f"k{ctx.rank}", "v")
+    return ctx.store.get(f"k{ctx.rank}")
+
+
+def test_history_option_records_a_scenario_that_does_not_ask() -> None:
+    sc = scenario(world_size=2, workers="thread", name="publish")(_publish)
+    (case,) = sc.cases(["hash"])
+    assert run_case(case).world.history is None  # not asked: nothing recorded
+    result = run_case(case, history=True)
+    assert result.passed and result.world.history.verdict.ok is True
+    assert len(result.world.history) == 4
+    assert result.replay().endswith("--history")  # a replay records too
+
+
+def test_history_must_be_a_bool() -> None:
+    with pytest.raises(ScenarioError, match="history='yes'; give True"):
+        scenario(history="yes")(_publish)  # type: ignore[arg-type]
