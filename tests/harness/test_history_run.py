@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from storeharness import RankContext, ScenarioError, scenario
-from storeharness.harness.history import TIMELINE
-from storeharness.harness.run import load_package, load_scenarios, run_case
+from storeharness.harness.history import TIMELINE, History
+from storeharness.harness.run import CaseResult, load_package, load_scenarios, run_case
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "stale_cache"
 
 
+def recorded(result: CaseResult) -> History:
+    """The run's history (the case must have run and recorded)."""
+    assert result.world is not None and result.world.history is not None, result.report()
+    return result.world.history
+
+
 @pytest.fixture
-def library() -> dict[str, object]:
+def library() -> dict[str, Any]:
     return {sc.name: sc for sc in load_package("storeharness.scenarios")}
 
 
@@ -26,7 +33,8 @@ def test_a_failing_check_writes_the_timeline(
     (case,) = sc.cases(["cachingstore:make"])
     result = run_case(case, log_dir=str(tmp_path))
     assert not result.passed
-    assert all(r.fate.value == "returned" for r in result.world)  # only the history shows it
+    recorded(result)
+    assert all(r.fate.value == "returned" for r in result.world or ())  # only the history says
     (problem,) = result.world_problems
     assert "NOT linearizable" in problem and "<-- contradiction" in problem
     page = Path(result.timeline)
@@ -36,38 +44,38 @@ def test_a_failing_check_writes_the_timeline(
     assert f"history timeline (HTML): {page}" in result.report()
 
 
-def test_killed_rank_operations_are_in_the_history(library: dict[str, object]) -> None:
+def test_killed_rank_operations_are_in_the_history(library: dict[str, Any]) -> None:
     sc = library["leader_killed_after_winning"]
-    case = sc.cases(["file"], workers="process", world_sizes=[4])[0]  # type: ignore[attr-defined]
+    case = sc.cases(["file"], workers="process", world_sizes=[4])[0]
     result = run_case(case)
     assert result.passed, result.report()
-    history = result.world.history
-    first = result.world.rank_of("first")
+    history = recorded(result)
+    first = result.world.rank_of("first") if result.world else -1
     mine = [o for o in history if o.rank == first]
     assert [(o.name, o.keys) for o in mine] == [("compare_set", ("leader/term-1",))]
     assert history.verdict.ok is True and history.verdict.ops == len(history)
     assert any("SIGKILL" in text for _, text in history.events)
 
 
-def test_history_flag_records_and_checks_any_scenario(library: dict[str, object]) -> None:
+def test_history_flag_records_and_checks_any_scenario(library: dict[str, Any]) -> None:
     sc = library["leader_election"]
-    case = sc.cases(["hash"], workers="thread", world_sizes=[4])[0]  # type: ignore[attr-defined]
-    assert sc.history  # type: ignore[attr-defined]  # linearizable() turns recording on
+    case = sc.cases(["hash"], workers="thread", world_sizes=[4])[0]
+    assert sc.history  # linearizable() turns recording on
     result = run_case(case)
-    assert result.world.history is not None and len(result.world.history) == 4
+    assert len(recorded(result)) == 4
     sc2 = library["leader_election"]
     assert "--history" not in result.replay()  # the scenario records by itself
     assert sc2 is sc
 
 
-def test_torch_store_histories_check(library: dict[str, object]) -> None:
+def test_torch_store_histories_check(library: dict[str, Any]) -> None:
     pytest.importorskip("torch")
     sc = library["leader_election"]
-    case = sc.cases(["torch-tcp"], workers="process", world_sizes=[4])[0]  # type: ignore[attr-defined]
+    case = sc.cases(["torch-tcp"], workers="process", world_sizes=[4])[0]
     result = run_case(case)
     assert result.passed, result.report()
-    assert result.world.history.verdict.ok is True
-    assert {o.name for o in result.world.history} == {"compare_set"}
+    assert recorded(result).verdict.ok is True
+    assert {o.name for o in recorded(result)} == {"compare_set"}
 
 
 def _publish(ctx: RankContext) -> bytes:
@@ -78,13 +86,14 @@ def _publish(ctx: RankContext) -> bytes:
 def test_history_option_records_a_scenario_that_does_not_ask() -> None:
     sc = scenario(world_size=2, workers="thread", name="publish")(_publish)
     (case,) = sc.cases(["hash"])
-    assert run_case(case).world.history is None  # not asked: nothing recorded
+    plain = run_case(case)
+    assert plain.world is not None and plain.world.history is None  # not asked: not recorded
     result = run_case(case, history=True)
-    assert result.passed and result.world.history.verdict.ok is True
-    assert len(result.world.history) == 4
+    assert result.passed and recorded(result).verdict.ok is True
+    assert len(recorded(result)) == 4
     assert result.replay().endswith("--history")  # a replay records too
 
 
 def test_history_must_be_a_bool() -> None:
     with pytest.raises(ScenarioError, match="history='yes'; give True"):
-        scenario(history="yes")(_publish)  # type: ignore[arg-type]
+        scenario(history="yes")(_publish)  # type: ignore[call-overload]
