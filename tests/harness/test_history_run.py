@@ -8,8 +8,11 @@ from typing import Any
 import pytest
 
 from storeharness import RankContext, ScenarioError, scenario
-from storeharness.harness.history import TIMELINE, History
+from storeharness.harness import run_world, targets
+from storeharness.harness.faults import Drop, after
+from storeharness.harness.history import TIMELINE, History, check
 from storeharness.harness.run import CaseResult, load_package, load_scenarios, run_case
+from storeharness.stores import StoreError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "stale_cache"
 
@@ -97,3 +100,28 @@ def test_history_option_records_a_scenario_that_does_not_ask() -> None:
 def test_history_must_be_a_bool() -> None:
     with pytest.raises(ScenarioError, match="history='yes'; give True"):
         scenario(history="yes")(_publish)  # type: ignore[call-overload]
+
+
+def _adds(ctx: RankContext) -> list[object]:
+    got: list[object] = []
+    for i in range(20):
+        if i == 10:
+            ctx.point("drop")  # rank 0: the proxy resets every connection here
+        try:
+            got.append(ctx.store.add("n", 1))
+        except StoreError as exc:
+            got.append(type(exc).__name__)
+    return got
+
+
+def test_broken_connections_give_unknown_outcomes_that_still_check(tmp_path: Path) -> None:
+    with targets.start("tcp", tmp_path, timeout=5, proxy=True) as endpoint:
+        world = run_world(
+            _adds, 2, endpoint.opener(), "process", faults=[Drop(after(0, "drop"))],
+            controls=endpoint, history=True,
+        )  # fmt: skip
+    assert world.history is not None and len(world.history) == 40
+    lost = [o for o in world.history if o.unknown]
+    assert lost and all("StoreBroken" in o.error for o in lost)
+    assert check(world.history).ok is True
+    assert any("reset" in text for _, text in world.history.events)
