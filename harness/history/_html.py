@@ -102,7 +102,8 @@ def timeline(history: History, title: str = "history") -> str:
                 left, width = x(op.call), max(3.0, (stop - op.call) * scale)
                 bars.append(
                     f'<div class="{" ".join(cls)}" style="left:{left:.1f}px;top:{r * _LANE + 3}px;'
-                    f'width:{width:.1f}px" title="{html.escape(tip)}"><span>{html.escape(str(op))}</span></div>'
+                    f'width:{width:.1f}px" title="{html.escape(tip)}">'
+                    f"<span>{html.escape(str(op))}</span></div>"
                 )
         height = len(rows) * _LANE + 4
         lanes.append(
