@@ -31,6 +31,7 @@ from .faults import (
     Trigger,
     after,
 )
+from .history import linearizable
 from .run import CaseResult, load_scenarios, run_case
 from .scenario import Case, NonFixed, Scenario, ScenarioError, scenario
 from .targets import Endpoint, Target, TargetSpec
@@ -71,6 +72,7 @@ __all__ = [
     "all_agree",
     "exactly_one",
     "killed",
+    "linearizable",
     "load_scenarios",
     "never_starts",
     "raises",

@@ -10,6 +10,7 @@ from typing import Any
 
 from . import faults as F
 from ._messages import Event
+from .history._ops import History
 
 __all__ = [
     "Fate",
@@ -84,6 +85,8 @@ class WorldResult(Sequence[RankResult]):
     fired: frozenset[int] = frozenset()
     #: Each ``AnyRank`` tag and the rank the seeded plan picked for it.
     tags: tuple[tuple[str, int], ...] = ()
+    #: Every store operation of every rank, when the run recorded them (``history=True``).
+    history: History | None = None
 
     def rank_of(self, tag: str) -> int:
         """The rank the plan picked for ``AnyRank(tag)``; ``KeyError`` if it has no such tag."""

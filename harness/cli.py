@@ -109,6 +109,11 @@ def _parser() -> argparse.ArgumentParser:
         help="also write a JUnit XML report",
     )  # fmt: skip
     run.add_argument("--log-dir", metavar="DIR", help="keep every rank's log under DIR/<case>/")
+    run.add_argument(
+        "--history", action="store_true",
+        help="record every store operation and check the history is linearizable (a failing "
+        "case's HTML timeline goes under --log-dir)",
+    )  # fmt: skip
     run.add_argument("-x", "--exitfirst", action="store_true", help="stop at the first failure")
     run.add_argument(
         "--xfail-strict",
@@ -260,7 +265,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for case in cases:
             result = run_case(
                 case, seed=settings.seed, time_scale=settings.time_scale, log_dir=args.log_dir,
-                xfail_strict=args.xfail_strict,
+                xfail_strict=args.xfail_strict, history=args.history,
             )  # fmt: skip
             results.append(result)
             if not (args.quiet and result.ok):

@@ -28,6 +28,7 @@ from typing import Any
 from ..stores import Store
 from ._messages import AtPoint, AwaitPoint, Finished, Go, Never, PipeFd, Reached, Stop
 from .faults import AnyRank
+from .history._record import Recorder, RecordingStore
 
 __all__ = ["DUMP_SIGNAL", "RankContext", "RankStopped"]
 
@@ -127,19 +128,29 @@ def run_rank(
     op_timeout: float | None,
     on_open: Callable[[Store], None] | None = None,
     tags: Mapping[str, int] | None = None,
+    history: str | None = None,
 ) -> None:
-    """Open the store, run ``fn(ctx)``, and send the result (or the exception) to the runner."""
+    """Open the store, run ``fn(ctx)``, and send the result (or the exception) to the runner.
+
+    ``history``: a file to record every operation on the rank's store into (``harness.history``).
+    """
     start = time.monotonic()
+    recorder = None
     try:
         store = open_store()
         try:
-            if on_open is not None:
-                on_open(store)
             if op_timeout is not None:
                 store.set_timeout(op_timeout)
+            if history is not None:
+                recorder = Recorder(history, rank)
+                store = RecordingStore(store, recorder)
+            if on_open is not None:
+                on_open(store)
             value = fn(RankContext(conn, rank, world_size, store, log, seed, tags))
         finally:
             store.close()
+            if recorder is not None:
+                recorder.close()
         reply = Finished(True, value, None, "", "", time.monotonic() - start)
     except BaseException as exc:
         tb = traceback.format_exc()
@@ -190,6 +201,7 @@ def process_main(
     inherited: Sequence[int],
     runner_pid: int,
     tags: Mapping[str, int] | None = None,
+    history: str | None = None,
 ) -> None:
     """A process rank: die with the runner, keep only our own fds, log and dump to our file."""
     _die_with_parent(runner_pid)
@@ -207,7 +219,9 @@ def process_main(
     faulthandler.register(DUMP_SIGNAL, file=2, all_threads=True, chain=False)
     log = rank_logger(rank, log_path, token)
     conn.send(PipeFd(conn.fileno()))  # so the runner can tell our pipe reads from other waits
-    run_rank(conn, fn, open_store, rank, world_size, log, seed, op_timeout, tags=tags)
+    run_rank(
+        conn, fn, open_store, rank, world_size, log, seed, op_timeout, tags=tags, history=history
+    )
     logging.shutdown()
 
 

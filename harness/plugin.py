@@ -62,6 +62,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="FACTOR",
         help="multiply every time limit by FACTOR (a slow machine: 2, 3, ...)",
     )
+    group.addoption(
+        "--history",
+        dest="storeharness_history",
+        action="store_true",
+        default=False,
+        help="record every store operation of scenario runs and check the history is linearizable",
+    )
     parser.addini(INI["stores"], "stores to test against (as --store)", type="args")
     parser.addini(INI["seed"], "seed for scenario fault plans (as --harness-seed)")
     parser.addini(INI["time_scale"], "multiply every time limit (as --time-scale)")
@@ -218,7 +225,12 @@ class ScenarioItem(pytest.Item):
         if self.case is None:
             pytest.skip(f"no selected store can run this scenario ({self.why})")
         settings = _settings(self.config, self)
-        result = run_case(self.case, seed=settings.seed, time_scale=settings.time_scale)
+        result = run_case(
+            self.case,
+            seed=settings.seed,
+            time_scale=settings.time_scale,
+            history=bool(self.config.getoption("storeharness_history")),
+        )
         if result.unsupported:  # a gap of the store's, reported as such (not as a crash)
             pytest.skip(f"unsupported by store {self.case.target}: {result.unsupported}")
         if not result.passed:

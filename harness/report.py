@@ -174,6 +174,8 @@ def render(result: CaseResult, nodeid: str | None = None, style: Style | None = 
             lines += _rank_story(result, rank, style)
     for problem in world_problems(result):
         lines.append(f"  {style.paint('✗', '31')} {problem}")
+    if getattr(result, "timeline", ""):
+        lines.append(f"  history timeline (HTML): {result.timeline}")
     if world is not None:
         if world.plan:
             lines.append(f"  faults (as seed {result.seed} resolved them):")
@@ -343,15 +345,18 @@ def replay_command(result: CaseResult, nodeid: str | None = None) -> str:
     """
     case = result.case
     store = "" if nodeid is None else _pytest_store(case.target)
+    # a history the run recorded though the scenario does not ask for one: --history did
+    forced = result.world is not None and result.world.history is not None
+    recorded = " --history" if forced and not case.scenario.history else ""
     if nodeid is not None:
-        return f"pytest {shlex.quote(nodeid)}{store} --harness-seed {result.seed}"
+        return f"pytest {shlex.quote(nodeid)}{store} --harness-seed {result.seed}{recorded}"
     where = case.scenario.file or case.scenario.module
     size = (
         "" if case.world_size in case.scenario.world_sizes else f" --world-size {case.world_size}"
     )
     return (
         f"storeharness run {shlex.quote(f'{where}::{case.nodeid}')} --store "
-        f"{shlex.quote(case.target)}{size} --harness-seed {result.seed}"
+        f"{shlex.quote(case.target)}{size} --harness-seed {result.seed}{recorded}"
     )
 
 
@@ -457,6 +462,7 @@ def json_row(result: CaseResult, log_dir: str | None = None) -> dict[str, Any]:
         "seed": result.seed,
         "error": result.error or None,
         "world_problems": world_problems(result),
+        "timeline": getattr(result, "timeline", "") or None,
         "faults": [str(f) for f in world.plan] if world is not None else [],
         "events": [str(e) for e in world.events] if world is not None else [],
         "ranks": ranks,

@@ -6,6 +6,7 @@ the same in both and says how to replay it.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import pkgutil
@@ -25,6 +26,7 @@ from . import report as _report
 from . import targets
 from ._keyword import compile_keyword
 from .expect import run_checks
+from .history import TIMELINE, linearizable, wants_history, write_timeline
 from .scenario import Case, Expect, Scenario
 from .world import WorldResult, run_world
 
@@ -64,6 +66,8 @@ class CaseResult:
     xfail: str = ""
     #: Whether an expected failure that passes fails the run (pytest's ``xfail_strict``).
     xfail_strict: bool = False
+    #: The HTML timeline of the run's history, written when a recorded case failed.
+    timeline: str = ""
 
     @property
     def outcome(self) -> str:
@@ -120,8 +124,13 @@ def run_case(
     time_scale: float = 1.0,
     log_dir: str | None = None,
     xfail_strict: bool = False,
+    history: bool = False,
 ) -> CaseResult:
     """Run ``case`` in a temporary directory of its own (under ``tmp_root``) and judge it.
+
+    ``history`` (or the scenario's own ``history=True``) records every store operation and
+    holds the run to :func:`~.history.linearizable`; when such a case fails and ``log_dir`` is
+    given, the history's HTML timeline is written beside the rank logs.
 
     ``time_scale`` multiplies the scenario's time limits (a slow machine).  Rank logs live in
     the temporary directory, or with ``log_dir`` in a directory of the case's own under it
@@ -157,6 +166,7 @@ def run_case(
                     controls=endpoint,
                     log_dir=str(logs),
                     start_method=start_method,
+                    history=history or sc.history,
                 )
         except Exception as exc:
             spent = time.monotonic() - start
@@ -165,7 +175,11 @@ def run_case(
                 case, False, seed, spent, error=error,
                 xfail=case.xfail or marked_xfail(sc.marks) or "", xfail_strict=xfail_strict,
             )  # fmt: skip
-    return judge(case, seed, time.monotonic() - start, world, xfail_strict)
+        result = judge(case, seed, time.monotonic() - start, world, xfail_strict)
+        if world.history is not None and not result.passed and log_dir is not None:
+            page = write_timeline(world.history, logs / TIMELINE, title=case.nodeid)
+            result = dataclasses.replace(result, timeline=str(page))
+    return result
 
 
 def judge(
@@ -180,7 +194,10 @@ def judge(
         problem = expected[rank.rank].problem(rank)
         if problem is not None:
             problems[rank.rank] = problem
-    world_problems = (*world.unfired(), *run_checks(sc.checks, world))
+    checks = sc.checks
+    if world.history is not None and not wants_history(checks):
+        checks = (*checks, linearizable())  # a recorded run is held to its history
+    world_problems = (*world.unfired(), *run_checks(checks, world))
     passed = not problems and not world_problems
     xfail = case.xfail or marked_xfail(sc.marks) or ""
     return CaseResult(

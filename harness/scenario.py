@@ -42,6 +42,7 @@ from .expect import (
     returns,
     times_out,
 )
+from .history import wants_history
 from .targets import TargetSpec
 
 __all__ = [
@@ -137,6 +138,8 @@ class Scenario:
     file: str
     checks: tuple[WorldCheck, ...] = ()
     xfail: Mapping[str, str] = field(default_factory=dict)
+    #: Record every store operation and hold the run to :func:`~.history.linearizable`.
+    history: bool = False
 
     @property
     def __name__(self) -> str:  # so pytest treats a scenario as a test function for marks
@@ -267,6 +270,7 @@ def scenario(
     name: str | None = None,
     check: WorldCheck | Iterable[WorldCheck] = (),
     xfail: str | Mapping[str, str] | None = None,
+    history: bool = False,
 ) -> Callable[[Callable[[RankContext], Any]], Scenario]: ...
 
 
@@ -286,6 +290,7 @@ def scenario(
     name: str | None = None,
     check: WorldCheck | Iterable[WorldCheck] = (),
     xfail: str | Mapping[str, str] | None = None,
+    history: bool = False,
 ) -> Scenario | Callable[[Callable[[RankContext], Any]], Scenario]:
     """Declare a scenario: ``fn(ctx)`` runs on every rank (use as ``@scenario(...)``).
 
@@ -297,13 +302,15 @@ def scenario(
     :func:`returns`).  ``check``: world-level checks that see every rank's fate and value
     (:func:`exactly_one`, :func:`all_agree`, or your own).  ``time_limit`` bounds the world,
     ``rank_budget`` each rank, ``op_timeout`` each store operation.  ``xfail``: the reason the
-    scenario is known to fail, or ``{store pattern: reason}`` (fnmatch: ``"torch-*"``).  Raises
+    scenario is known to fail, or ``{store pattern: reason}`` (fnmatch: ``"torch-*"``).
+    ``history``: record every store operation and check the history is linearizable (as
+    ``check=linearizable()`` does; see ``docs/histories.md``).  Raises
     :class:`ScenarioError` for a bad definition.
     """
 
     def wrap(f: Callable[[RankContext], Any]) -> Scenario:
         return _build(f, name, world_size, workers, needs, stores, faults, expect or {},
-                      time_limit, op_timeout, rank_budget, check, xfail)  # fmt: skip
+                      time_limit, op_timeout, rank_budget, check, xfail, history)  # fmt: skip
 
     return wrap if fn is None else wrap(fn)
 
@@ -322,6 +329,7 @@ def _build(
     rank_budget: float | None,
     check: WorldCheck | Iterable[WorldCheck] = (),
     xfail: str | Mapping[str, str] | None = None,
+    history: bool = False,
 ) -> Scenario:
     label: str = name or str(getattr(fn, "__name__", repr(fn)))
 
@@ -371,11 +379,13 @@ def _build(
     for each in checks:
         if not callable(each):
             raise fail(f"check={each!r}; give a function of the world result, or a list of them")
+    if not isinstance(history, bool):
+        raise fail(f"history={history!r}; give True (record and check) or False")
     built = Scenario(
         fn, label, inspect.getdoc(fn) or "", sizes, nonfixed, kinds, caps, names, fault_list,
         dict(expect), float(time_limit), op_timeout, rank_budget,
         getattr(fn, "__module__", "") or "", inspect.getsourcefile(fn) or "",
-        checks, _xfail(xfail, fail),
+        checks, _xfail(xfail, fail), history or wants_history(checks),
     )  # fmt: skip
     if names is not None:
         for store in (n for n in names if n in known):

@@ -55,6 +55,8 @@ from .context import (
     release_logger,
     run_rank,
 )
+from .history import History
+from .history import load as load_history
 
 __all__ = ["Controls", "Fate", "RankFn", "RankResult", "WorldResult", "run_world"]
 
@@ -128,6 +130,7 @@ def run_world(
     controls: Controls | None = None,
     log_dir: str | None = None,
     start_method: str = "fork",
+    history: bool = False,
 ) -> WorldResult:
     """Run ``fn(ctx)`` on ``world_size`` ranks, each with its own store from ``open_store()``.
 
@@ -136,7 +139,9 @@ def run_world(
     ``None`` and ranks that ``Late`` faults hold back join when their trigger fires.  Durations in
     seconds: ``time_limit`` bounds the whole world, ``rank_budget`` each rank from its start,
     ``op_timeout`` every store operation; ``tags`` names more ``AnyRank`` tags to resolve from
-    the seed (``ctx.rank_of(tag)``).  Raises ``ValueError`` for a bad argument, naming it.
+    the seed (``ctx.rank_of(tag)``).  ``history`` records every store operation of every rank
+    (``WorldResult.history``, see :mod:`.history`).  Raises ``ValueError`` for a bad argument,
+    naming it.
     """
     if not isinstance(world_size, int) or isinstance(world_size, bool) or world_size < 1:
         raise ValueError(f"world_size must be an int >= 1, got {world_size!r}")
@@ -156,6 +161,7 @@ def run_world(
         world = _World(fn, world_size, open_store, workers, time_limit, fixed, plan, seed, logs)
         world.rank_budget, world.op_timeout, world.tags = rank_budget, op_timeout, picked
         world.controls = controls or _NoControls()
+        world.history = history
         if workers == "process":
             world.mp = multiprocess.get_context(start_method)
         return world.run()
@@ -193,11 +199,13 @@ class _World:
         self.tags: dict[str, int] = {}  # AnyRank tag -> the rank the plan picked
         self.selector = selectors.DefaultSelector()
         self.t0 = 0.0
+        self.t0_ns = 0
+        self.history = False  # record each rank's store operations into rank-N.history
 
     # --------------------------------------------------------------------------- the loop
 
     def run(self) -> WorldResult:
-        self.t0 = time.monotonic()
+        self.t0, self.t0_ns = time.monotonic(), time.monotonic_ns()
         deadline = self.t0 + self.time_limit
         try:
             late = {f.rank for f in self.plan if isinstance(f, F.Late)}
@@ -234,7 +242,16 @@ class _World:
             self.plan,
             frozenset(self.fired),
             tuple(sorted(self.tags.items())),
+            self._history(),
         )
+
+    def _history(self) -> History | None:
+        """Every rank's recorded operations, with the runner's events on the same clock."""
+        if not self.history:
+            return None
+        files = [(s.rank, _history_file(s)) for s in self.slots]
+        events = [(self.t0_ns + int(e.at * 1e9), e.text) for e in self.events]
+        return load_history(files, self.t0_ns, events)
 
     def _running(self) -> bool:
         return any(s.state == "running" for s in self.slots)
@@ -273,6 +290,7 @@ class _World:
             args = (
                 theirs, self.fn, self.open_store, slot.rank, world_size, slot.log_path,
                 self.token, self.seed, self.op_timeout, inherited, os.getpid(), self.tags,
+                _history_file(slot) if self.history else None,
             )  # fmt: skip
             proc = self.mp.Process(target=process_main, args=args, name=f"rank-{slot.rank}")
             # A forked child must not garbage-collect what it inherited (objects whose threads
@@ -293,7 +311,7 @@ class _World:
                     run_rank(
                         theirs, self.fn, self.open_store, slot.rank, world_size, log,
                         self.seed, self.op_timeout, on_open=lambda s: setattr(slot, "store", s),
-                        tags=self.tags,
+                        tags=self.tags, history=_history_file(slot) if self.history else None,
                     )  # fmt: skip
                 finally:
                     release_logger(log)
@@ -559,6 +577,11 @@ class _World:
             where=slot.where,
             **common,
         )
+
+
+def _history_file(slot: _Slot) -> str:
+    """Where a rank records its operations: beside its log."""
+    return slot.log_path.removesuffix(".log") + ".history"
 
 
 def _alive(slot: _Slot) -> bool:

@@ -1,5 +1,7 @@
 """The first five scenarios: fixed and non-fixed worlds, timeouts, a signal mid-wait, missing ranks.
 
+Each records its store operations and requires them to be linearizable (``linearizable()``).
+
 Each runs on every store that can take it; ``storeharness list`` shows them and
 ``storeharness run`` runs them.
 """
@@ -8,13 +10,13 @@ from __future__ import annotations
 
 import signal
 
-from storeharness import NonFixed, Signal, after, raises, returns, scenario
+from storeharness import NonFixed, Signal, after, linearizable, raises, returns, scenario
 from storeharness.harness.context import RankContext
 from storeharness.harness.faults import Missing
 from storeharness.stores import StoreTimeout
 
 
-@scenario(world_size=[2, 8], workers="both")
+@scenario(world_size=[2, 8], workers="both", check=linearizable())
 def fixed_world_size(ctx: RankContext) -> int:
     """N ranks rendezvous, each publishes a key, and every rank reads every key."""
     n = ctx.world_size
@@ -31,6 +33,7 @@ def fixed_world_size(ctx: RankContext) -> int:
     world_size=NonFixed(4, late={2: after(0, "joined"), 3: after(1, "left")}),
     workers="both",
     expect={0: returns([0, 1, 2, 3])},
+    check=linearizable(),
 )
 def non_fixed_world_size(ctx: RankContext) -> object:
     """Ranks join late and leave early, taking ids from the store; rank 0 sees every member.
@@ -61,6 +64,7 @@ def non_fixed_world_size(ctx: RankContext) -> object:
     workers="both",
     # the key as this scenario wrote it: not the run's namespace, not a prefix store's
     expect={-1: raises(StoreTimeout, match=r"for keys \['nobody-sets-this'\]")},
+    check=linearizable(),
 )
 def wait_timeout_names_the_key(ctx: RankContext) -> int:
     """The last rank waits on a key nobody sets and gets StoreTimeout naming it; others go on."""
@@ -84,6 +88,7 @@ def wait_timeout_names_the_key(ctx: RankContext) -> int:
     expect={3: returns(1)},
     # A correct store wakes within milliseconds; torch's known failure waits this out.
     op_timeout=3.0,
+    check=linearizable(),
     xfail={
         "torch-*": "torch's C++ wait (its TCP client, its FileStore) retries the interrupted "
         "system call, so the Python handler runs only when the wait times out "
@@ -117,6 +122,7 @@ def sigint_during_wait(ctx: RankContext) -> int:
     workers="both",
     faults=[Missing(-1)],
     expect={"*": raises(StoreTimeout, match=r"\d+ of \d+ participants arrived")},
+    check=linearizable(),
 )
 def missing_clients(ctx: RankContext) -> None:
     """The last rank never starts; the rendezvous fails saying how many joined of how many."""

@@ -18,6 +18,7 @@ from storeharness import (
     all_agree,
     exactly_one,
     killed,
+    linearizable,
     returns,
     scenario,
 )
@@ -41,6 +42,7 @@ def _elect(ctx: RankContext, key: str) -> tuple[str, int]:
     check=[
         exactly_one(lambda r: r.value[0] == "leader", "leader"),
         all_agree(lambda r: r.value[1]),
+        linearizable(),
     ],
 )
 def leader_election(ctx: RankContext) -> tuple[str, int]:
@@ -55,6 +57,7 @@ def leader_election(ctx: RankContext) -> tuple[str, int]:
     check=[
         exactly_one(lambda r: r.value is not None and r.value[0] == "leader", "successor"),
         all_agree(lambda r: r.value[1]),
+        linearizable(),
     ],
 )
 def leader_killed_after_winning(ctx: RankContext) -> tuple[str, int]:

@@ -44,6 +44,7 @@ _WHERE = {
         ("all_agree", "exactly_one", "killed", "never_starts", "raises", "returns",
          "times_out"), "harness.expect"),
     **dict.fromkeys(("CaseResult", "run_case"), "harness.run"),
+    "linearizable": "harness.history",
     **dict.fromkeys(("Fate", "RankResult", "WorldResult", "run_world"), "harness.world"),
 }  # fmt: skip
 
@@ -88,6 +89,7 @@ __all__ = [
     "all_agree",
     "exactly_one",
     "killed",
+    "linearizable",
     "never_starts",
     "raises",
     "returns",
