@@ -35,9 +35,11 @@ from .._types import deadline_after, parse_counter
 from ._accel import speedups
 from ._connect import SILENT, SILENT_DETAIL, open_connection
 from ._spin import SpinPolicy
+from ._token import resolve_token
 from .codec import (
     CHECK_READY,
     EXT_ACK,
+    EXT_AUTH,
     EXT_HELLO,
     STATUS_CANCELED,
     STATUS_ERROR,
@@ -121,6 +123,7 @@ class Transport:
         extensions: bool = True,
         spin: float = 50e-6,
         accelerate: bool | None = None,
+        token: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -129,6 +132,7 @@ class Transport:
         self.connect_timeout = connect_timeout
         self._io_timeout = io_timeout
         self.want_extensions = extensions
+        self._token = resolve_token(token)
         #: How to wait for replies: spin first or sleep at once (learnt per connection).
         self.spin = SpinPolicy(spin)
         self._poll = select.poll()
@@ -173,10 +177,10 @@ class Transport:
         :class:`StoreBroken` saying what the last attempt met."""
         want = self.want_extensions
         nonce = EXT_HELLO if want else os.getpid() & 0xFFFFFFFF
-        answers = {EXT_ACK, nonce} if want else {nonce}
+        answers = {EXT_ACK, EXT_AUTH, nonce} if want else {nonce}
         sock, answer = open_connection(self.host, self.port, self.endpoint, deadline, nonce,
-                                       answers)  # fmt: skip
-        self.extended = want and answer == EXT_ACK
+                                       answers, self._token)  # fmt: skip
+        self.extended = want and answer in (EXT_ACK, EXT_AUTH)
         self._arm_rcvtimeo(sock)
         self._poll = select.poll()
         self._poll.register(sock, select.POLLIN)

@@ -23,6 +23,7 @@ from .._types import (
     check_amount,
     check_world_size,
 )
+from ._token import resolve_token
 from .client import TCPClient
 from .codec import Limits, encode_multi_set
 from .server import ServerProcess, TCPServer, adopt_listener, bind_listener
@@ -73,6 +74,11 @@ class TCPStore(Store):
     limits torch's client takes from it); a server that goes silent makes a call raise
     :class:`StoreTimeout` by its timeout plus :func:`.client.overtime` (at most 0.5 s).
 
+    ``token`` (else the ``STOREHARNESS_TOKEN`` environment variable): a master's server then
+    serves only clients that send it (ours do; torch's cannot and are refused), and this
+    client sends it when a server asks.  Without one, anyone who reaches the port is served,
+    as by torch's server.  The token travels in clear: it keeps out strangers, not eavesdroppers.
+
     Raises :class:`StoreBroken` when no server answers in time (saying whether nobody listened,
     the handshake went unanswered or the name did not resolve), :class:`StoreError` when the
     port is in use, :class:`StoreTimeout` when workers are missing.
@@ -94,6 +100,7 @@ class TCPStore(Store):
         limits: Limits | None = None,
         extensions: bool = True,
         accelerate: bool | None = None,
+        token: str | None = None,
     ) -> None:
         super().__init__(timeout)
         if not isinstance(host_name, str) or not host_name:
@@ -111,9 +118,10 @@ class TCPStore(Store):
         self._use_libuv = bool(use_libuv)
         self._server: TCPServer | ServerProcess | None = None
         self._server_release: Any = None
+        self._token = token = resolve_token(token)
         if is_master:
             self._server = self._start_server(
-                port, multi_tenant, master_listen_fd, server_process, limits, accelerate
+                port, multi_tenant, master_listen_fd, server_process, limits, accelerate, token
             )
             port = self._server.port
         self._port = port
@@ -125,6 +133,7 @@ class TCPStore(Store):
                 io_timeout=self._timeout,
                 extensions=extensions,
                 accelerate=accelerate,
+                token=token,
             )
             if world_size is not None and wait_for_workers:
                 self._client.add(INIT_KEY, 1, INIT_KEY.decode())
@@ -142,6 +151,7 @@ class TCPStore(Store):
         in_process: bool,
         limits: Limits | None,
         accelerate: bool | None,
+        token: str | None,
     ) -> TCPServer | ServerProcess:
         if multi_tenant and port > 0 and listen_fd is None:
             with _tenants_lock:
@@ -154,9 +164,9 @@ class TCPStore(Store):
                     return entry[0]
         sock = adopt_listener(listen_fd, port) if listen_fd is not None else bind_listener(port)
         server: TCPServer | ServerProcess = (
-            ServerProcess(sock, limits, accelerate)
+            ServerProcess(sock, limits, accelerate, token)
             if in_process
-            else TCPServer(sock, limits, accelerate=accelerate).start()
+            else TCPServer(sock, limits, accelerate=accelerate, token=token).start()
         )
         if multi_tenant:
             with _tenants_lock:
@@ -351,6 +361,7 @@ class TCPStore(Store):
             self._timeout,
             use_libuv=self._use_libuv,
             extensions=self._client.want_extensions,
+            token=self._token,
         )
 
     def close(self) -> None:
