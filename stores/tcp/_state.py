@@ -105,6 +105,8 @@ class ServerState:
     """
 
     def __init__(self, limits: Limits | None = None, token: str | None = None) -> None:
+        if token is not None and not token:
+            raise ValueError("token must not be empty (give None to serve without one)")
         self.limits = limits or Limits()
         self._token = None if token is None else token.encode("utf-8", "surrogateescape")
         self.data: dict[bytes, bytes] = {}
