@@ -299,6 +299,10 @@ class RequestDecoder:
         self._need = 1
         #: A many-key request being scanned: [position, strings left, strings done, per key].
         self._scan: list[int] | None = None
+        #: Offer a completed many-key request to the accelerated handler (see :attr:`ready`)
+        #: before parsing it here; ``_offered``: it was offered and declined.
+        self.defer = False
+        self._offered = False
 
     def feed(self, data: bytes) -> None:
         self._buf += data
@@ -321,28 +325,36 @@ class RequestDecoder:
     def ready(self) -> bool:
         """Whether an accelerated handler may look at the buffer: enough may be there for a
         request, and no partial scan is under way (which it would redo from the start)."""
-        return len(self._buf) >= self._need and self._scan is None
+        scan = self._scan
+        return len(self._buf) >= self._need and (scan is None or not scan[1])
 
     def consume(self, count: int) -> None:
         """Drop ``count`` leading bytes that were handled outside :meth:`next`."""
         del self._buf[:count]
+        self._reset()
+
+    def _reset(self) -> None:
         self._need = 1
         self._scan = None
+        self._offered = False
 
     def next(self) -> Request | None:
         buf = self._buf
         if len(buf) < self._need:
             return None
-        if buf[0] in _COUNTED_BYTES and not self._framed(buf):
-            return None
+        if buf[0] in _COUNTED_BYTES:
+            if not self._framed(buf):
+                return None
+            if self.defer and not self._offered:
+                self._offered = True  # complete: :attr:`ready` offers it to the fast path first
+                return None
         try:
             request, used = self._parse(buf)
         except Incomplete as inc:
             self._need_more(inc.need, len(buf))
             return None
         del buf[:used]
-        self._need = 1
-        self._scan = None
+        self._reset()
         return request
 
     def _need_more(self, need: int, have: int) -> None:

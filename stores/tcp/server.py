@@ -250,6 +250,8 @@ class _Connection(asyncio.Protocol):
                         continue  # flow control may have paused us meanwhile
                 request = decoder.next()
                 if request is None:
+                    if self.serve is not None and decoder.ready:
+                        continue  # a trickled many-key request is complete: C may take it
                     self._budget(conn)
                     break
                 handle(conn, request)
@@ -296,7 +298,9 @@ class _Connection(asyncio.Protocol):
         conn, serve = self.conn, self.server.serve_fast
         if serve is None or conn is None or not conn.authed:
             self.serve = None
+            self.decoder.defer = False
             return
+        self.decoder.defer = True
         state, lim = self.server.state, self.server.limits
         self.serve = functools.partial(
             serve, state.data, state.waiters, conn.extended,
