@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import select
 import socket
 import statistics
 import sys
@@ -147,12 +148,15 @@ def amplification(accelerate: bool | None) -> dict[str, Any]:
     with server(accelerate) as srv:
         good = TCPStore("127.0.0.1", srv.port, timeout=120)
         good.set("big", b"x" * (1 << 20))
+        assert good.check(["big"])  # applied (a set has no reply) before anyone asks
         base = peak_rss_mib(srv.proc.pid)
         greedy = socket.create_connection(("127.0.0.1", srv.port))
         greedy.sendall(HELLO)
         greedy.setblocking(False)
         with contextlib.suppress(BlockingIOError):
             greedy.send(encode_request(Query.MULTI_GET, [b"/big"] * 1000) * 20)
+        # measured once the server is replying: it has built (or queued) its first reply
+        assert select.select([greedy], [], [], 60)[0], "the server never answered"
         start = time.perf_counter()
         for _ in range(200):
             good.add("still", 1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import select
 import socket
 import struct
 import threading
@@ -278,12 +279,15 @@ def test_multi_get_amplification_stays_bounded(accelerate: bool | None) -> None:
     with server_process(accelerate=accelerate) as server:
         good = TCPStore("127.0.0.1", server.port, timeout=30, accelerate=accelerate)
         good.set("big", b"x" * (1 << 20))
+        assert good.check(["big"])  # applied (a set has no reply) before anyone asks
         baseline = _peak_rss_mib(server.proc.pid)
         greedy = socket.create_connection(("127.0.0.1", server.port), timeout=30)
         greedy.sendall(HELLO)
         greedy.setblocking(False)
         with contextlib.suppress(BlockingIOError):
             greedy.send(encode_request(Query.MULTI_GET, [b"/big"] * 1000) * 20)
+        # measured once the server is replying: it has built (or queued) its first reply
+        assert select.select([greedy], [], [], 60)[0], "the server never answered"
         for i in range(200):  # everyone else carries on meanwhile
             assert good.add("still", 1) == i + 1
         grown = _peak_rss_mib(server.proc.pid) - baseline

@@ -153,6 +153,7 @@ def test_slow_reader_is_paused_and_memory_stays_bounded() -> None:
     try:
         good = TCPStore("127.0.0.1", server.port, timeout=30)
         good.set("big", b"x" * (256 << 10))
+        assert good.check(["big"])  # applied (a set has no reply) before the greedy asks
         baseline = _peak_rss_mib(server.proc.pid)
         greedy = raw(server.port)
         greedy.sendall(HELLO + encode_request(Query.PING, 1))
@@ -185,6 +186,8 @@ def malformed(rng: random.Random) -> bytes:
         encode_request(Query.QUEUE_PUSH, key, b"q"),
     ]
     body = rng.choice(requests)
+    if rng.random() < 0.01:  # costly for the server by design: one input in a hundred
+        return rng.choice(HOSTILE)
     kind = rng.randrange(8)
     if kind == 0:
         return rng.randbytes(rng.randint(1, 64))
@@ -207,6 +210,19 @@ def malformed(rng: random.Random) -> bytes:
     if kind == 6:
         return body  # no handshake
     return HELLO + encode_request(Query.PING, EXT_HELLO) + rng.randbytes(rng.randint(1, 32))
+
+
+#: Well-formed but hostile: a counter too long for int64 under a barrier, a flood of parked
+#: waits (past max_waits), a multi_get naming one large value many times (amplification).
+HOSTILE = [
+    HELLO
+    + encode_request(Query.SET, b"/fuzz-bk", b"9" * 5000)
+    + encode_request(Query.ADD, b"/fuzz-bk", 1),
+    HELLO + encode_request(Query.BARRIER, b"/fuzz-bk", 1 << 40),
+    HELLO + encode_request(Query.WAIT, [b"/fuzz-never"]) * 1030,
+    HELLO + encode_request(Query.MULTI_GET, [b"/fuzz-big"] * 500),
+    HELLO + encode_request(Query.SET, b"/fuzz-big", b"b" * (64 << 10)),
+]
 
 
 def _legit(opener: object, rank: int, port: int) -> tuple[int, int]:
