@@ -160,9 +160,8 @@ class Transport:
     @io_timeout.setter
     def io_timeout(self, seconds: float) -> None:
         self._io_timeout = seconds
-        # The socket's SO_RCVTIMEO follows, unless a call is in flight: its reads rely on the
-        # value they were given, so the socket keeps it until the next reconnect (a stale
-        # SO_RCVTIMEO only costs the C path its one-syscall read, never correctness).
+        # SO_RCVTIMEO follows unless a call is in flight (it relies on the value it was given;
+        # a stale one only costs the C path its one-syscall read, never correctness).
         if self.lock.acquire(blocking=False):
             try:
                 if self._sock is not None:
@@ -178,8 +177,9 @@ class Transport:
         want = self.want_extensions
         nonce = EXT_HELLO if want else os.getpid() & 0xFFFFFFFF
         answers = {EXT_ACK, EXT_AUTH, nonce} if want else {nonce}
-        sock, answer = open_connection(self.host, self.port, self.endpoint, deadline, nonce,
-                                       answers, self._token)  # fmt: skip
+        sock, answer = open_connection(
+            self.host, self.port, self.endpoint, deadline, nonce, answers, self._token
+        )
         self.extended = want and answer in (EXT_ACK, EXT_AUTH)
         self._arm_rcvtimeo(sock)
         self._poll = select.poll()
@@ -390,21 +390,17 @@ class Transport:
     def _lost(self, op: str, exc: OSError) -> StoreBroken | StoreClosed:
         if self._closed:
             return StoreClosed(op, repr(self))
-        return StoreBroken(
-            f"TCPStore {self.endpoint}: {op} failed, connection lost ({exc.strerror})",
-            host=self.host,
-            port=self.port,
-        )
+        what = f"TCPStore {self.endpoint}: {op} failed, connection lost ({exc.strerror})"
+        return StoreBroken(what, host=self.host, port=self.port)
 
     def _closed_during(self, op: str) -> StoreBroken | StoreClosed:
         if self._closed:  # we closed it, from another thread: not the server's doing
             return StoreClosed(op, repr(self))
-        return StoreBroken(
+        what = (
             f"TCPStore {self.endpoint}: connection closed by the server during {op} "
-            "(did the server shut down or crash, or reject the request?)",
-            host=self.host,
-            port=self.port,
+            "(did the server shut down or crash, or reject the request?)"
         )
+        return StoreBroken(what, host=self.host, port=self.port)
 
     def _reply(self, parse: Parser[_T], deadline: float | None, op: str) -> _T:
         """Read a reply, first the status byte on extended connections."""

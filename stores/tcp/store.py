@@ -23,10 +23,11 @@ from .._types import (
     check_amount,
     check_world_size,
 )
+from ._standalone import ServerProcess
 from ._token import resolve_token
 from .client import TCPClient
 from .codec import Limits, encode_multi_set
-from .server import ServerProcess, TCPServer, adopt_listener, bind_listener
+from .server import TCPServer, adopt_listener, bind_listener
 
 __all__ = ["TCPStore"]
 
