@@ -229,6 +229,10 @@ def parse_i64(buf: bytes | bytearray, pos: int) -> tuple[int, int]:
     return _I64.unpack_from(buf, pos)[0], pos + 8
 
 
+#: Strings longer than this are copied out of a buffer through a memoryview.
+_VIEW_MIN = 1 << 16
+
+
 def parse_bytes(buf: bytes | bytearray, pos: int, limit: int = 1 << 62) -> tuple[bytes, int]:
     if len(buf) < pos + 8:
         raise Incomplete(pos + 8)
@@ -238,6 +242,9 @@ def parse_bytes(buf: bytes | bytearray, pos: int, limit: int = 1 << 62) -> tuple
     end = pos + 8 + size
     if len(buf) < end:
         raise Incomplete(end)
+    if size > _VIEW_MIN:  # one copy, not two (slicing a bytearray copies before bytes() does)
+        with memoryview(buf) as view:
+            return bytes(view[pos + 8 : end]), end
     return bytes(buf[pos + 8 : end]), end
 
 
@@ -353,7 +360,10 @@ class RequestDecoder:
         except Incomplete as inc:
             self._need_more(inc.need, len(buf))
             return None
-        del buf[:used]
+        if used == len(buf):
+            self._buf = bytearray()  # let a large request's buffer go at once
+        else:
+            del buf[:used]
         self._reset()
         return request
 

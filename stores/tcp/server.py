@@ -199,6 +199,7 @@ class _Connection(asyncio.Protocol):
                 data = view[:_PIECE]
             self.queued -= len(data)
             write(data)
+        self._account()
 
     # ----------------------------------------------------------------- requests
 
