@@ -380,3 +380,23 @@ def test_u64_lengths_are_little_endian_in_large_replies() -> None:
     assert struct.unpack_from("<Q", out, 0)[0] == 70_000
     assert struct.unpack_from("<Q", out, 8 + 70_000)[0] == 0
     assert len(out) == 3 * 8 + 2 * 70_000
+
+
+def test_a_large_value_is_copied_out_of_the_request_buffer_once() -> None:
+    import tracemalloc
+
+    size = 32 << 20
+    request = encode_request(Query.SET, b"/v", b"x" * size)
+    decoder = RequestDecoder()
+    tracemalloc.start()
+    try:
+        for at in range(0, len(request), 1 << 20):
+            decoder.feed(request[at : at + (1 << 20)])
+            if (parsed := decoder.next()) is not None:
+                break
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert parsed is not None and len(parsed[1][1]) == size  # type: ignore[arg-type]
+    # the request buffer and the value: 2 x; slicing the buffer first made it 3 x
+    assert peak < 2.5 * size, f"peak {peak / size:.2f} x the value"
