@@ -5,11 +5,25 @@
     from storeharness.stores import Store, HashStore, FileStore, PrefixStore, TCPStore
     from storeharness.stores import StoreError, StoreTimeout, QueueEmpty
     from storeharness.stores import rendezvous  # torch's rendezvous(url), over our stores
+
+torch's error names are here too, with torch's hierarchy, so code written against
+``torch.distributed`` catches our errors unchanged::
+
+    import storeharness.stores as dist
+    try:
+        store.queue_pop("q", block=False)
+    except dist.QueueEmptyError:  # our QueueEmpty is one
+        ...
 """
 
 from ._base import Capability, Store
 from ._errors import (
+    DistError,
+    DistNetworkError,
+    DistStoreError,
     QueueEmpty,
+    QueueEmptyError,
+    StoreBindError,
     StoreBroken,
     StoreClosed,
     StoreError,
@@ -41,13 +55,18 @@ from .tcp import TCPStore
 __all__ = [
     "DEFAULT_TIMEOUT",
     "Capability",
+    "DistError",
+    "DistNetworkError",
+    "DistStoreError",
     "FileStore",
     "HashStore",
     "KeyLike",
     "PrefixStore",
     "QueueEmpty",
+    "QueueEmptyError",
     "RendezvousHandler",
     "Store",
+    "StoreBindError",
     "StoreBroken",
     "StoreClosed",
     "StoreError",

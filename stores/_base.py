@@ -1,12 +1,18 @@
-"""The Store contract: one abstract base class, with the extended operations built on the core.
+"""The Store contract: one base class, with the extended operations built on the core.
 
 The API mirrors ``torch.distributed.Store`` (names, arguments, return types) so that code moves
 between the two; ``../docs/differences.md`` lists every place where we deliberately do better.
 
 A subclass implements the *core* — ``set``, ``get``, ``add``, ``compare_set``, ``wait``,
-``check``, ``delete_key``, ``num_keys`` — and inherits the rest:
+``check``, ``delete_key``, ``num_keys`` — and inherits the rest.  As with torch's ``Store``, it
+may implement only some of them (a store with ``set``/``get``/``add``/``compare_set`` only is
+legal): a core method it lacks raises :class:`UnsupportedOperation` naming the class and the
+method when called, and the conformance suite's ``core_operations`` case lists every one missing.
 
-* ``append``, ``multi_get``, ``multi_set`` and ``barrier`` are built from the core here;
+* ``append``, ``multi_get``, ``multi_set`` and ``barrier`` are built from the core here, each
+  from no more than torch's fallback needs: ``append`` from ``compare_set`` alone,
+  ``multi_get`` from ``get`` (and ``wait``, for one deadline, when the class has it),
+  ``multi_set`` from ``set``, ``barrier`` from ``add``, ``set`` and ``wait``;
 * ``queue_push``/``queue_pop``/``queue_len`` and ``list_keys`` raise
   :class:`UnsupportedOperation` (naming the class and the method) unless overridden: neither can
   be built soundly from the core (no key enumeration; a FIFO pop from set/add/compare_set needs
@@ -26,8 +32,8 @@ Conventions shared by every operation:
 
 from __future__ import annotations
 
-import abc
 import enum
+import os
 import time
 from collections.abc import Sequence
 from datetime import timedelta
@@ -66,7 +72,7 @@ class Capability(enum.StrEnum):
     CAS_WAKES = "cas_wakes"
 
 
-class Store(abc.ABC):
+class Store:
     """A key-value store for rendezvous between the ranks of a distributed job.
 
     Subclasses may call ``super().__init__(timeout)``; if they do not, the default timeout is
@@ -82,23 +88,22 @@ class Store(abc.ABC):
     def __init__(self, timeout: TimeoutLike = DEFAULT_TIMEOUT) -> None:
         self._timeout = as_seconds(timeout)
 
-    # ----------------------------------------------------------------- core (abstract)
+    # ----------------------------------------------------------------- core (override)
 
-    @abc.abstractmethod
     def set(self, key: KeyLike, value: ValueLike) -> None:
         """Insert or overwrite ``key``; wakes every ``wait``/``get`` that needed it.
 
         Never blocks on other clients.  Raises ``TypeError`` for a non-str/bytes key or value.
         """
+        raise _missing(self, "set")
 
-    @abc.abstractmethod
     def get(self, key: KeyLike) -> bytes:
         """Return the value of ``key``, first waiting (store timeout) for it to exist.
 
         Raises :class:`StoreTimeout` if it does not appear in time.
         """
+        raise _missing(self, "get")
 
-    @abc.abstractmethod
     def add(self, key: KeyLike, amount: int) -> int:
         """Atomically add ``amount`` to the integer counter at ``key`` and return the new value.
 
@@ -107,8 +112,8 @@ class Store(abc.ABC):
         at int64.  Wakes waiters on ``key``.  Raises :class:`StoreValueError` (a ``ValueError``)
         if the stored value is not a number, ``TypeError`` if ``amount`` is not an int64.
         """
+        raise _missing(self, "add")
 
-    @abc.abstractmethod
     def compare_set(self, key: KeyLike, expected: ValueLike, desired: ValueLike) -> bytes:
         """Atomically replace ``key``'s value with ``desired`` if it equals ``expected``.
 
@@ -117,8 +122,8 @@ class Store(abc.ABC):
         equal -> write, return ``desired``; present and different -> return the current value.
         A write wakes waiters on ``key``; no write wakes nobody.
         """
+        raise _missing(self, "compare_set")
 
-    @abc.abstractmethod
     def wait(self, keys: Sequence[KeyLike], timeout: TimeoutLike | None = None) -> None:
         """Block until every key in ``keys`` exists (``wait([])`` returns at once).
 
@@ -126,18 +131,19 @@ class Store(abc.ABC):
         the store timeout; ``0`` waits without limit.  Raises :class:`StoreTimeout` naming the
         keys, the limit and the time waited.
         """
+        raise _missing(self, "wait")
 
-    @abc.abstractmethod
     def check(self, keys: Sequence[KeyLike]) -> bool:
         """Return whether every key in ``keys`` exists now (``check([])`` is ``True``)."""
+        raise _missing(self, "check")
 
-    @abc.abstractmethod
     def delete_key(self, key: KeyLike) -> bool:
         """Remove ``key``'s value; return whether there was one.  Queues are untouched."""
+        raise _missing(self, "delete_key")
 
-    @abc.abstractmethod
     def num_keys(self) -> int:
         """Return how many keys hold a value (queues not counted)."""
+        raise _missing(self, "num_keys")
 
     # ----------------------------------------------------------------- extended (fallbacks)
 
@@ -151,13 +157,18 @@ class Store(abc.ABC):
     def append(self, key: KeyLike, value: ValueLike) -> None:
         """Append ``value`` to ``key``'s value, creating the key if absent; wakes its waiters.
 
-        Fallback: a ``compare_set`` loop.  ``compare_set`` cannot tell "I wrote X" from "X was
-        already there", so a concurrent writer storing exactly the value this append would
-        produce makes the append look done; native implementations have no such window.
+        Fallback: ``compare_set`` alone, as torch's.  Unlike torch's, it first reads the current
+        value with a ``compare_set`` that cannot write (a random ``expected`` echoed back for an
+        absent key), so appending ``x`` to ``x`` gives ``xx``.  ``compare_set`` cannot tell "I
+        wrote X" from "X was already there", so a concurrent writer storing exactly the value
+        this append would produce makes the append look done; native implementations have no
+        such window.
         """
         k = as_key(key)
         tail = as_value(value)
-        current: bytes | None = self._peek(k)
+        probe = _PROBE + os.urandom(16)
+        read = self.compare_set(k, probe, probe)
+        current: bytes | None = None if read == probe else read
         while True:
             if current is None:
                 result = self.compare_set(k, b"", tail)
@@ -174,19 +185,15 @@ class Store(abc.ABC):
                     continue
             current = result
 
-    def _peek(self, key: str) -> bytes | None:
-        """The value of ``key`` if it exists now, else ``None`` (never blocks for long)."""
-        if not self.check([key]):
-            return None
-        return self.get(key)
-
     def multi_get(self, keys: Sequence[KeyLike]) -> list[bytes]:
         """Return the values of ``keys`` in order, first waiting (one deadline) for all of them.
 
-        Raises :class:`StoreTimeout` naming the keys still missing.
+        Raises :class:`StoreTimeout` naming the keys still missing.  Fallback: ``get`` per key,
+        after one ``wait`` for all of them when the class implements ``wait``.
         """
         names = as_keys(keys)
-        self.wait(names)
+        if type(self).wait is not Store.wait:  # one deadline, naming every key still missing
+            self.wait(names)
         return [self.get(k) for k in names]
 
     def multi_set(self, keys: Sequence[KeyLike], values: Sequence[ValueLike]) -> None:
@@ -305,6 +312,20 @@ class Store(abc.ABC):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+#: The start of the value ``append``'s read-only ``compare_set`` expects (then 16 random bytes).
+_PROBE = b"\x00storeharness-append-probe\x00"
+
+
+def _missing(store: Store, method: str) -> UnsupportedOperation:
+    """The error for a core method ``store``'s class does not implement."""
+    return UnsupportedOperation(
+        type(store).__name__,
+        method,
+        f"the class does not implement it; define {method}() in {type(store).__qualname__} "
+        "(the conformance suite's core_operations case lists every core method a store lacks)",
+    )
 
 
 _NO_QUEUES = (

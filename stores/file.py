@@ -371,12 +371,16 @@ class FileStore(Store):
             if limit != 0 and left <= 0:
                 raise StoreTimeout("queue_pop", [k], time.monotonic() - start, limit, repr(self))
             # Sleep until the queue has something, then race the other poppers for it.
-            self._blocking(
-                "queue_pop",
-                left,
-                lambda lg: True if lg.queues.get(k) else None,
-                lambda lg: [k],
-            )
+            try:
+                self._blocking(
+                    "queue_pop",
+                    left,
+                    lambda lg: True if lg.queues.get(k) else None,
+                    lambda lg: [k],
+                )
+            except StoreTimeout:  # it timed out on what was left: report the whole limit
+                spent = time.monotonic() - start
+                raise StoreTimeout("queue_pop", [k], spent, limit, repr(self)) from None
 
     # ----------------------------------------------------------------- lifecycle
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 from ._base import Capability, Store
-from ._types import KeyLike, TimeoutLike, ValueLike, as_key, as_keys
+from ._types import KeyLike, TimeoutLike, ValueLike, as_key, as_keys, as_value
 
 __all__ = ["PrefixStore"]
 
@@ -17,7 +17,8 @@ class PrefixStore(Store):
     ``num_keys()`` counts the whole underlying store (as torch does); ``list_keys()`` returns
     only the keys under ``prefix/``, with that stripped (torch matches the prefix without the
     separator, so prefix ``a`` also lists ``ab/x`` as ``/x``).  The timeout is the underlying
-    store's, for ``barrier`` too.
+    store's, for ``barrier`` too.  Values reach the store beneath as ``bytes``, as torch's do
+    (a ``str`` is encoded as UTF-8), so a store of your own sees one type.
     """
 
     def __init__(self, prefix: str, store: Store, *, _owns_store: bool = False) -> None:
@@ -71,7 +72,7 @@ class PrefixStore(Store):
         return [head + k for k in as_keys(keys)]
 
     def set(self, key: KeyLike, value: ValueLike) -> None:
-        self._store.set(self._k(key), value)
+        self._store.set(self._k(key), as_value(value))
 
     def get(self, key: KeyLike) -> bytes:
         return self._store.get(self._k(key))
@@ -80,7 +81,9 @@ class PrefixStore(Store):
         return self._store.add(self._k(key), amount)
 
     def compare_set(self, key: KeyLike, expected: ValueLike, desired: ValueLike) -> bytes:
-        return self._store.compare_set(self._k(key), expected, desired)
+        k = self._k(key)
+        exp, new = as_value(expected, "expected"), as_value(desired, "desired")
+        return self._store.compare_set(k, exp, new)
 
     def wait(self, keys: Sequence[KeyLike], timeout: TimeoutLike | None = None) -> None:
         self._store.wait(self._ks(keys), timeout)
@@ -99,16 +102,16 @@ class PrefixStore(Store):
         return self._store.has_extended_api()
 
     def append(self, key: KeyLike, value: ValueLike) -> None:
-        self._store.append(self._k(key), value)
+        self._store.append(self._k(key), as_value(value))
 
     def multi_get(self, keys: Sequence[KeyLike]) -> list[bytes]:
         return self._store.multi_get(self._ks(keys))
 
     def multi_set(self, keys: Sequence[KeyLike], values: Sequence[ValueLike]) -> None:
-        self._store.multi_set(self._ks(keys), values)
+        self._store.multi_set(self._ks(keys), [as_value(v, "values[]") for v in values])
 
     def queue_push(self, key: KeyLike, value: ValueLike) -> None:
-        self._store.queue_push(self._k(key), value)
+        self._store.queue_push(self._k(key), as_value(value))
 
     def queue_pop(self, key: KeyLike, block: bool = True) -> bytes:
         return self._store.queue_pop(self._k(key), block)

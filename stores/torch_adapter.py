@@ -119,9 +119,8 @@ class TorchStore(Store):
                 raise
             spent = time.monotonic() - start
             missing = self._missing(keys) if op != "barrier" else list(keys)
-            raise StoreTimeout(
-                op, missing, spent, self._timeout if limit is None else limit, repr(self), str(exc)
-            ) from exc
+            limit = self._timeout if limit is None else limit
+            raise StoreTimeout(op, missing, spent, limit, repr(self), torch=str(exc)) from exc
 
     def _missing(self, keys: Sequence[str]) -> list[str]:
         try:
@@ -225,7 +224,7 @@ class TorchStore(Store):
             arrived = self._arrived(k)
             raise StoreTimeout(
                 "barrier", [k], exc.elapsed, limit, repr(self),
-                f"{arrived} of {world_size} participants arrived",
+                f"{arrived} of {world_size} participants arrived", torch=exc.torch,
             ) from exc  # fmt: skip
 
     def _arrived(self, key: str) -> int | str:

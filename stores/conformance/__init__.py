@@ -8,7 +8,9 @@ No pytest needed::
 
 ``Backend.opener`` and ``Backend.parties`` let a runner put the parties of multi-party cases in
 separate processes (the test suite does so for FileStore).  A case needing a capability the
-store does not declare is reported as skipped with that reason, never silently passed.
+store does not declare is reported as skipped with that reason, never silently passed.  The
+first case, ``core_operations``, names every core method the store does not implement (a
+``Store`` subclass may define only some, as torch's may).
 """
 
 from . import _cases as _cases  # registers the cases

@@ -28,6 +28,39 @@ SHORT = 0.2
 GENEROUS = 30.0
 
 
+# --------------------------------------------------------------------------- what it implements
+
+
+@case()
+def case_core_operations(ctx: Context) -> None:
+    """Every core operation is implemented; the failure names each one the store lacks."""
+    s = ctx.store
+    s.set_timeout(timedelta(seconds=SHORT))  # a get whose key set() could not write ends soon
+    calls: list[tuple[str, Callable[[], object]]] = [
+        ("set", lambda: s.set("core/k", "v")),
+        ("add", lambda: s.add("core/n", 1)),
+        ("get", lambda: s.get("core/k")),
+        ("compare_set", lambda: s.compare_set("core/c", "", "v")),
+        ("wait", lambda: s.wait(["core/n"], SHORT)),
+        ("check", lambda: s.check(["core/k"])),
+        ("delete_key", lambda: s.delete_key("core/k")),
+        ("num_keys", s.num_keys),
+    ]
+    missing = []
+    for name, call in calls:
+        try:
+            call()
+        except NotImplementedError:  # UnsupportedOperation, or a store's own
+            missing.append(f"{name}()")
+        except StoreError:
+            pass  # implemented (a timeout because another method is missing, say)
+    expect(
+        not missing,
+        f"{type(s).__name__} does not implement {', '.join(missing)}; every case that uses "
+        "them fails too (define them in the class)",
+    )
+
+
 # --------------------------------------------------------------------------- values and keys
 
 

@@ -8,6 +8,8 @@ names that errors give them.  Time bounds, cancels, reconnects: see :mod:`._tran
 
 from __future__ import annotations
 
+from typing import Any
+
 from ._transport import (
     _ADD,
     _I64,
@@ -41,6 +43,22 @@ class TCPClient(Transport):
     bounds each request the server answers at once (and may be changed later); ``0`` means no
     limit for either.  Raises :class:`StoreBroken` when it cannot connect in time, saying why.
     """
+
+    def __repr__(self) -> str:
+        """torch's shape, ``TCPClient(SocketImpl(fd=7, addr=127.0.0.1:50112, remote=...))``.
+
+        Without a connection (closed, or broken until the next call reconnects; torch's client
+        has neither state) it says which, with ``fd=-1`` and the server it is for.
+        """
+        sock = self._sock
+        if sock is not None and not self._closed:
+            try:
+                local, remote = _address(sock.getsockname()), _address(sock.getpeername())
+                return f"TCPClient(SocketImpl(fd={sock.fileno()}, addr={local}, remote={remote}))"
+            except OSError:  # closed or disconnected meanwhile
+                pass
+        state = "closed" if self._closed else "broken"
+        return f"TCPClient(SocketImpl(fd=-1, remote={self.endpoint}), {state})"
 
     def set(self, key: bytes, value: bytes, shown: Shown = ()) -> None:
         pack = _U64.pack
@@ -164,3 +182,9 @@ class TCPClient(Transport):
             "wait_count", payload, parse_i64, timeout, shown, counter=(key, detail)
         )
         return count
+
+
+def _address(sockaddr: Any) -> str:
+    """``host:port`` for IPv4, ``[host]:port`` for IPv6, as torch's ``SocketImpl`` prints them."""
+    host, port = sockaddr[0], sockaddr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from .._errors import StoreError
+from .._errors import StoreBindError, StoreError
 from ._accel import speedups
 from ._state import Conn, ServerState
 from .codec import Limits, ProtocolError, Query, RequestDecoder, reply_error
@@ -39,8 +39,9 @@ def bind_listener(port: int, backlog: int = 4096, host: str | None = None) -> so
 
     With no ``host``: IPv6 dual-stack (``::``), else IPv4 (``0.0.0.0``), as a torch
     ``TCPStore`` master listens.  With one (``"127.0.0.1"``, ``"::1"``, a name): each address it
-    resolves to, in order, until one binds.  Raises :class:`StoreError` naming the address and
-    port when none can be bound (the port in use, an address not on this machine).
+    resolves to, in order, until one binds.  Raises :class:`StoreBindError` (a
+    ``DistNetworkError``, as torch's) naming the address and port when none can be bound (the
+    port in use, an address not on this machine).
     """
     if host is None:
         candidates = [(socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")]
@@ -48,13 +49,14 @@ def bind_listener(port: int, backlog: int = 4096, host: str | None = None) -> so
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         except socket.gaierror as exc:
-            raise StoreError(
+            raise StoreBindError(
                 f"cannot listen on {host}:{port}: {exc.strerror} (give an address of this machine)",
                 host=host,
                 port=port,
             ) from exc
         candidates = list(dict.fromkeys((info[0], str(info[4][0])) for info in infos))
     errors = []
+    last_errno: int | None = None
     for family, address in candidates:
         try:
             sock = socket.socket(family, socket.SOCK_STREAM)
@@ -70,14 +72,16 @@ def bind_listener(port: int, backlog: int = 4096, host: str | None = None) -> so
             return sock
         except OSError as exc:
             sock.close()
+            last_errno = exc.errno
             errors.append(f"[{address}]:{port}: {exc.strerror}")
             if exc.errno == errno.EADDRINUSE:
                 break
-    raise StoreError(
+    raise StoreBindError(
         "The server socket has failed to listen on any local network address. "
         f"port: {port}: {'; '.join(errors)} (another server on this port? use port=0 or "
         "multi_tenant=True to share one)",
         port=port,
+        errno=last_errno,
     )
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import re
 import threading
 import time
 import weakref
@@ -10,7 +13,13 @@ from datetime import timedelta
 from typing import Any
 
 from .._base import Capability, Store
-from .._errors import QueueEmpty, StoreTimeout, UnsupportedOperation
+from .._errors import (
+    QueueEmpty,
+    StoreBindError,
+    StoreTimeout,
+    StoreValueError,
+    UnsupportedOperation,
+)
 from .._types import (
     DEFAULT_TIMEOUT,
     KeyLike,
@@ -35,6 +44,14 @@ __all__ = ["TCPStore"]
 PREFIX = "/"
 PREFIX_BYTES = PREFIX.encode()
 INIT_KEY = b"init/"
+
+log = logging.getLogger("storeharness.stores.tcp")
+
+#: torchelastic's agent runs the job's store on MASTER_PORT; a rank-0 master then cannot bind.
+AGENT_STORE_ENV = "TORCHELASTIC_USE_AGENT_STORE"
+_TRUE = frozenset({"y", "yes", "1", "t", "true"})
+_FALSE = frozenset({"n", "no", "0", "f", "false"})
+_STOI = re.compile(r"[ \t\n\v\f\r]*([+-]?[0-9]+)")
 
 _tenants_lock = threading.Lock()
 _tenants: dict[int, tuple[TCPServer | ServerProcess, int]] = {}
@@ -61,6 +78,46 @@ def _release_server(server: TCPServer | ServerProcess, port: int, tenant: bool) 
     server.stop()
 
 
+def _env_flag(name: str, bind_error: StoreBindError) -> bool:
+    """torch's reading of a boolean variable (``getCvarBool``): unset is false; ``y``, ``yes``,
+    ``1``, ``t``, ``true`` (any case) true; ``n``, ``no``, ``0``, ``f``, ``false`` false."""
+    raw = os.environ.get(name)
+    if raw is None or raw.lower() in _FALSE:
+        return False
+    if raw.lower() in _TRUE:
+        return True
+    raise _bad_env(name, raw, "1/true/yes/t/y or 0/false/no/f/n", bind_error) from bind_error
+
+
+def _env_port(name: str, bind_error: StoreBindError) -> int:
+    """torch's reading of an integer variable (``std::stoi``): unset is 0; leading whitespace
+    and a sign accepted, trailing text ignored; no digits or outside int32 is invalid."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return 0
+    found = _STOI.match(raw)
+    if found is None or not -(2**31) <= int(found.group(1)) < 2**31:
+        raise _bad_env(name, raw, "a port number", bind_error) from bind_error
+    return int(found.group(1))
+
+
+def _bad_env(name: str, raw: str, expected: str, bind_error: StoreBindError) -> StoreValueError:
+    return StoreValueError(
+        f"Invalid value for environment variable: {name} ({raw!r}; expected {expected}), read "
+        f"because the master could not listen: {bind_error}",
+        variable=name,
+        value=raw,
+    )
+
+
+def _agent_store_serves(port: int, bind_error: StoreBindError) -> bool:
+    """Whether a master that could not bind ``port`` is to be a client of torchelastic's agent
+    store instead, as torch's is: ``TORCHELASTIC_USE_AGENT_STORE`` true and ``MASTER_PORT`` equal
+    to ``port``.  Both are read (and an invalid value raised) whatever the other says."""
+    use_agent = _env_flag(AGENT_STORE_ENV, bind_error)
+    return _env_port("MASTER_PORT", bind_error) == port and use_agent
+
+
 class TCPStore(Store):
     """A store served over TCP with torch's c10d wire protocol; torch clients can use it too.
 
@@ -80,9 +137,13 @@ class TCPStore(Store):
     client sends it when a server asks.  Without one, anyone who reaches the port is served,
     as by torch's server.  The token travels in clear: it keeps out strangers, not eavesdroppers.
 
+    Under torchelastic (``TORCHELASTIC_USE_AGENT_STORE`` true and ``MASTER_PORT`` equal to
+    ``port``) a master that cannot bind, because the agent's store holds the port, becomes a
+    client of that store, as torch's does: it counts itself in but does not wait for the others.
+
     Raises :class:`StoreBroken` when no server answers in time (saying whether nobody listened,
-    the handshake went unanswered or the name did not resolve), :class:`StoreError` when the
-    port is in use, :class:`StoreTimeout` when workers are missing.
+    the handshake went unanswered or the name did not resolve), :class:`StoreBindError` (a
+    ``DistNetworkError``) when the port is in use, :class:`StoreTimeout` when workers are missing.
     """
 
     def __init__(
@@ -121,10 +182,20 @@ class TCPStore(Store):
         self._server_release: Any = None
         self._token = token = resolve_token(token)
         if is_master:
-            self._server = self._start_server(
-                port, multi_tenant, master_listen_fd, server_process, limits, accelerate, token
-            )
-            port = self._server.port
+            try:
+                self._server = self._start_server(
+                    port, multi_tenant, master_listen_fd, server_process, limits, accelerate, token
+                )
+                port = self._server.port
+            except StoreBindError as exc:
+                if not _agent_store_serves(port, exc):
+                    raise
+                log.error(
+                    "The server socket on %s has failed to bind. %s is enabled so ignoring the "
+                    "error (this master is a client of the agent's store).",
+                    port,
+                    AGENT_STORE_ENV,
+                )
         self._port = port
         try:
             self._client = TCPClient(
@@ -138,7 +209,7 @@ class TCPStore(Store):
             )
             if world_size is not None and wait_for_workers:
                 self._client.add(INIT_KEY, 1, INIT_KEY.decode())
-                if is_master:
+                if self._server is not None:  # not a master turned client (agent store)
                     self._wait_for_workers(world_size)
         except BaseException:
             self.close()
@@ -236,8 +307,13 @@ class TCPStore(Store):
         return self._server
 
     def __repr__(self) -> str:
+        """torch's shape: ``TCPStore(client=TCPClient(SocketImpl(...)), server=TCPServer(port=N))``,
+        ``server=<nullptr>`` without a server of its own (as torch prints a null pointer)."""
         client = getattr(self, "_client", None)
-        return f"TCPStore(client={client!r}, server={self._server!r})"
+        client_text = "<nullptr>" if client is None else repr(client)
+        server = getattr(self, "_server", None)
+        server_text = "<nullptr>" if server is None else repr(server)
+        return f"TCPStore(client={client_text}, server={server_text})"
 
     # ----------------------------------------------------------------- operations
 
