@@ -96,9 +96,8 @@ class _Unsent(Exception):
 
 def _silence(exc: Exception) -> str:
     """What a request that ran out of time with ``exc`` met."""
-    if isinstance(exc, _Unsent):
-        return "the server stopped reading the request"
-    return "the server sent no reply"
+    unsent = isinstance(exc, _Unsent)
+    return "the server stopped reading the request" if unsent else "the server sent no reply"
 
 
 def _names(shown: Shown) -> list[str]:
@@ -172,8 +171,7 @@ class Transport:
     # ----------------------------------------------------------------- connection
 
     def _connect(self, deadline: float | None) -> None:
-        """Connect and shake hands by ``deadline`` (see :mod:`._connect`); raises
-        :class:`StoreBroken` saying what the last attempt met."""
+        """Connect and shake hands by ``deadline`` (:mod:`._connect`), or :class:`StoreBroken`."""
         want = self.want_extensions
         nonce = EXT_HELLO if want else os.getpid() & 0xFFFFFFFF
         answers = {EXT_ACK, EXT_AUTH, nonce} if want else {nonce}
