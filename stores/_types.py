@@ -133,7 +133,12 @@ def parse_counter(raw: bytes, key: str) -> int:
             "add() only works on keys created by add() or set to decimal text",
             key=key,
         )
-    number = int(match.group(1))
+    text = match.group(1)
+    # Past 19 significant digits it cannot fit; checked before int(), which refuses more than
+    # 4300 digits with a plain ValueError (and would spend quadratic time on a huge number).
+    digits = text.lstrip(b"+-").lstrip(b"0") or b"0"
+    sign = -1 if text.startswith(b"-") else 1
+    number = sign * int(digits) if len(digits) <= 19 else _INT64_MAX + 1
     if not _INT64_MIN <= number <= _INT64_MAX:
         raise StoreValueError(
             f"add({key!r}): stored value {raw[:40]!r} is outside the int64 range", key=key

@@ -1,5 +1,5 @@
 """``python -m storeharness.stores.tcp``: serve a TCPStore (options: ``server.main``)."""
 
-from .server import main
+from ._standalone import main
 
 main()

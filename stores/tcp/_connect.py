@@ -13,6 +13,7 @@ silent     a listener accepted the connection, never answered the         server
 closed     the listener closed (``lost``: reset) the connection during    is it a TCPStore
            the handshake; ``rejected``: it answered the ping wrongly      server?
 unresolved the host name does not resolve (raised at once: no retry)      is the name right?
+token      the server requires a token we lack, or refused ours (at once)  token= / the variable
 ========== ============================================================== ======================
 
 Refused and failed attempts are retried with jittered backoff until the deadline (the server may
@@ -28,7 +29,8 @@ import time
 from typing import Any
 
 from .._errors import StoreBroken
-from .codec import MAGIC, Query, encode_request
+from ._token import TOKEN_ENV
+from .codec import EXT_AUTH, MAGIC, STATUS_OK, Query, encode_request, parse_bytes
 
 __all__ = ["SILENT", "SILENT_DETAIL", "open_connection"]
 
@@ -51,14 +53,22 @@ class _Failed(Exception):
 
 
 def open_connection(
-    host: str, port: int, endpoint: str, deadline: float | None, nonce: int, answers: set[int]
+    host: str,
+    port: int,
+    endpoint: str,
+    deadline: float | None,
+    nonce: int,
+    answers: set[int],
+    token: str | None = None,
 ) -> tuple[socket.socket, int]:
     """Connect to ``host:port`` and send VALIDATE and PING ``nonce``, by ``deadline`` (an
-    instant of ``time.monotonic()``; ``None``: no limit), retrying with backoff.
+    instant of ``time.monotonic()``; ``None``: no limit), retrying with backoff.  A server that
+    answers :data:`EXT_AUTH` (a token is required) is sent ``token``.
 
     Returns the connected socket (blocking, TCP_NODELAY) and the server's answer to the ping,
-    one of ``answers``.  Raises :class:`StoreBroken` at once for a name that does not resolve,
-    else at the deadline, saying what the last attempt met.
+    one of ``answers``.  Raises :class:`StoreBroken` at once for a name that does not resolve
+    or a token missing or refused (``reason="token"``), else at the deadline, saying what the
+    last attempt met.
     """
     start = time.monotonic()
     delay = 0.01
@@ -81,7 +91,7 @@ def open_connection(
         for family, kind, proto, _, address in infos:
             try:
                 return _attempt(socket.socket(family, kind, proto), address, deadline, nonce,
-                                answers)  # fmt: skip
+                                answers, token, endpoint)  # fmt: skip
             except _Failed as exc:
                 failed = exc
         if deadline is not None and time.monotonic() >= deadline:
@@ -104,7 +114,13 @@ def _left(deadline: float | None) -> float | None:
 
 
 def _attempt(
-    sock: socket.socket, address: Any, deadline: float | None, nonce: int, answers: set[int]
+    sock: socket.socket,
+    address: Any,
+    deadline: float | None,
+    nonce: int,
+    answers: set[int],
+    token: str | None = None,
+    endpoint: str = "",
 ) -> tuple[socket.socket, int]:
     """One TCP connect and handshake; raises :class:`_Failed` saying what failed."""
     try:
@@ -126,6 +142,8 @@ def _attempt(
         if answer not in answers:
             what = f"the handshake's ping was answered with {answer}, not {nonce}"
             raise _Failed("rejected", what, _NOT_A_STORE)
+        if answer == EXT_AUTH:
+            _authenticate(sock, deadline, token, endpoint, address)
         sock.settimeout(None)  # blocking again: the client bounds each wait itself
         return sock, answer
     except BaseException:
@@ -155,3 +173,51 @@ def _handshake(sock: socket.socket, deadline: float | None, nonce: int) -> int:
         raise _Failed("lost", what, _NOT_A_STORE) from None
     value: int = _U32.unpack(answer)[0]
     return value
+
+
+def _authenticate(
+    sock: socket.socket, deadline: float | None, token: str | None, endpoint: str, address: Any
+) -> None:
+    """Send the token a server asked for and read its verdict; :class:`StoreBroken` at once
+    (``reason="token"``) when we have none or it is refused: retrying would not help."""
+    host, port = address[0], address[1]
+    if token is None:
+        raise StoreBroken(
+            f"TCPStore {endpoint} requires a token and none was given "
+            f"(pass token= or set {TOKEN_ENV})",
+            host=host,
+            port=port,
+            reason="token",
+        )
+    reply = b""
+    try:
+        sock.settimeout(_left(deadline))
+        sock.sendall(encode_request(Query.AUTH, token.encode("utf-8", "surrogateescape")))
+        while not reply or (reply[0] != STATUS_OK and _incomplete_error(reply)):
+            sock.settimeout(_left(deadline))
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    except TimeoutError:
+        raise _Failed(SILENT, _SILENT_WHAT, _SILENT_HINT) from None
+    except OSError as exc:
+        what = f"the connection broke while sending the token ({exc.strerror or exc})"
+        raise _Failed("lost", what, _NOT_A_STORE) from None
+    if reply[:1] != bytes([STATUS_OK]):
+        raise StoreBroken(
+            f"TCPStore {endpoint} refused our token (is it the server's token? "
+            f"token= or {TOKEN_ENV})",
+            host=host,
+            port=port,
+            reason="token",
+        )
+
+
+def _incomplete_error(reply: bytes) -> bool:
+    """Whether an error reply (status byte, message string) is still missing bytes."""
+    try:
+        parse_bytes(reply, 1)
+    except Exception:
+        return True
+    return False

@@ -7,7 +7,8 @@
  * it consumed.  It stops, without consuming, at the first request it cannot finish exactly as
  * _state.ServerState would: an incomplete request, an unknown or extension command, a length
  * over the limits, a write to a key somebody waits on, a counter that is not plain decimal text,
- * a missing key that a wait or check would have to look up in the queues.  The Python decoder
+ * a missing key that a wait or check would have to look up in the queues, a reply carrying a
+ * large value (Python queues it by reference).  The Python decoder
  * and state machine then take that request (and raise the protocol error, park the waiter, ...).
  * Replies of one call are written with a single write() call, in request order.
  *
@@ -48,6 +49,11 @@ enum {
 /* Stop batching once this many reply bytes are pending, so the transport's flow control
  * (pause_writing) is consulted between batches and a peer that does not read stays bounded. */
 #define BATCH_REPLY_BYTES (256 * 1024)
+
+/* Replies carrying a value larger than this, or growing past BATCH_REPLY_BYTES, are left to
+ * Python, which queues stored values by reference instead of copying them (twice: into the
+ * reply buffer, then into a bytes object) -- and checks them against max_reply. */
+#define INLINE_VALUE_BYTES (64 * 1024)
 
 static uint64_t
 get_u64(const unsigned char *p)
@@ -305,6 +311,9 @@ put_values(In *in, PyObject *data, Py_ssize_t count, Out *o, int missing_ok)
                 return -1;
             }
         }
+        else if (PyBytes_GET_SIZE(value) > INLINE_VALUE_BYTES || o->len > BATCH_REPLY_BYTES) {
+            return 0; /* a large reply: Python sends it by reference */
+        }
         else if (out_string(o, value) < 0) {
             return -1;
         }
@@ -357,6 +366,9 @@ serve_one(In *in, PyObject *data, PyObject *waiters, int extended, Out *o)
                 return 0; /* not there yet: Python parks the waiter */
             }
             return (out_status(o, extended) < 0 || out_u64(o, 0) < 0) ? -1 : 1;
+        }
+        if (PyBytes_GET_SIZE(value) > INLINE_VALUE_BYTES) {
+            return 0; /* a large value: Python sends it by reference */
         }
         return (out_status(o, extended) < 0 || out_string(o, value) < 0) ? -1 : 1;
     }

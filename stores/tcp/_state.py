@@ -11,7 +11,9 @@ wakes exactly the waiters it satisfies, and a key deleted after it appeared stil
 
 from __future__ import annotations
 
+import hmac
 import logging
+import struct
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -22,12 +24,14 @@ from .codec import (
     CHECK_NOT_READY,
     CHECK_READY,
     EXT_ACK,
+    EXT_AUTH,
     EXT_HELLO,
     MAGIC,
     STATUS_CANCELED,
     STATUS_OK,
     STOP_WAITING,
     WAIT_CANCELED,
+    Limits,
     ProtocolError,
     Query,
     Request,
@@ -45,17 +49,33 @@ log = logging.getLogger("storeharness.stores.tcp.server")
 
 
 class Conn:
-    """One client connection's protocol state."""
+    """One client connection's protocol state.
 
-    __slots__ = ("extended", "name", "pending", "send", "validated")
+    ``send`` writes one reply; ``sendv`` (default: ``send`` of the joined parts) writes one
+    reply given in parts, so a transport can queue large stored values without copying them;
+    ``close`` drops the connection (used when a reply for it cannot be produced).
+    """
 
-    def __init__(self, send: Callable[[bytes], None], name: str = "") -> None:
+    __slots__ = ("authed", "close", "extended", "name", "pending", "send", "sendv", "validated")
+
+    def __init__(
+        self,
+        send: Callable[[bytes], None],
+        name: str = "",
+        sendv: Callable[[list[bytes]], None] | None = None,
+        close: Callable[[], None] | None = None,
+    ) -> None:
         self.send = send
+        self.sendv = sendv if sendv is not None else (lambda parts: send(b"".join(parts)))
+        self.close = close if close is not None else (lambda: None)
         self.name = name
         self.validated = False
+        #: Whether the token was given (or none is required; set on VALIDATE then).
+        self.authed = False
         self.extended = False
-        #: Outstanding blocked requests of this connection (normally at most one).
-        self.pending: list[_Pending] = []
+        #: Outstanding blocked requests of this connection (normally at most one); a dict for
+        #: O(1) removal, in arrival order.
+        self.pending: dict[_Pending, None] = {}
 
 
 class _Pending:
@@ -71,14 +91,33 @@ class _Pending:
         self.target = target  # WAIT_COUNT: the value to reach; BARRIER: the world size
 
 
-class ServerState:
-    """Everything the server holds.  Not thread-safe: one event loop drives it."""
+#: Replies up to this size are sent joined (one write); larger ones in parts, so the stored
+#: values they carry are queued by reference rather than copied.
+_JOIN_MAX = 1 << 16
+_U64_PACK = struct.Struct("<Q").pack
 
-    def __init__(self) -> None:
+
+class ServerState:
+    """Everything the server holds.  Not thread-safe: one event loop drives it.
+
+    ``limits``: ``max_waits`` and ``max_reply`` are enforced here.  ``token``: when set, a
+    connection must send it (extension ``AUTH``) before anything else is served.
+    """
+
+    def __init__(self, limits: Limits | None = None, token: str | None = None) -> None:
+        if token is not None and not token:
+            raise ValueError("token must not be empty (give None to serve without one)")
+        self.limits = limits or Limits()
+        self._token = None if token is None else token.encode("utf-8", "surrogateescape")
         self.data: dict[bytes, bytes] = {}
         self.queues: dict[bytes, deque[bytes]] = {}
-        self.waiters: dict[bytes, list[_Pending]] = {}
+        #: Registrations per key: dicts used as ordered sets (O(1) insertion and removal).
+        self.waiters: dict[bytes, dict[_Pending, None]] = {}
         self.connections = 0
+
+    @property
+    def token_required(self) -> bool:
+        return self._token is not None
 
     # ----------------------------------------------------------------- connection lifecycle
 
@@ -91,13 +130,13 @@ class ServerState:
         self._drop_pending(conn)
 
     def _drop_pending(self, conn: Conn) -> None:
+        """O(keys of the dropped requests), whatever else waits on those keys."""
+        waiters = self.waiters
         for pending in conn.pending:
             for key in pending.keys:
-                line = self.waiters.get(key)
-                if line is not None and pending in line:
-                    line.remove(pending)
-                    if not line:
-                        del self.waiters[key]
+                line = waiters.get(key)
+                if line is not None and line.pop(pending, 0) is None and not line:
+                    del waiters[key]
         conn.pending.clear()
 
     # ----------------------------------------------------------------- dispatch
@@ -105,11 +144,9 @@ class ServerState:
     def handle(self, conn: Conn, request: Request) -> None:
         """Apply one request.  Raises :class:`ProtocolError` when the connection must be dropped."""
         query, args = request
-        if not conn.validated:
-            if query is Query.VALIDATE and args[0] == MAGIC:
-                conn.validated = True
-                return
-            raise ProtocolError(f"first message must be VALIDATE with the magic, got {query.name}")
+        if not conn.authed:
+            self._handshake(conn, query, args)
+            return
         handler = self._handlers.get(query)
         if handler is None:
             raise ProtocolError(f"{query.name} after the handshake")
@@ -120,6 +157,57 @@ class ServerState:
                 # A torch client has no error channel: like torch's server, drop the connection.
                 raise ProtocolError(str(exc)) from exc
             conn.send(reply_error(str(exc)))
+
+    def _handshake(self, conn: Conn, query: Query, args: tuple[object, ...]) -> None:
+        """VALIDATE, then (with a token) PING ``EXT_HELLO`` and ``AUTH`` before anything else."""
+        if not conn.validated:
+            if query is Query.VALIDATE and args[0] == MAGIC:
+                conn.validated = True
+                conn.authed = self._token is None
+                return
+            raise ProtocolError(f"first message must be VALIDATE with the magic, got {query.name}")
+        if query is Query.PING and args[0] == EXT_HELLO and not conn.extended:
+            conn.send(reply_u32(EXT_AUTH))
+            conn.extended = True
+            return
+        if query is Query.AUTH and conn.extended:
+            given = args[0]
+            assert isinstance(given, bytes) and self._token is not None
+            if hmac.compare_digest(given, self._token):  # constant time
+                conn.authed = True
+                conn.send(reply_u8(STATUS_OK))
+                return
+            conn.send(reply_error("wrong token: this server requires another token"))
+            raise ProtocolError("wrong token")  # the token itself is never logged
+        why = "this server requires a token (token= or STOREHARNESS_TOKEN)"
+        if conn.extended:
+            conn.send(reply_error(f"{why}; send it first"))
+            raise ProtocolError(f"{query.name} before the token: {why}")
+        raise ProtocolError(f"{query.name} from a client that cannot send a token: {why}")
+
+    def _check_reply(self, size: int, what: str) -> None:
+        """Refuse a reply of ``size`` bytes over ``max_reply`` before building it."""
+        limit = self.limits.max_reply
+        if size > limit:
+            raise StoreValueError(
+                f"{what}: the reply would be {size} bytes, over the server's "
+                f"max_reply={limit}; ask for fewer or smaller values at a time"
+            )
+
+    def _ok_values(self, conn: Conn, head: list[bytes], values: list[bytes], what: str) -> None:
+        """Reply ``head`` then each value as a wire string, within ``max_reply``."""
+        size = sum(len(v) for v in values) + 8 * len(values) + sum(len(h) for h in head)
+        self._check_reply(size, what)
+        if size <= _JOIN_MAX:
+            self._ok(conn, b"".join(head) + reply_values(values))
+            return
+        parts = [reply_u8(STATUS_OK)] if conn.extended else []
+        parts += head
+        pack = _U64_PACK
+        for value in values:
+            parts.append(pack(len(value)))
+            parts.append(value)
+        conn.sendv(parts)
 
     def _ok(self, conn: Conn, payload: bytes) -> None:
         conn.send(reply_u8(STATUS_OK) + payload if conn.extended else payload)
@@ -133,7 +221,25 @@ class ServerState:
         for pending in line:
             pending.missing -= 1
             if pending.missing == 0:
-                self._finish(pending)
+                self._finish_safely(pending)
+
+    def _finish_safely(self, pending: _Pending) -> None:
+        """Answer a waiter; if that fails, drop *its* connection (never the writer's, never
+        the other waiters): every waiter is answered or disconnected, none left hanging."""
+        conn = pending.conn
+        try:
+            self._finish(pending)
+        except StoreValueError as exc:  # a reply over max_reply, say: tell the waiter
+            if conn.extended:
+                conn.send(reply_error(str(exc)))
+                return
+            log.warning("dropping connection %s: %s", conn.name, exc)
+            self._drop_pending(conn)
+            conn.close()
+        except Exception:
+            log.exception("dropping connection %s: its blocked request failed", pending.conn.name)
+            self._drop_pending(pending.conn)
+            pending.conn.close()
 
     def _set(self, conn: Conn, key: bytes, value: bytes) -> None:
         self.data[key] = value
@@ -170,10 +276,12 @@ class ServerState:
     # ----------------------------------------------------------------- reads
 
     def _get(self, conn: Conn, key: bytes) -> None:
-        self._ok(conn, string(self.data.get(key, b"")))  # missing: empty, as torch's libuv
+        # missing: empty, as torch's libuv
+        self._ok_values(conn, [], [self.data.get(key, b"")], "get")
 
     def _multi_get(self, conn: Conn, keys: tuple[bytes, ...]) -> None:
-        self._ok(conn, reply_values([self.data.get(k, b"") for k in keys]))
+        get = self.data.get
+        self._ok_values(conn, [], [get(k, b"") for k in keys], "multi_get")
 
     def _exists(self, key: bytes) -> bool:
         return key in self.data or bool(self.queues.get(key))
@@ -186,7 +294,10 @@ class ServerState:
         self._ok(conn, reply_i64(len(self.data)))
 
     def _list_keys(self, conn: Conn) -> None:
-        self._ok(conn, reply_i64(len(self.data)) + reply_values(list(self.data)))
+        self._ok_values(conn, [reply_i64(len(self.data))], list(self.data), "list_keys")
+
+    def _auth(self, conn: Conn, token: bytes) -> None:
+        raise ProtocolError("AUTH on a connection that needs none (or already gave it)")
 
     def _ping(self, conn: Conn, nonce: int) -> None:
         if nonce == EXT_HELLO and not conn.extended:
@@ -210,10 +321,10 @@ class ServerState:
             for pending in list(waiters):
                 if pending.kind is not Query.WAIT:
                     continue  # gets, counts and barriers wait for values, not queues
-                waiters.remove(pending)
+                del waiters[pending]
                 pending.missing -= 1
                 if pending.missing == 0:
-                    self._finish(pending)
+                    self._finish_safely(pending)
                     break
             if not waiters:
                 self.waiters.pop(key, None)
@@ -227,7 +338,7 @@ class ServerState:
         value = line.popleft()
         if not line:
             del self.queues[key]
-        self._ok(conn, reply_i64(size) + string(value))
+        self._ok_values(conn, [reply_i64(size)], [value], "queue_pop")
 
     def _queue_len(self, conn: Conn, key: bytes) -> None:
         line = self.queues.get(key)
@@ -235,15 +346,30 @@ class ServerState:
 
     # ----------------------------------------------------------------- blocking requests
 
+    def _admit(self, conn: Conn, what: Query) -> None:
+        """Refuse one more blocked request past ``max_waits`` on this connection."""
+        limit = self.limits.max_waits
+        if len(conn.pending) >= limit:
+            raise StoreValueError(
+                f"{what.name.lower()}: this connection already has {len(conn.pending)} blocked "
+                f"requests (the server's max_waits={limit}); cancel or finish one first"
+            )
+
     def _register(self, pending: _Pending, present: Callable[[bytes], bool]) -> None:
         missing = [k for k in dict.fromkeys(pending.keys) if not present(k)]
         if not missing:
             self._finish(pending)
             return
+        self._admit(pending.conn, pending.kind)
         pending.missing = len(missing)
+        waiters = self.waiters
         for key in missing:
-            self.waiters.setdefault(key, []).append(pending)
-        pending.conn.pending.append(pending)
+            line = waiters.get(key)
+            if line is None:
+                waiters[key] = {pending: None}
+            else:
+                line[pending] = None
+        pending.conn.pending[pending] = None
 
     def _wait(self, conn: Conn, keys: tuple[bytes, ...]) -> None:
         self._register(_Pending(conn, Query.WAIT, keys), self._exists)
@@ -269,6 +395,8 @@ class ServerState:
 
     def _barrier(self, conn: Conn, key: bytes, world_size: int) -> None:
         count = next_counter(self.data.get(key), 1, key.decode("utf-8", "replace"))
+        if count < world_size:
+            self._admit(conn, Query.BARRIER)  # before counting this caller in
         self.data[key] = str(count).encode()
         if count >= world_size:
             self._ok(conn, reply_u8(STOP_WAITING))
@@ -279,8 +407,8 @@ class ServerState:
     def _park(self, pending: _Pending) -> None:
         """Register a barrier participant until its counter reaches the world size."""
         pending.missing = 1
-        self.waiters.setdefault(pending.keys[0], []).append(pending)
-        pending.conn.pending.append(pending)
+        self.waiters.setdefault(pending.keys[0], {})[pending] = None
+        pending.conn.pending[pending] = None
 
     def _cancel_wait(self, conn: Conn) -> None:
         self._drop_pending(conn)
@@ -290,21 +418,20 @@ class ServerState:
     def _finish(self, pending: _Pending) -> None:
         """Answer a satisfied blocked request (or re-arm it if what it needs is gone again)."""
         conn = pending.conn
-        if pending in conn.pending:
-            conn.pending.remove(pending)
+        conn.pending.pop(pending, None)
         kind = pending.kind
         if kind is Query.WAIT_GET:
             value = self.data.get(pending.keys[0])
             if value is None:  # written then deleted before we got here: keep waiting
                 self._register(_Pending(conn, kind, pending.keys), self.data.__contains__)
                 return
-            self._ok(conn, string(value))
+            self._ok_values(conn, [], [value], "get")
         elif kind is Query.WAIT_MULTI_GET:
             values = [self.data.get(k) for k in pending.keys]
             if None in values:
                 self._register(_Pending(conn, kind, pending.keys), self.data.__contains__)
                 return
-            self._ok(conn, reply_values(values))  # type: ignore[arg-type]
+            self._ok_values(conn, [], values, "multi_get")  # type: ignore[arg-type]
         elif kind is Query.WAIT_COUNT:
             key, target = pending.keys[0], pending.target
             if not self._count_reached(key, target):
@@ -341,4 +468,5 @@ class ServerState:
         Query.WAIT_GET: _wait_get,
         Query.WAIT_MULTI_GET: _wait_multi_get,
         Query.WAIT_COUNT: _wait_count,
+        Query.AUTH: _auth,
     }

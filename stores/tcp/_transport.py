@@ -35,9 +35,11 @@ from .._types import deadline_after, parse_counter
 from ._accel import speedups
 from ._connect import SILENT, SILENT_DETAIL, open_connection
 from ._spin import SpinPolicy
+from ._token import resolve_token
 from .codec import (
     CHECK_READY,
     EXT_ACK,
+    EXT_AUTH,
     EXT_HELLO,
     STATUS_CANCELED,
     STATUS_ERROR,
@@ -94,9 +96,8 @@ class _Unsent(Exception):
 
 def _silence(exc: Exception) -> str:
     """What a request that ran out of time with ``exc`` met."""
-    if isinstance(exc, _Unsent):
-        return "the server stopped reading the request"
-    return "the server sent no reply"
+    unsent = isinstance(exc, _Unsent)
+    return "the server stopped reading the request" if unsent else "the server sent no reply"
 
 
 def _names(shown: Shown) -> list[str]:
@@ -121,6 +122,7 @@ class Transport:
         extensions: bool = True,
         spin: float = 50e-6,
         accelerate: bool | None = None,
+        token: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -129,6 +131,7 @@ class Transport:
         self.connect_timeout = connect_timeout
         self._io_timeout = io_timeout
         self.want_extensions = extensions
+        self._token = resolve_token(token)
         #: How to wait for replies: spin first or sleep at once (learnt per connection).
         self.spin = SpinPolicy(spin)
         self._poll = select.poll()
@@ -156,9 +159,8 @@ class Transport:
     @io_timeout.setter
     def io_timeout(self, seconds: float) -> None:
         self._io_timeout = seconds
-        # The socket's SO_RCVTIMEO follows, unless a call is in flight: its reads rely on the
-        # value they were given, so the socket keeps it until the next reconnect (a stale
-        # SO_RCVTIMEO only costs the C path its one-syscall read, never correctness).
+        # SO_RCVTIMEO follows unless a call is in flight (it relies on the value it was given;
+        # a stale one only costs the C path its one-syscall read, never correctness).
         if self.lock.acquire(blocking=False):
             try:
                 if self._sock is not None:
@@ -169,14 +171,14 @@ class Transport:
     # ----------------------------------------------------------------- connection
 
     def _connect(self, deadline: float | None) -> None:
-        """Connect and shake hands by ``deadline`` (see :mod:`._connect`); raises
-        :class:`StoreBroken` saying what the last attempt met."""
+        """Connect and shake hands by ``deadline`` (:mod:`._connect`), or :class:`StoreBroken`."""
         want = self.want_extensions
         nonce = EXT_HELLO if want else os.getpid() & 0xFFFFFFFF
-        answers = {EXT_ACK, nonce} if want else {nonce}
-        sock, answer = open_connection(self.host, self.port, self.endpoint, deadline, nonce,
-                                       answers)  # fmt: skip
-        self.extended = want and answer == EXT_ACK
+        answers = {EXT_ACK, EXT_AUTH, nonce} if want else {nonce}
+        sock, answer = open_connection(
+            self.host, self.port, self.endpoint, deadline, nonce, answers, self._token
+        )
+        self.extended = want and answer in (EXT_ACK, EXT_AUTH)
         self._arm_rcvtimeo(sock)
         self._poll = select.poll()
         self._poll.register(sock, select.POLLIN)
@@ -386,21 +388,17 @@ class Transport:
     def _lost(self, op: str, exc: OSError) -> StoreBroken | StoreClosed:
         if self._closed:
             return StoreClosed(op, repr(self))
-        return StoreBroken(
-            f"TCPStore {self.endpoint}: {op} failed, connection lost ({exc.strerror})",
-            host=self.host,
-            port=self.port,
-        )
+        what = f"TCPStore {self.endpoint}: {op} failed, connection lost ({exc.strerror})"
+        return StoreBroken(what, host=self.host, port=self.port)
 
     def _closed_during(self, op: str) -> StoreBroken | StoreClosed:
         if self._closed:  # we closed it, from another thread: not the server's doing
             return StoreClosed(op, repr(self))
-        return StoreBroken(
+        what = (
             f"TCPStore {self.endpoint}: connection closed by the server during {op} "
-            "(did the server shut down or crash, or reject the request?)",
-            host=self.host,
-            port=self.port,
+            "(did the server shut down or crash, or reject the request?)"
         )
+        return StoreBroken(what, host=self.host, port=self.port)
 
     def _reply(self, parse: Parser[_T], deadline: float | None, op: str) -> _T:
         """Read a reply, first the status byte on extended connections."""

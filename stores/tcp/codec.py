@@ -8,20 +8,25 @@ Extensions (only between our client and our server; torch peers never see them):
 sends ``PING`` with nonce :data:`EXT_HELLO` (above any Linux pid, so never sent by torch) gets
 :data:`EXT_ACK` back from our server — torch's server just echoes the nonce.  On an extended
 connection every reply starts with a status byte (:data:`STATUS_OK`, :data:`STATUS_ERROR` followed
-by a message string, :data:`STATUS_CANCELED`), errors no longer cost the connection, and three
-more commands exist: ``WAIT_GET`` and ``WAIT_MULTI_GET`` (wait then read, one round trip) and
-``WAIT_COUNT`` (wait until a counter reaches a value).
+by a message string, :data:`STATUS_CANCELED`), errors no longer cost the connection, and these
+commands exist: ``WAIT_GET`` and ``WAIT_MULTI_GET`` (wait then read, one round trip),
+``WAIT_COUNT`` (wait until a counter reaches a value) and ``AUTH`` (a token string; status reply).
+
+A server started with a token answers :data:`EXT_HELLO` with :data:`EXT_AUTH` instead, and
+serves nothing but ``AUTH`` until the right token arrived; a torch client (which cannot send
+one) is refused at its ``PING``.
 """
 
 from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TypeAlias
 
 __all__ = [
     "EXT_ACK",
+    "EXT_AUTH",
     "EXT_HELLO",
     "MAGIC",
     "STATUS_CANCELED",
@@ -46,6 +51,7 @@ __all__ = [
 MAGIC = 0x3C85F7CE
 EXT_HELLO = 0x5348_4558  # "SHEX": > 2**22 (PID_MAX_LIMIT), so no torch client sends it
 EXT_ACK = 0x5348_4531  # "SHE1": extensions version 1 accepted
+EXT_AUTH = 0x5348_4541  # "SHEA": extensions accepted, and a token is required (AUTH) first
 STATUS_OK, STATUS_ERROR, STATUS_CANCELED = 0, 1, 2
 CHECK_READY, CHECK_NOT_READY = 0, 1
 STOP_WAITING, WAIT_CANCELED = 0, 1
@@ -75,9 +81,10 @@ class Query(enum.IntEnum):
     WAIT_GET = 0x40
     WAIT_MULTI_GET = 0x41
     WAIT_COUNT = 0x42
+    AUTH = 0x43
 
 
-EXTENSIONS = frozenset({Query.WAIT_GET, Query.WAIT_MULTI_GET, Query.WAIT_COUNT})
+EXTENSIONS = frozenset({Query.WAIT_GET, Query.WAIT_MULTI_GET, Query.WAIT_COUNT, Query.AUTH})
 
 #: A decoded request: the command and its fields (bytes for strings, int for integers,
 #: a tuple of bytes for key lists, a tuple of (key, value) pairs for MULTI_SET).
@@ -99,17 +106,38 @@ class Incomplete(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Bounds checked *before* anything is allocated.  Defaults admit all torch accepts."""
+    """The server's bounds, each checked *before* the memory it guards is taken.
+
+    The defaults admit everything torch's servers accept; lower them for a server exposed to
+    peers you do not trust.  Every field is also a ``--max-...`` option of the standalone server
+    (``python -m storeharness.stores.tcp --help``), and :class:`ServerProcess` forwards them all.
+    """
 
     max_key: int = 1 << 20  # torch libuv: 8192; legacy: unbounded
     max_value: int = 1 << 30  # torch libuv: 8 MiB; legacy: 64 MiB observed
     max_keys: int = 1 << 20  # keys per request; torch libuv: 131072
     max_request: int = (1 << 30) + (1 << 24)  # bytes buffered for one request
+    #: Bytes of one reply (a multi_get, list_keys, or a get of an appended value); a larger
+    #: one is refused with an error reply (ours) or costs the connection (torch's client).
+    max_reply: int = (1 << 30) + (1 << 24)
+    #: Blocked requests (wait, get, barrier...) one connection may have pending; a client of
+    #: torch's or ours has at most one at a time.
+    max_waits: int = 1024
+    #: Connections served at once; more are accepted and closed at once (logged), so they
+    #: never hold a file descriptor the server needs.  Kept below RLIMIT_NOFILE at start.
+    max_connections: int = 1 << 16
+    #: Bytes buffered server-wide for requests being received and replies not yet sent (the
+    #: store's own data is not counted); a request that would exceed it is refused.
+    max_buffered: int = 4 << 30
+    #: Seconds a new connection may take to complete its handshake (VALIDATE, and the token
+    #: when one is required) before it is closed; torch's client sends it at once.
+    handshake_timeout: float = 30.0
 
     def __post_init__(self) -> None:
-        for name in ("max_key", "max_value", "max_keys", "max_request"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"Limits.{name} must be >= 1, got {getattr(self, name)}")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+                raise ValueError(f"Limits.{f.name} must be a number > 0, got {value!r}")
 
 
 _U8 = struct.Struct("<B")
@@ -201,6 +229,10 @@ def parse_i64(buf: bytes | bytearray, pos: int) -> tuple[int, int]:
     return _I64.unpack_from(buf, pos)[0], pos + 8
 
 
+#: Strings longer than this are copied out of a buffer through a memoryview.
+_VIEW_MIN = 1 << 16
+
+
 def parse_bytes(buf: bytes | bytearray, pos: int, limit: int = 1 << 62) -> tuple[bytes, int]:
     if len(buf) < pos + 8:
         raise Incomplete(pos + 8)
@@ -210,6 +242,9 @@ def parse_bytes(buf: bytes | bytearray, pos: int, limit: int = 1 << 62) -> tuple
     end = pos + 8 + size
     if len(buf) < end:
         raise Incomplete(end)
+    if size > _VIEW_MIN:  # one copy, not two (slicing a bytearray copies before bytes() does)
+        with memoryview(buf) as view:
+            return bytes(view[pos + 8 : end]), end
     return bytes(buf[pos + 8 : end]), end
 
 
@@ -247,11 +282,21 @@ def parse_bytes_list(
 # --------------------------------------------------------------------------- request decoding
 
 
+#: Commands with a key count: their length is found by a resumable scan (strings per key).
+_COUNTED = {
+    Query.CHECK: 1, Query.WAIT: 1, Query.MULTI_GET: 1, Query.WAIT_MULTI_GET: 1, Query.MULTI_SET: 2,
+}  # fmt: skip
+_COUNTED_BYTES = frozenset(int(q) for q in _COUNTED)
+
+
 class RequestDecoder:
     """Turns a byte stream into requests: ``feed(data)``, then ``next()`` until ``None``.
 
     Raises :class:`ProtocolError` on an unknown command or a length over :class:`Limits`;
-    the connection should then be dropped.
+    the connection should then be dropped.  Work is linear in the bytes received: a request
+    is parsed once, when it is complete; until then a many-key request is only *scanned*
+    (string lengths, from where the previous scan stopped), and a request of known length is
+    not looked at again until that many bytes are buffered.
     """
 
     def __init__(self, limits: Limits | None = None, extended: bool = False) -> None:
@@ -259,6 +304,12 @@ class RequestDecoder:
         self.extended = extended
         self._buf = bytearray()
         self._need = 1
+        #: A many-key request being scanned: [position, strings left, strings done, per key].
+        self._scan: list[int] | None = None
+        #: Offer a completed many-key request to the accelerated handler (see :attr:`ready`)
+        #: before parsing it here; ``_offered``: it was offered and declined.
+        self.defer = False
+        self._offered = False
 
     def feed(self, data: bytes) -> None:
         self._buf += data
@@ -268,36 +319,102 @@ class RequestDecoder:
         return len(self._buf)
 
     @property
+    def need(self) -> int:
+        """Bytes the head request needs buffered before anything more can be done with it."""
+        return self._need
+
+    @property
     def buffer(self) -> bytearray:
         """The unconsumed bytes, for an accelerated handler; :meth:`consume` what it used."""
         return self._buf
 
     @property
     def ready(self) -> bool:
-        """Whether enough is buffered that a request may be complete (cheap; no parsing)."""
-        return len(self._buf) >= self._need
+        """Whether an accelerated handler may look at the buffer: enough may be there for a
+        request, and no partial scan is under way (which it would redo from the start)."""
+        scan = self._scan
+        return len(self._buf) >= self._need and (scan is None or not scan[1])
 
     def consume(self, count: int) -> None:
         """Drop ``count`` leading bytes that were handled outside :meth:`next`."""
         del self._buf[:count]
+        self._reset()
+
+    def _reset(self) -> None:
         self._need = 1
+        self._scan = None
+        self._offered = False
 
     def next(self) -> Request | None:
         buf = self._buf
         if len(buf) < self._need:
             return None
+        if buf[0] in _COUNTED_BYTES:
+            if not self._framed(buf):
+                return None
+            if self.defer and not self._offered:
+                self._offered = True  # complete: :attr:`ready` offers it to the fast path first
+                return None
         try:
             request, used = self._parse(buf)
         except Incomplete as inc:
-            if inc.need > self.limits.max_request:
-                raise ProtocolError(
-                    f"request of {inc.need} bytes exceeds max_request={self.limits.max_request}"
-                ) from None
-            self._need = max(inc.need, len(buf) + 1)
+            self._need_more(inc.need, len(buf))
             return None
-        del buf[:used]
-        self._need = 1
+        if used == len(buf):
+            self._buf = bytearray()  # let a large request's buffer go at once
+        else:
+            del buf[:used]
+        self._reset()
         return request
+
+    def _need_more(self, need: int, have: int) -> None:
+        if need > self.limits.max_request:
+            raise ProtocolError(
+                f"request of {need} bytes exceeds max_request={self.limits.max_request}"
+            )
+        self._need = max(need, have + 1)
+
+    def _framed(self, buf: bytearray) -> bool:
+        """Whether the many-key request at the head is complete; resumes the previous scan."""
+        lim = self.limits
+        scan = self._scan
+        if scan is None:
+            if len(buf) < 9:
+                self._need = 9
+                return False
+            query = Query(buf[0])
+            if query in EXTENSIONS and not self.extended:
+                raise ProtocolError(f"extension command {query.name} on a plain connection")
+            (count,) = _I64.unpack_from(buf, 1)
+            if not 0 <= count <= lim.max_keys:
+                raise ProtocolError(f"{query.name} with {count} keys (max_keys={lim.max_keys})")
+            per = _COUNTED[query]
+            scan = self._scan = [9, count * per, 0, per]
+        pos, left, done, per = scan
+        have = len(buf)
+        unpack = _U64.unpack_from
+        max_key, max_value = lim.max_key, lim.max_value
+        need = 0
+        while left:
+            if have < pos + 8:
+                need = pos + 8
+                break
+            (size,) = unpack(buf, pos)
+            limit = max_value if per == 2 and done & 1 else max_key
+            if size > limit:
+                raise ProtocolError(f"string of {size} bytes exceeds the limit of {limit}")
+            end = pos + 8 + size
+            if have < end:
+                need = end
+                break
+            pos = end
+            left -= 1
+            done += 1
+        scan[0], scan[1], scan[2] = pos, left, done
+        if left:
+            self._need_more(need, have)
+            return False
+        return True
 
     def _parse(self, buf: bytearray) -> tuple[Request, int]:
         cmd = buf[0]
@@ -341,5 +458,5 @@ class RequestDecoder:
             expected, pos = parse_bytes(buf, pos, lim.max_value)
             desired, pos = parse_bytes(buf, pos, lim.max_value)
             return (query, (key, expected, desired)), pos
-        # GET, DELETE_KEY, QUEUE_POP, QUEUE_LEN, WAIT_GET
+        # GET, DELETE_KEY, QUEUE_POP, QUEUE_LEN, WAIT_GET, AUTH
         return (query, (key,)), pos

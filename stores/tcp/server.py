@@ -2,40 +2,36 @@
 
 A bad peer (wrong magic, garbage, a length over the limits, an unknown command) loses only its
 own connection, which is logged; a client that stops reading has its reads paused so memory stays
-bounded.  Run standalone with ``python -m storeharness.stores.tcp --port 29500``.
+bounded (see :class:`~.codec.Limits` for every bound).  A server in a process of its own, and the
+standalone ``python -m storeharness.stores.tcp``, are in :mod:`._standalone`.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
-import dataclasses
 import errno
 import functools
 import logging
-import os
-import signal
+import resource
 import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from .._errors import StoreBindError, StoreError
-from .._process import stop_process
 from ._accel import speedups
 from ._state import Conn, ServerState
-from .codec import Limits, ProtocolError, Query, RequestDecoder
+from .codec import Limits, ProtocolError, Query, RequestDecoder, reply_error
 
-__all__ = ["ServerProcess", "TCPServer", "bind_listener"]
+__all__ = ["TCPServer", "adopt_listener", "bind_listener"]
 
 log = logging.getLogger("storeharness.stores.tcp.server")
 
 #: The requests that change a connection's handshake state (validated, extended).
-_HANDSHAKE = frozenset({Query.VALIDATE, Query.PING})
+_HANDSHAKE = frozenset({Query.VALIDATE, Query.PING, Query.AUTH})
 
 
 def bind_listener(port: int, backlog: int = 4096, host: str | None = None) -> socket.socket:
@@ -104,6 +100,18 @@ def adopt_listener(fd: int, port: int, backlog: int = 4096) -> socket.socket:
     return sock
 
 
+#: File descriptors kept free of connections: the listener, the loop's own, logs, pipes.
+_FD_RESERVE = 32
+
+
+def _fd_room() -> int:
+    """Connections this process can hold open at once (RLIMIT_NOFILE, less a reserve)."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 20
+    return max(1, soft - _FD_RESERVE)
+
+
 def _new_loop() -> asyncio.AbstractEventLoop:
     try:
         import uvloop  # type: ignore[import-not-found,unused-ignore]
@@ -113,31 +121,91 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
+#: Replies are handed to the transport in pieces of at most this many bytes, the next only once
+#: it has room: a connection's unsent replies are then at most the transport's high-water mark
+#: plus one piece in copies, the rest references to stored values (multi_get amplification).
+_PIECE = 1 << 18
+
+
 class _Connection(asyncio.Protocol):
     def __init__(self, server: TCPServer) -> None:
         self.server = server
         self.transport: Any = None
         self.conn: Conn | None = None
         self.decoder = RequestDecoder(server.limits)
+        #: Handling paused: the peer is not reading its replies (transport over high water,
+        #: or replies queued here).
         self.paused = False
+        #: Replies (or their remainders) not yet handed to the transport, and their size.
+        self.backlog: collections.deque[bytes | memoryview] = collections.deque()
+        self.queued = 0
+        #: Bytes this connection holds in the server's buffer budget (see _account).
+        self.held = 0
+        self.deadline: asyncio.TimerHandle | None = None
         #: The C fast path bound to this connection (see _arm), or None.
         self.serve: Callable[[bytes | bytearray], int] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
-        state = self.server.state
+        server = self.server
+        state = server.state
         peer = transport.get_extra_info("peername")
-        if state.connections >= self.server.max_connections:
-            log.warning("refusing %s: %d connections (max_connections)", peer, state.connections)
+        if state.connections >= server.max_connections:
+            log.warning(
+                "refusing %s: %d connections open (max_connections=%d)",
+                peer, state.connections, server.max_connections,
+            )  # fmt: skip
             self.transport.abort()
             return
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.conn = Conn(self.transport.write, str(peer))
+        self.conn = Conn(self.send, str(peer), self.sendv, self.transport.abort)
         state.connect(self.conn)
-        self.server.protocols.add(self)
+        server.protocols.add(self)
+        loop = server.loop_or_none()
+        if loop is not None:
+            self.deadline = loop.call_later(server.limits.handshake_timeout, self._handshake_due)
+
+    def _handshake_due(self) -> None:
+        conn = self.conn
+        if conn is not None and not conn.authed:
+            log.warning(
+                "dropping connection %s: no complete handshake within %.1f s "
+                "(handshake_timeout)", conn.name, self.server.limits.handshake_timeout,
+            )  # fmt: skip
+            self.transport.abort()
+
+    # ----------------------------------------------------------------- replies
+
+    def send(self, data: bytes) -> None:
+        if self.backlog or self.paused or len(data) > _PIECE:
+            self.backlog.append(data)
+            self.queued += len(data)
+            self._flush()
+        else:
+            self.transport.write(data)
+
+    def sendv(self, parts: list[bytes]) -> None:
+        self.backlog.extend(parts)
+        self.queued += sum(len(p) for p in parts)
+        self._flush()
+
+    def _flush(self) -> None:
+        """Hand queued replies to the transport while it has room (pause_writing says not)."""
+        backlog, write = self.backlog, self.transport.write
+        while backlog and not self.paused:
+            data = backlog.popleft()
+            if len(data) > _PIECE:
+                view = memoryview(data)
+                backlog.appendleft(view[_PIECE:])
+                data = view[:_PIECE]
+            self.queued -= len(data)
+            write(data)
+        self._account()
+
+    # ----------------------------------------------------------------- requests
 
     def data_received(self, data: bytes) -> None:
         conn = self.conn
@@ -152,6 +220,8 @@ class _Connection(asyncio.Protocol):
                 self._internal_error(conn)
                 return
             if used == len(data):
+                if self.queued:
+                    self._account()
                 return
             data = data[used:]
         self.decoder.feed(data)
@@ -178,6 +248,9 @@ class _Connection(asyncio.Protocol):
                         continue  # flow control may have paused us meanwhile
                 request = decoder.next()
                 if request is None:
+                    if self.serve is not None and decoder.ready:
+                        continue  # a trickled many-key request is complete: C may take it
+                    self._budget(conn)
                     break
                 handle(conn, request)
                 if request[0] in _HANDSHAKE:  # validated or extended: rebind the fast path
@@ -188,6 +261,31 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
         except Exception:
             self._internal_error(conn)
+        self._account()
+
+    def _account(self) -> None:
+        """Update the server-wide count of buffered bytes with this connection's."""
+        held = self.decoder.buffered + self.queued
+        self.server.buffered += held - self.held
+        self.held = held
+
+    def _budget(self, conn: Conn) -> None:
+        """Refuse the incomplete request at the head if buffering it breaks ``max_buffered``."""
+        need = self.decoder.need
+        if need <= self.decoder.buffered + 1:
+            return  # no length announced yet
+        limit = self.server.limits.max_buffered
+        others = self.server.buffered - self.held
+        if others + need + self.queued <= limit:
+            return
+        why = (
+            f"the server is short of buffer space: a request of {need} bytes while "
+            f"{others} bytes are buffered for other connections (max_buffered={limit}); "
+            "retry later, send less at once, or raise the server's max_buffered"
+        )
+        if conn.extended:
+            self.transport.write(reply_error(why))
+        raise ProtocolError(why)
 
     def _internal_error(self, conn: Conn) -> None:
         log.exception("dropping connection %s after an internal error", conn.name)
@@ -196,9 +294,11 @@ class _Connection(asyncio.Protocol):
     def _arm(self) -> None:
         """Bind the C fast path to this connection once validated (again once extended)."""
         conn, serve = self.conn, self.server.serve_fast
-        if serve is None or conn is None or not conn.validated:
+        if serve is None or conn is None or not conn.authed:
             self.serve = None
+            self.decoder.defer = False
             return
+        self.decoder.defer = True
         state, lim = self.server.state, self.server.limits
         self.serve = functools.partial(
             serve, state.data, state.waiters, conn.extended,
@@ -206,9 +306,15 @@ class _Connection(asyncio.Protocol):
         )  # fmt: skip
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
         if self.conn is not None:
             self.server.state.disconnect(self.conn)
             self.conn = None
+        self.backlog.clear()
+        self.queued = 0
+        self.decoder.consume(self.decoder.buffered)
+        self._account()
         self.server.protocols.discard(self)
 
     def pause_writing(self) -> None:
@@ -219,6 +325,9 @@ class _Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.paused = False
+        self._flush()
+        if self.paused:
+            return
         self.transport.resume_reading()
         self._process()
 
@@ -233,23 +342,34 @@ class TCPServer:
         self,
         sock: socket.socket,
         limits: Limits | None = None,
-        max_connections: int = 1 << 16,
         accelerate: bool | None = None,
+        token: str | None = None,
     ) -> None:
         self.sock = sock
         self.port: int = sock.getsockname()[1]
-        self.limits = limits or Limits()
-        self.max_connections = max_connections
-        self.state = ServerState()
+        self.limits = lim = limits or Limits()
+        #: Connections served at once: the limit, kept below the file-descriptor limit so
+        #: that accepting (and refusing) never fails for want of one.
+        self.max_connections = min(lim.max_connections, _fd_room())
+        self.state = ServerState(lim, token)
         # The C fast path (None: pure Python).  accelerate=None: use it when built.
         module = speedups(accelerate, "TCPServer")
         self.serve_fast: Any = None if module is None else module.serve
         self.protocols: set[_Connection] = set()
+        #: Bytes buffered for every connection's requests and replies (``max_buffered``).
+        self.buffered = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stop: asyncio.Future[None] | None = None
         self._ready = threading.Event()
         self._failure: BaseException | None = None
+
+    def loop_or_none(self) -> asyncio.AbstractEventLoop | None:
+        """The running event loop serving this server, if any (none when driven directly)."""
+        try:
+            return asyncio.get_running_loop()
+        except RuntimeError:
+            return None
 
     def __repr__(self) -> str:
         return f"TCPServer(port={self.port})"
@@ -320,107 +440,3 @@ class TCPServer:
 def _finish(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
-
-
-_LIMIT_FIELDS = tuple(f.name for f in dataclasses.fields(Limits))
-
-
-def _option(field: str) -> str:
-    return "--" + field.replace("_", "-")
-
-
-def _limit_options(limits: Limits) -> list[str]:
-    """``limits`` as the server's command-line options (``--max-key N ...``), every field."""
-    return [arg for name in _LIMIT_FIELDS for arg in (_option(name), str(getattr(limits, name)))]
-
-
-class ServerProcess:
-    """A TCPStore server in a process of its own, on a socket this process bound.
-
-    The child serves until this object's ``stop()`` or this process's exit (it watches a pipe
-    from us and stops on EOF), so it cannot outlive its owner.
-    """
-
-    def __init__(
-        self, sock: socket.socket, limits: Limits | None = None, accelerate: bool | None = None
-    ) -> None:
-        self.port: int = sock.getsockname()[1]
-        lim = limits or Limits()
-        speed = {None: "auto", True: "yes", False: "no"}[accelerate]
-        args = [
-            sys.executable, "-m", "storeharness.stores.tcp", "--listen-fd", str(sock.fileno()),
-            *_limit_options(lim), "--accelerate", speed,
-        ]  # fmt: skip
-        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, pass_fds=[sock.fileno()])
-        sock.close()  # the child holds it now; the port stays bound, so no race
-
-    def __repr__(self) -> str:
-        return f"ServerProcess(port={self.port}, pid={self.proc.pid})"
-
-    def stop(self) -> None:
-        """Close its stdin (it stops serving), then SIGTERM, then SIGKILL; idempotent."""
-        stop_process(self.proc)
-
-
-def _serve_process(
-    sock: socket.socket, limits: Limits, watch_stdin: bool, accelerate: bool | None = None
-) -> None:
-    server = TCPServer(sock, limits, accelerate=accelerate)
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        until: asyncio.Future[None] = loop.create_future()
-
-        def finish() -> None:
-            if not until.done():
-                until.set_result(None)
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, finish)
-        if watch_stdin:
-
-            def on_stdin() -> None:
-                if not os.read(0, 4096):
-                    loop.remove_reader(0)
-                    finish()
-
-            loop.add_reader(0, on_stdin)
-        await server.serve(until)
-
-    loop = _new_loop()
-    try:
-        loop.run_until_complete(main())
-    finally:
-        loop.close()
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Serve a TCPStore (torch c10d wire protocol).")
-    parser.add_argument("--port", type=int, default=29500, help="port to bind (0: any)")
-    parser.add_argument("--listen-fd", type=int, help="serve an already bound socket instead")
-    defaults = Limits()
-    for name in _LIMIT_FIELDS:  # every field, so a new limit cannot be left behind
-        parser.add_argument(
-            _option(name), type=int, default=getattr(defaults, name), help=f"Limits.{name}"
-        )
-    parser.add_argument("--log-level", default="WARNING")
-    parser.add_argument(
-        "--accelerate",
-        choices=["auto", "yes", "no"],
-        default="auto",
-        help="the C hot path: when built (auto), required (yes), or pure Python (no)",
-    )
-    args = parser.parse_args(argv)
-    accelerate = {"auto": None, "yes": True, "no": False}[args.accelerate]
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(message)s")
-    limits = Limits(**{name: getattr(args, name) for name in _LIMIT_FIELDS})
-    if args.listen_fd is not None:
-        _serve_process(adopt_listener(args.listen_fd, 0), limits, True, accelerate)
-    else:
-        sock = bind_listener(args.port)
-        print(f"serving TCPStore on port {sock.getsockname()[1]}", flush=True)
-        _serve_process(sock, limits, False, accelerate)
-
-
-if __name__ == "__main__":
-    main()

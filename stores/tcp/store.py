@@ -32,9 +32,11 @@ from .._types import (
     check_amount,
     check_world_size,
 )
+from ._standalone import ServerProcess
+from ._token import resolve_token
 from .client import TCPClient
 from .codec import Limits, encode_multi_set
-from .server import ServerProcess, TCPServer, adopt_listener, bind_listener
+from .server import TCPServer, adopt_listener, bind_listener
 
 __all__ = ["TCPStore"]
 
@@ -130,6 +132,11 @@ class TCPStore(Store):
     limits torch's client takes from it); a server that goes silent makes a call raise
     :class:`StoreTimeout` by its timeout plus :func:`.client.overtime` (at most 0.5 s).
 
+    ``token`` (else the ``STOREHARNESS_TOKEN`` environment variable): a master's server then
+    serves only clients that send it (ours do; torch's cannot and are refused), and this
+    client sends it when a server asks.  Without one, anyone who reaches the port is served,
+    as by torch's server.  The token travels in clear: it keeps out strangers, not eavesdroppers.
+
     Under torchelastic (``TORCHELASTIC_USE_AGENT_STORE`` true and ``MASTER_PORT`` equal to
     ``port``) a master that cannot bind, because the agent's store holds the port, becomes a
     client of that store, as torch's does: it counts itself in but does not wait for the others.
@@ -155,6 +162,7 @@ class TCPStore(Store):
         limits: Limits | None = None,
         extensions: bool = True,
         accelerate: bool | None = None,
+        token: str | None = None,
     ) -> None:
         super().__init__(timeout)
         if not isinstance(host_name, str) or not host_name:
@@ -172,10 +180,11 @@ class TCPStore(Store):
         self._use_libuv = bool(use_libuv)
         self._server: TCPServer | ServerProcess | None = None
         self._server_release: Any = None
+        self._token = token = resolve_token(token)
         if is_master:
             try:
                 self._server = self._start_server(
-                    port, multi_tenant, master_listen_fd, server_process, limits, accelerate
+                    port, multi_tenant, master_listen_fd, server_process, limits, accelerate, token
                 )
                 port = self._server.port
             except StoreBindError as exc:
@@ -196,6 +205,7 @@ class TCPStore(Store):
                 io_timeout=self._timeout,
                 extensions=extensions,
                 accelerate=accelerate,
+                token=token,
             )
             if world_size is not None and wait_for_workers:
                 self._client.add(INIT_KEY, 1, INIT_KEY.decode())
@@ -213,6 +223,7 @@ class TCPStore(Store):
         in_process: bool,
         limits: Limits | None,
         accelerate: bool | None,
+        token: str | None,
     ) -> TCPServer | ServerProcess:
         if multi_tenant and port > 0 and listen_fd is None:
             with _tenants_lock:
@@ -225,9 +236,9 @@ class TCPStore(Store):
                     return entry[0]
         sock = adopt_listener(listen_fd, port) if listen_fd is not None else bind_listener(port)
         server: TCPServer | ServerProcess = (
-            ServerProcess(sock, limits, accelerate)
+            ServerProcess(sock, limits, accelerate, token)
             if in_process
-            else TCPServer(sock, limits, accelerate=accelerate).start()
+            else TCPServer(sock, limits, accelerate=accelerate, token=token).start()
         )
         if multi_tenant:
             with _tenants_lock:
@@ -427,6 +438,7 @@ class TCPStore(Store):
             self._timeout,
             use_libuv=self._use_libuv,
             extensions=self._client.want_extensions,
+            token=self._token,
         )
 
     def close(self) -> None:

@@ -92,13 +92,25 @@ def test_truncated_idle_and_silent_clients_do_not_stall_others(server: TCPServer
 
 
 # Every limit below its default, and a request just over each one (none over the defaults).
-CHILD_LIMITS = Limits(max_key=16, max_value=64, max_keys=4, max_request=48)
+CHILD_LIMITS = Limits(
+    max_key=16, max_value=64, max_keys=4, max_request=48, max_reply=4 * 72, max_waits=2,
+    max_connections=3, max_buffered=40, handshake_timeout=0.5,
+)  # fmt: skip
+_SOME_KEYS = b"".join(encode_request(Query.SET, b"/key%04d" % i, b"") for i in range(20))
 OVER_THE_LIMIT = {
-    "max_key": HELLO + encode_request(Query.GET, b"k" * 17),
-    "max_value": HELLO + encode_request(Query.SET, b"k", b"v" * 65),
-    "max_keys": HELLO + encode_request(Query.CHECK, [b"k"] * 5),
+    "max_key": [HELLO + encode_request(Query.GET, b"k" * 17)],
+    "max_value": [HELLO + encode_request(Query.SET, b"k", b"v" * 65)],
+    "max_keys": [HELLO + encode_request(Query.CHECK, [b"k"] * 5)],
     # 58 bytes announced, only the header sent: refused before the body is buffered
-    "max_request": HELLO + encode_request(Query.SET, b"k", b"v" * 40)[:-40],
+    "max_request": [HELLO + encode_request(Query.SET, b"k", b"v" * 40)[:-40]],
+    # 20 keys listed: a reply of 8 + 20 * 16 bytes and more
+    "max_reply": [HELLO + _SOME_KEYS + encode_request(Query.LIST_KEYS)],
+    "max_waits": [HELLO + b"".join(encode_request(Query.WAIT, [b"/w%d" % i]) for i in range(3))],
+    # with the good client: the fourth connection is refused
+    "max_connections": [HELLO, HELLO, HELLO],
+    # 48 bytes announced (within max_request), only the header sent
+    "max_buffered": [HELLO + encode_request(Query.SET, b"k", b"v" * 30)[:-30]],
+    "handshake_timeout": [b""],  # connects, says nothing
 }
 
 
@@ -108,13 +120,19 @@ def test_a_server_process_enforces_every_limit_it_was_given() -> None:
     try:
         good = TCPStore("127.0.0.1", server.port, timeout=30)
         good.set("k" * 15, b"v" * 64)  # "/" + 15: exactly max_key; exactly max_value
-        assert good.multi_get(["k" * 15] * 4) == [b"v" * 64] * 4  # exactly max_keys
+        # exactly max_keys, and a reply of exactly max_reply
+        assert good.multi_get(["k" * 15] * 4) == [b"v" * 64] * 4
         ignored = []
-        for name, data in OVER_THE_LIMIT.items():
-            with raw(server.port) as bad:
-                bad.sendall(data)
-                if not closed_by_server(bad, within=10):
+        for name, sends in OVER_THE_LIMIT.items():
+            opened = [raw(server.port) for _ in sends]
+            try:
+                for sock, data in zip(opened, sends, strict=True):
+                    sock.sendall(data)
+                if not closed_by_server(opened[-1], within=10):
                     ignored.append(name)
+            finally:
+                for sock in opened:
+                    sock.close()
         assert ignored == [], f"the server process did not get these limits: {ignored}"
         assert good.get("k" * 15) == b"v" * 64  # the offenders cost only their connections
         good.close()
@@ -135,6 +153,7 @@ def test_slow_reader_is_paused_and_memory_stays_bounded() -> None:
     try:
         good = TCPStore("127.0.0.1", server.port, timeout=30)
         good.set("big", b"x" * (256 << 10))
+        assert good.check(["big"])  # applied (a set has no reply) before the greedy asks
         baseline = _peak_rss_mib(server.proc.pid)
         greedy = raw(server.port)
         greedy.sendall(HELLO + encode_request(Query.PING, 1))
@@ -167,6 +186,8 @@ def malformed(rng: random.Random) -> bytes:
         encode_request(Query.QUEUE_PUSH, key, b"q"),
     ]
     body = rng.choice(requests)
+    if rng.random() < 0.01:  # costly for the server by design: one input in a hundred
+        return rng.choice(HOSTILE)
     kind = rng.randrange(8)
     if kind == 0:
         return rng.randbytes(rng.randint(1, 64))
@@ -189,6 +210,19 @@ def malformed(rng: random.Random) -> bytes:
     if kind == 6:
         return body  # no handshake
     return HELLO + encode_request(Query.PING, EXT_HELLO) + rng.randbytes(rng.randint(1, 32))
+
+
+#: Well-formed but hostile: a counter too long for int64 under a barrier, a flood of parked
+#: waits (past max_waits), a multi_get naming one large value many times (amplification).
+HOSTILE = [
+    HELLO
+    + encode_request(Query.SET, b"/fuzz-bk", b"9" * 5000)
+    + encode_request(Query.ADD, b"/fuzz-bk", 1),
+    HELLO + encode_request(Query.BARRIER, b"/fuzz-bk", 1 << 40),
+    HELLO + encode_request(Query.WAIT, [b"/fuzz-never"]) * 1030,
+    HELLO + encode_request(Query.MULTI_GET, [b"/fuzz-big"] * 500),
+    HELLO + encode_request(Query.SET, b"/fuzz-big", b"b" * (64 << 10)),
+]
 
 
 def _legit(opener: object, rank: int, port: int) -> tuple[int, int]:
