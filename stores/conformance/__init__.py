@@ -9,11 +9,15 @@ No pytest needed::
 ``Backend.opener`` and ``Backend.parties`` let a runner put the parties of multi-party cases in
 separate processes (the test suite does so for FileStore).  A case needing a capability the
 store does not declare is reported as skipped with that reason, never silently passed.
+``check_store(backend, cases=TORCH_CASES)`` runs torch's own ``test_store.py`` cases instead, as
+torch asserts them (``docs/scenarios.md`` maps each).
 """
 
 from . import _cases as _cases  # registers the cases
+from . import _torch_suite as _torch_suite  # registers torch's own tests
 from ._core import (
     CASES,
+    TORCH_CASES,
     Backend,
     Case,
     CaseSkipped,
@@ -28,6 +32,7 @@ from ._model import ReferenceModel
 
 __all__ = [
     "CASES",
+    "TORCH_CASES",
     "Backend",
     "Case",
     "CaseSkipped",
