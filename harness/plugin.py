@@ -187,7 +187,7 @@ def pytest_pycollect_makeitem(
         return None  # a private scenario is a test's own material, not an item
     stores = _stores(collector.config)
     cases = obj.cases(stores)
-    items = [
+    items: list[pytest.Item] = [
         ScenarioItem.from_parent(collector, name=f"{name}[{c.id}]", case=c, why="") for c in cases
     ]
     covered = {c.target for c in cases}
