@@ -10,6 +10,7 @@ Every master listens on a loopback socket handed to it, except where binding is 
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import socket
@@ -65,8 +66,7 @@ def make(kind: str, port: int, **kwargs: Any) -> Any:
     """A TCPStore of ``kind`` (ours, ours-pure, torch, torch-legacy) with torch's signature."""
     kwargs.setdefault("timeout", timedelta(seconds=30))
     if kind.startswith("torch"):
-        import torch.distributed as dist
-
+        dist: Any = importlib.import_module("torch.distributed")
         return dist.TCPStore(HOST, port, use_libuv=kind == "torch", **kwargs)
     if kind == "ours-pure":
         kwargs["accelerate"] = False
