@@ -17,13 +17,14 @@ WAITING = Point("waiting")
 USR1 = Signal(signal.SIGUSR1, 1, after(1, WAITING), blocked=True)
 
 
-@scenario(world_size=2, workers="both")
+@scenario(world_size=2, workers="thread")
 def wait_for_a_key_another_rank_sets(ctx: RankContext) -> bytes | None:
     """Rank 0 blocks in ``wait`` on a key; rank 1 sets it; rank 0 wakes and reads it.
 
     torch's ``TestMultiThreadedWait.test_wait_*`` (one per store kind: hash, file, prefix over
-    file, TCP, prefix over TCP); here on every store, with thread and process ranks.  Rank 1
-    sets the key only once rank 0 is about to wait, so the wait has to be woken.
+    file, TCP, prefix over TCP); here on every store, with thread ranks as torch's (process
+    ranks wait in other scenarios).  Rank 1 sets the key only once rank 0 is about to wait, so
+    the wait has to be woken.
     """
     if ctx.rank == 0:
         ctx.point(WAITING)
@@ -60,12 +61,12 @@ def interrupt_doesnt_break_wait(ctx: RankContext) -> int | None:
     return None
 
 
-@scenario(world_size=2, workers="both", needs=["queues"])
+@scenario(world_size=2, workers="thread", needs=["queues"])
 def queues_bidirectional(ctx: RankContext) -> list[bytes]:
     """Two ranks ping-pong over two queues with blocking pops: each sees the other's items.
 
-    torch's ``StoreTestBase.test_queues_bidirectional`` (two threads on clones of one store);
-    here also across processes.
+    torch's ``StoreTestBase.test_queues_bidirectional``: two threads, each with its own handle
+    on one store (a copy of this file with ``workers="process"`` runs it across processes).
     """
     mine, theirs = ("a", "b") if ctx.rank == 0 else ("b", "a")
     got = []
