@@ -215,7 +215,7 @@ def _cases(args: argparse.Namespace, settings: Settings) -> list[Case]:
         for store in stores:
             found = sc.cases([store], args.workers, sizes)
             if not found and selector in (None, sc.name) and _wanted(args.k, sc.name, store):
-                print(f"storeharness: {sc.name} skipped on {store}: {_why_not(sc, store)}",
+                print(f"storeharness: {sc.name} skipped on {store}: {sc.why_no_case(store)}",
                       file=sys.stderr)  # fmt: skip
             for case in found:
                 key = (sc.module, sc.file, case.nodeid)
@@ -234,13 +234,6 @@ def _wanted(keyword: str | None, name: str, store: str) -> bool:
         return keyword is None or keyword_match(keyword, f"{name}[{store}]")
     except ValueError:
         return False
-
-
-def _why_not(sc: Scenario, store: str) -> str:
-    """Why scenario ``sc`` has no case on ``store``: its reasons per worker kind."""
-    spec = targets.get(store).spec
-    reasons = dict.fromkeys(sc.why_not(spec, kind) or "no world size fits" for kind in sc.workers)
-    return "; ".join(reasons)
 
 
 # ------------------------------------------------------------------------------ running

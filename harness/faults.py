@@ -35,6 +35,7 @@ __all__ = [
     "describe",
     "resolve",
     "resolve_plan",
+    "sent",
 ]
 
 
@@ -85,6 +86,12 @@ def after(rank: RankRef, name: str) -> Trigger:
     return Trigger(rank, str(name))
 
 
+def sent(sig: signal.Signals) -> str:
+    """The point a rank reaches, in the runner's books, once a :class:`Signal` fault sent it
+    ``sig`` (``ctx.wait_for(rank, sent(sig))``: act once the signal is pending on that rank)."""
+    return f"{sig.name} sent"
+
+
 @dataclass(frozen=True)
 class Signal:
     """Send ``sig`` to rank ``rank`` (a process) when ``at`` happens.
@@ -100,6 +107,15 @@ class Signal:
     blocked: bool = False
     #: Not firing is legitimate here: do not fail the case when its trigger never fires.
     optional: bool = field(default=False, kw_only=True)
+
+    @property
+    def sent(self) -> str:
+        """The point the target rank reaches, in the harness's books, once the signal is sent.
+
+        Another rank can ``ctx.wait_for(rank, fault.sent)`` to act only once the signal is
+        pending on that rank (it lands before anything that rank does next).
+        """
+        return sent(self.sig)
 
     def __str__(self) -> str:
         how = " once blocked" if self.blocked else ""

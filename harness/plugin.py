@@ -185,19 +185,24 @@ def pytest_pycollect_makemodule(
 def pytest_pycollect_makeitem(
     collector: pytest.Collector, name: str, obj: object
 ) -> list[pytest.Item] | None:
-    """A scenario becomes one item per store x worker kind x world size: ``name[tcp-process-8]``."""
+    """A scenario becomes one item per store x worker kind x world size: ``name[tcp-process-8]``.
+
+    A selected store that cannot take it gets one skipped item, ``name[store]``, whose reason
+    says why (the capability it lacks, say): nothing is left out silently.
+    """
     if not isinstance(obj, Scenario) or name.startswith("_"):
         return None  # a private scenario is a test's own material, not an item
     stores = _stores(collector.config)
     cases = obj.cases(stores)
-    if not cases:
-        why = "; ".join(
-            f"{s}: {obj.why_not(targets.get(s).spec) or 'no worker kind fits'}" for s in stores
-        )
-        return [ScenarioItem.from_parent(collector, name=name, case=None, why=why)]
-    return [
+    items: list[pytest.Item] = [
         ScenarioItem.from_parent(collector, name=f"{name}[{c.id}]", case=c, why="") for c in cases
     ]
+    covered = {c.target for c in cases}
+    for store in (s for s in stores if s not in covered):
+        why = f"{obj.name} cannot run on {store}: {obj.why_no_case(store)}"
+        items.append(ScenarioItem.from_parent(collector, name=f"{name}[{store}]", case=None,
+                                              why=why))  # fmt: skip
+    return items
 
 
 class ScenarioFailed(Exception):
@@ -223,7 +228,7 @@ class ScenarioItem(pytest.Item):
 
     def runtest(self) -> None:
         if self.case is None:
-            pytest.skip(f"no selected store can run this scenario ({self.why})")
+            pytest.skip(self.why)
         settings = _settings(self.config, self)
         result = run_case(
             self.case,
@@ -263,10 +268,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if marker is not None:
         names = [n for n in names if n in marker.args]
     need = metafunc.definition.get_closest_marker("needs")
-    if need is not None:
-        caps = frozenset(Capability(c) for c in need.args)
-        names = [n for n in names if not targets.get(n).spec.lacks(caps)]
-    metafunc.parametrize("store_target", names, ids=names)
+    caps = frozenset(Capability(c) for c in need.args) if need is not None else frozenset()
+    params = []
+    for name in names:  # a store lacking what the test needs is skipped, saying what it lacks
+        lacking = ", ".join(sorted(targets.get(name).spec.lacks(caps)))
+        marks = [pytest.mark.skip(reason=f"{name} lacks {lacking}")] if lacking else []
+        params.append(pytest.param(name, marks=marks, id=name))
+    metafunc.parametrize("store_target", params)
 
 
 @pytest.fixture

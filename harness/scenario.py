@@ -191,6 +191,12 @@ class Scenario:
             return "signals cannot target thread ranks"
         return None
 
+    def why_no_case(self, target: str) -> str:
+        """Why this scenario has no case on store ``target``: its reasons per worker kind."""
+        spec = targets.get(target).spec
+        why = (self.why_not(spec, kind) or "no world size fits" for kind in self.workers)
+        return "; ".join(dict.fromkeys(why))
+
     def cases(
         self,
         stores: Iterable[str],

@@ -362,6 +362,9 @@ class _World:
             if F.trigger(fault) == F.Trigger(slot.rank, name):
                 self._apply(index, fault)
         self._reply(slot, Go())
+        self._wake_awaiting(slot, name)
+
+    def _wake_awaiting(self, slot: _Slot, name: str) -> None:
         for waiting in [w for w in self.awaiting if (w[1], w[2]) == (slot.rank, name)]:
             self.awaiting.remove(waiting)
             self._reply(waiting[0], Reached())
@@ -432,6 +435,9 @@ class _World:
             self._event(EventKind.SIGNAL, text, slot)
             return False
         self._event(EventKind.SIGNAL, f"{sig.name} sent to rank {slot.rank}{how}", slot)
+        # The signal is pending on the rank now: others may act on it (F.Signal.sent).
+        slot.points.append(F.sent(sig))
+        self._wake_awaiting(slot, F.sent(sig))
         return True
 
     def _deliver_blocked(self) -> None:

@@ -12,6 +12,7 @@ from .._base import Capability, Store
 
 __all__ = [
     "CASES",
+    "TORCH_CASES",
     "Backend",
     "Case",
     "CaseSkipped",
@@ -109,18 +110,25 @@ class Case:
                 backend.release(store)
 
 
+#: The contract, case by case.
 CASES: list[Case] = []
+#: torch's own ``test/distributed/test_store.py``, case by case, as torch asserts it (named
+#: after torch's tests; see ``_torch_suite.py``).
+TORCH_CASES: list[Case] = []
 
 
-def case(*requires: Capability) -> Callable[[Callable[[Context], None]], Callable[[Context], None]]:
-    """Register a conformance case that needs ``requires``."""
+def case(
+    *requires: Capability, into: list[Case] | None = None
+) -> Callable[[Callable[[Context], None]], Callable[[Context], None]]:
+    """Register a conformance case that needs ``requires`` (in :data:`CASES`, or ``into``)."""
+    registry = CASES if into is None else into
 
     def register(fn: Callable[[Context], None]) -> Callable[[Context], None]:
         name = fn.__name__.removeprefix("case_")
-        if any(c.name == name for c in CASES):
+        if any(c.name == name for c in registry):
             raise ValueError(f"conformance case {name!r} is registered twice")
         doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        CASES.append(Case(name, fn, frozenset(requires), doc))
+        registry.append(Case(name, fn, frozenset(requires), doc))
         return fn
 
     return register
@@ -135,11 +143,16 @@ class Outcome:
     detail: str = ""
 
 
-def check_store(backend: Backend, names: Iterable[str] | None = None) -> list[Outcome]:
-    """Run the suite (or the named cases) on ``backend`` and return every outcome."""
+def check_store(
+    backend: Backend, names: Iterable[str] | None = None, cases: Iterable[Case] | None = None
+) -> list[Outcome]:
+    """Run the suite (or the named cases) on ``backend`` and return every outcome.
+
+    ``cases``: another suite (:data:`TORCH_CASES`, torch's own tests) instead of the contract.
+    """
     wanted = None if names is None else set(names)
     outcomes = []
-    for c in CASES:
+    for c in CASES if cases is None else cases:
         if wanted is not None and c.name not in wanted:
             continue
         try:

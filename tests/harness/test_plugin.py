@@ -11,6 +11,7 @@ from pathlib import Path
 
 TESTS = """
 import pytest
+from storeharness import scenario
 
 def test_mine(world, store):
     store.set("k", "v")
@@ -26,6 +27,14 @@ def test_add_errors(store_target, store):
     store.set("n", "not a number")
     with pytest.raises(ValueError):
         store.add("n", 1)
+
+@pytest.mark.needs("cross_process")
+def test_cross_process(store_target, store):
+    assert store_target != "hash"
+
+@scenario(world_size=1)
+def one_process(ctx):
+    return ctx.rank
 
 def test_fails_with_rank_logs(world):
     def fn(ctx):
@@ -47,12 +56,19 @@ def _pytest(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_fixtures_markers_and_rank_logs(tmp_path: Path) -> None:
-    proc = _pytest(tmp_path)
+    proc = _pytest(tmp_path, "-rs")
     out = proc.stdout
     assert "test_mine[file] PASSED" in out and "test_mine[tcp] PASSED" in out
     assert "test_mine[hash] SKIPPED" in out  # hash cannot be shared by process ranks
     assert "test_only_tcp[tcp] PASSED" in out and "test_only_tcp[file]" not in out
     assert "test_add_errors[hash] PASSED" in out and "test_add_errors[file] PASSED" in out
+    # a store lacking what a test needs is skipped saying so, not left out
+    assert "test_cross_process[file] PASSED" in out and "test_cross_process[tcp] PASSED" in out
+    assert re.search(r"SKIPPED \[1\] .*: hash lacks cross_process", out), out
+    # and so is a scenario on a store that cannot take it, with the reason
+    assert "test_user.py::one_process[file-process-1] PASSED" in out
+    assert re.search(r"SKIPPED \[1\] .*: one_process cannot run on hash: hash cannot be shared "
+                     r"by process ranks", out), out  # fmt: skip
     # our client and server negotiate error replies: a bad add keeps the connection
     assert "test_add_errors[tcp] PASSED" in out
     # The failing world attaches each rank's log to the report.

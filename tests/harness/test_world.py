@@ -159,6 +159,29 @@ def test_sigstop_and_sigcont_at_points(tmp_path: Path) -> None:
     assert str(first) == f"{first.at:8.3f} s  SIGSTOP sent to rank 1"  # as reports print it
 
 
+USR1 = Signal(signal.SIGUSR1, 1, after(1, "waiting"), blocked=True)
+
+
+def _acts_once_signalled(ctx: RankContext) -> int:
+    if ctx.rank == 1:
+        handled: list[int] = []
+        signal.signal(signal.SIGUSR1, lambda signum, frame: handled.append(signum))
+        ctx.point("waiting")
+        ctx.store.wait(["go"], 30)  # nobody sets it before the signal is sent
+        return len(handled)
+    ctx.wait_for(1, USR1.sent)
+    ctx.store.set("go", "1")
+    return 0
+
+
+def test_a_rank_can_wait_until_a_signal_is_sent(tmp_path: Path) -> None:
+    opener = functools.partial(FileStore, str(tmp_path / "fs"))
+    result = run_world(_acts_once_signalled, 2, opener, "process", faults=[USR1])
+    assert result.values() == [0, 1]
+    assert USR1.sent == "SIGUSR1 sent" and USR1.sent in result[1].points
+    assert [e.text.split(" while")[0] for e in result.events] == ["SIGUSR1 sent to rank 1"]
+
+
 def _forever(ctx: RankContext) -> None:
     ctx.point("waiting")
     ctx.store.wait(["never"], 0)
