@@ -27,8 +27,8 @@ SUBCLASS = "our `Store`/`PrefixStore`, torch's `dist.Store` as the reference"
 
 
 def sub(name: str) -> Ref:
-    """A test of tests/stores/test_torch_subclass.py that needs the compat branch on ours."""
-    return Ref("test", "tests/stores/test_torch_subclass.py", name, note=SUBCLASS, compat=True)
+    """A test of tests/stores/test_torch_subclass.py (ours beside torch's ``dist.Store``)."""
+    return Ref("test", "tests/stores/test_torch_subclass.py", name, note=SUBCLASS)
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,7 @@ class Ref:
 
     ``kind``: ``scenario`` (``name`` in ``path``), ``case`` (a :data:`TORCH_CASES` case run by
     tests/stores/test_torch_suite.py), ``test`` (``path::name``, on the targets ``on`` or, when
-    the test is about no store target, on what ``note`` says).  ``pending``: built on another
-    branch, not here yet.
+    the test is about no store target, on what ``note`` says).
     """
 
     kind: str
@@ -47,18 +46,10 @@ class Ref:
     on: Sequence[str] | str = ()
     why_not: str = ""
     note: str = ""
-    pending: bool = False
-    #: Expected to fail on ours until the compat branch (torch's errors, repr, subclassing)
-    #: merges; the lead drops the xfail marks then, and this flag.
-    compat: bool = False
 
     def label(self) -> str:
         where = f"test_torch_case[{self.name}-*]" if self.kind == "case" else self.name
         label = f"`{self.path}::{where}`"
-        if self.pending:
-            label += " (on another branch)"
-        if self.compat:
-            label += " (xfail on ours until the compat branch merges)"
         return label
 
 
@@ -70,13 +61,13 @@ def scenario(name: str, path: str = "scenarios/torch_suite.py") -> Ref:
     return Ref("scenario", path, name)
 
 
-def tcp(name: str, on: str, compat: bool = False) -> Ref:
+def tcp(name: str, on: str) -> Ref:
     """A test of the TCP suite, run on its module's ``on`` pairings (PAIRS, MASTERS, CLIENTS)."""
-    return Ref("test", TCP_SUITE, name, on=on, compat=compat)
+    return Ref("test", TCP_SUITE, name, on=on)
 
 
-def test(path: str, name: str, note: str, pending: bool = False, compat: bool = False) -> Ref:
-    return Ref("test", path, name, note=note, pending=pending, compat=compat)
+def test(path: str, name: str, note: str) -> Ref:
+    return Ref("test", path, name, note=note)
 
 
 def only(path: str, name: str, on: Sequence[str], why_not: str) -> Ref:
@@ -123,9 +114,9 @@ ROWS = [
     row("underlying_non_prefix_store", "PrefixTCPStoreTest", case("underlying_non_prefix_store")),
     row("address_already_in_use", "TCPStoreTest", tcp("test_address_already_in_use", "MASTERS")),
     row("multitenancy", "TCPStoreTest", tcp("test_multitenancy", "MASTERS")),
-    row("repr", "TCPStoreTest", tcp("test_repr", "PAIRS", compat=True)),
+    row("repr", "TCPStoreTest", tcp("test_repr", "PAIRS")),
     row("take_over_listen_socket", "TCPStoreTest", tcp("test_take_over_listen_socket", "MASTERS")),
-    row("agent_store", "TCPStoreTest", tcp("test_agent_store", "MASTERS", compat=True)),
+    row("agent_store", "TCPStoreTest", tcp("test_agent_store", "MASTERS")),
     row("multi_worker_with_fixed_world_size", "TCPStoreTest",
         tcp("test_multi_worker_with_fixed_world_size", "PAIRS")),
     row("multi_worker_with_nonfixed_world_size", "TCPStoreTest",
@@ -170,10 +161,10 @@ ROWS = [
         sub("test_optional_methods_fail")),
     row("init_pg_and_rpc_with_same_file", "FileStoreTest",
         test(COMPAT, "test_init_pg_and_rpc_with_same_file", "a gloo process group over our "
-             "FileStore (needs torch)", pending=True)),
+             "FileStore (needs torch)")),
     row("init_pg_and_rpc_with_same_socket", "TCPStoreTest",
         test(COMPAT, "test_init_pg_and_rpc_with_same_socket", "a gloo process group over our "
-             "TCPStore (needs torch)", pending=True)),
+             "TCPStore (needs torch)")),
 ]  # fmt: skip
 
 
