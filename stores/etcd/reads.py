@@ -131,6 +131,24 @@ class Reads:
         """Until every key in ``names`` was seen: ``reread`` gives the revision and the keys
         still missing → their values (``None`` for a queue-only key); events fill them in."""
         deadline, start = deadline_after(limit), time.monotonic()
+        try:
+            return self._block_until(op, names, limit, reread, queues, deadline, start)
+        except StoreTimeout as exc:
+            if exc.timeout == limit:
+                raise
+            # Out of time before etcd answered: say the limit this call was given.
+            raise StoreTimeout(op, exc.keys, exc.elapsed, limit, exc.store, exc.detail) from None
+
+    def _block_until(
+        self,
+        op: str,
+        names: list[str],
+        limit: float,
+        reread: Callable[[float | None, float], tuple[int, dict[str, bytes | None]]],
+        queues: bool,
+        deadline: float | None,
+        start: float,
+    ) -> dict[str, bytes | None]:
         rev, found = reread(deadline, start)
         missing = [k for k in names if k not in found]
         if not missing:

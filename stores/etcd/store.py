@@ -193,10 +193,21 @@ class EtcdStore(Reads, Store):
 
     def _unavailable(
         self, op: str, keys: Sequence[str], start: float, last: Exception | None
-    ) -> StoreBroken:
+    ) -> StoreBroken | StoreTimeout:
+        """The error for an operation whose deadline passed while it asked etcd.
+
+        Nothing failed (``last`` is ``None``: the time ran out before etcd was asked, a short
+        timeout spent on earlier steps): a :class:`StoreTimeout` with the store's limit (a
+        ``wait(keys, timeout)`` re-states its own).  Attempts failed: :class:`StoreBroken`
+        naming the endpoints.
+        """
+        elapsed = time.monotonic() - start
+        if last is None:
+            return StoreTimeout(op, keys, elapsed, self._timeout, repr(self),
+                                detail="the deadline passed before etcd answered")  # fmt: skip
         return StoreBroken(
             f"{op}({', '.join(map(repr, keys))}) on etcd at {self._t.label}: no answer in "
-            f"{time.monotonic() - start:.2f} s (last: {last}); is the cluster running, with a "
+            f"{elapsed:.2f} s (last: {last}); is the cluster running, with a "
             "quorum of its members?",
             op=op,
             endpoints=self._t.label,

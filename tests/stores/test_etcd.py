@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -239,6 +240,28 @@ def test_a_wait_times_out_naming_the_missing_key(store: EtcdStore) -> None:
     store.set("there", "1")
     with pytest.raises(StoreTimeout, match=r"\['absent'\]"):
         store.wait(["there", "absent"], 0.2)
+
+
+def test_a_deadline_spent_before_etcd_answers_is_a_timeout_not_a_broken_cluster(
+    store: EtcdStore,
+) -> None:
+    # A timeout so short that it passes before the first request: the cluster is healthy, so
+    # this is a StoreTimeout with the configured limit (it was StoreBroken, "is the cluster
+    # running?", about 1 run in 40 of torch's queues_timeout case at 10 ms).
+    store.set_timeout(timedelta(microseconds=1))
+    calls = {
+        "queue_pop": lambda: store.queue_pop("empty"),
+        "get": lambda: store.get("absent"),
+        "set": lambda: store.set("k", "v"),
+    }
+    for op, call in calls.items():
+        with pytest.raises(StoreTimeout) as info:
+            call()
+        assert info.value.op == op and info.value.timeout == 1e-6, info.value
+    with pytest.raises(StoreTimeout) as info:
+        store.wait(["absent"], timedelta(microseconds=2))
+    assert info.value.timeout == 2e-6, info.value
+    store.set_timeout(timedelta(seconds=10))  # the fixture's teardown removes the run's keys
 
 
 def _child_uses_inherited(opener: Any, rank: int, store: EtcdStore) -> bytes:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from storeharness.harness import targets
+from storeharness.stores import UnsupportedOperation
 from storeharness.stores.conformance import TORCH_CASES, Case, CaseSkipped
 
 #: Every store of the registry (ours, torch's, the interop pairings).
@@ -30,6 +31,10 @@ def test_torch_case(case: Case, backend_name: str, tmp_path: Path) -> None:
         case.run(backend)
     except CaseSkipped as skip:
         pytest.skip(skip.reason)
+    except UnsupportedOperation as gap:
+        if target.spec.kind in ("ours", "interop"):
+            raise  # ours claim the whole contract
+        pytest.skip(f"unsupported by store {backend_name}: {gap}")  # torch's v2 EtcdStore, say
 
 
 def test_every_case_names_the_torch_test_it_mirrors() -> None:
