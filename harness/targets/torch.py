@@ -20,6 +20,7 @@ from ...stores import Capability, Store, StoreError, TCPStore
 from ...stores._process import stop_process
 from ...stores.tcp import ServerProcess
 from ._base import TargetSpec
+from .forkserver import forked_server
 from .local import LocalTarget
 from .server import LOOPBACK, TCP_CAPABILITIES, ServerTarget, loopback_listener, our_tcp_client
 
@@ -170,7 +171,7 @@ def torch_targets() -> list[LocalTarget | ServerTarget]:
             TargetSpec("torch-client", "torch's TCPStore client on our server (needs torch)",
                        ("process", "thread"), TCP_CAPABILITIES, server=True, network=True,
                        kind="interop"),
-            ServerProcess, _torch_client, (_torch_client_on_ours, _torch_client_peer),
+            forked_server, _torch_client, (_torch_client_on_ours, _torch_client_peer),
             unavailable=torch_missing,
         ),
         ServerTarget(
