@@ -137,6 +137,13 @@ class Scenario:
     file: str
     checks: tuple[WorldCheck, ...] = ()
     xfail: Mapping[str, str] = field(default_factory=dict)
+    #: ``slow=True``: left out of default runs (``storeharness run --slow``, ``pytest -m slow``).
+    slow_declared: bool = False
+
+    @property
+    def slow(self) -> bool:
+        """Whether default runs leave it out: ``slow=True``, or a pytest ``slow`` mark."""
+        return self.slow_declared or any(getattr(m, "name", None) == "slow" for m in self.marks)
 
     @property
     def __name__(self) -> str:  # so pytest treats a scenario as a test function for marks
@@ -267,6 +274,7 @@ def scenario(
     name: str | None = None,
     check: WorldCheck | Iterable[WorldCheck] = (),
     xfail: str | Mapping[str, str] | None = None,
+    slow: bool = False,
 ) -> Callable[[Callable[[RankContext], Any]], Scenario]: ...
 
 
@@ -286,6 +294,7 @@ def scenario(
     name: str | None = None,
     check: WorldCheck | Iterable[WorldCheck] = (),
     xfail: str | Mapping[str, str] | None = None,
+    slow: bool = False,
 ) -> Scenario | Callable[[Callable[[RankContext], Any]], Scenario]:
     """Declare a scenario: ``fn(ctx)`` runs on every rank (use as ``@scenario(...)``).
 
@@ -297,13 +306,14 @@ def scenario(
     :func:`returns`).  ``check``: world-level checks that see every rank's fate and value
     (:func:`exactly_one`, :func:`all_agree`, or your own).  ``time_limit`` bounds the world,
     ``rank_budget`` each rank, ``op_timeout`` each store operation.  ``xfail``: the reason the
-    scenario is known to fail, or ``{store pattern: reason}`` (fnmatch: ``"torch-*"``).  Raises
-    :class:`ScenarioError` for a bad definition.
+    scenario is known to fail, or ``{store pattern: reason}`` (fnmatch: ``"torch-*"``).
+    ``slow=True`` leaves it out of default runs (``storeharness run --slow`` and ``pytest -m
+    slow`` include it).  Raises :class:`ScenarioError` for a bad definition.
     """
 
     def wrap(f: Callable[[RankContext], Any]) -> Scenario:
         return _build(f, name, world_size, workers, needs, stores, faults, expect or {},
-                      time_limit, op_timeout, rank_budget, check, xfail)  # fmt: skip
+                      time_limit, op_timeout, rank_budget, check, xfail, slow)  # fmt: skip
 
     return wrap if fn is None else wrap(fn)
 
@@ -322,6 +332,7 @@ def _build(
     rank_budget: float | None,
     check: WorldCheck | Iterable[WorldCheck] = (),
     xfail: str | Mapping[str, str] | None = None,
+    slow: bool = False,
 ) -> Scenario:
     label: str = name or str(getattr(fn, "__name__", repr(fn)))
 
@@ -367,6 +378,8 @@ def _build(
             raise fail(f"{label_}={value!r}; give a number of seconds > 0")
     if time_limit is None:
         raise fail("time_limit=None; every scenario needs a time limit in seconds")
+    if not isinstance(slow, bool):
+        raise fail(f"slow={slow!r}; give True or False")
     checks = (check,) if callable(check) else tuple(check)
     for each in checks:
         if not callable(each):
@@ -375,7 +388,7 @@ def _build(
         fn, label, inspect.getdoc(fn) or "", sizes, nonfixed, kinds, caps, names, fault_list,
         dict(expect), float(time_limit), op_timeout, rank_budget,
         getattr(fn, "__module__", "") or "", inspect.getsourcefile(fn) or "",
-        checks, _xfail(xfail, fail),
+        checks, _xfail(xfail, fail), slow,
     )  # fmt: skip
     if names is not None:
         for store in (n for n in names if n in known):
