@@ -35,6 +35,7 @@ from . import _inspect as I
 from . import faults as F
 from ._messages import (
     AtPoint,
+    AwaitEnd,
     AwaitPoint,
     Event,
     EventKind,
@@ -188,6 +189,7 @@ class _World:
         self.token = uuid.uuid4().hex[:12]
         self.events: list[Event] = []
         self.awaiting: list[tuple[_Slot, int, str]] = []
+        self.ending: list[tuple[_Slot, int]] = []  # (waiter, the rank whose end it awaits)
         self.blocked_signals: list[tuple[int, F.Signal, _Slot]] = []
         self.fired: set[int] = set()  # indices into the plan of the faults that took effect
         self.tags: dict[str, int] = {}  # AnyRank tag -> the rank the plan picked
@@ -326,6 +328,9 @@ class _World:
             case AwaitPoint(rank, name):
                 slot.asking = True
                 self._await(slot, rank, name)
+            case AwaitEnd(rank):
+                slot.asking = True
+                self._await_end(slot, rank)
             case Finished():
                 slot.reply = msg
             case _:  # our own rank code sends only the above: a bug, so say so loudly
@@ -360,6 +365,16 @@ class _World:
         else:
             self.awaiting.append((slot, rank, name))
 
+    def _await_end(self, slot: _Slot, rank: int) -> None:
+        if not 0 <= rank < self.n:
+            self._reply(slot, Never(f"there is no rank {rank} in a world of {self.n}"))
+        elif rank == slot.rank:
+            self._reply(slot, Never("a rank cannot wait for its own end"))
+        elif self.slots[rank].state in ("done", "missing"):
+            self._reply(slot, Reached())
+        else:
+            self.ending.append((slot, rank))
+
     def _finish(self, slot: _Slot) -> None:
         self.selector.unregister(slot.conn)
         slot.conn.close()
@@ -369,6 +384,9 @@ class _World:
         for waiter, _, name in [w for w in self.awaiting if w[1] == slot.rank]:
             self.awaiting.remove((waiter, slot.rank, name))
             self._reply(waiter, Never(f"rank {slot.rank} ended without reaching {name!r}"))
+        for waiter, _ in [w for w in self.ending if w[1] == slot.rank]:
+            self.ending.remove((waiter, slot.rank))
+            self._reply(waiter, Reached())
         self.blocked_signals = [b for b in self.blocked_signals if b[2] is not slot]
 
     # ---------------------------------------------------------------------------- faults
