@@ -1,5 +1,8 @@
 """``python -m storeharness.harness._forkserver_main``: the template that forks TCPStore servers.
 
+``CONTROL_FD`` forks our server; ``CONTROL_FD --torch`` imports torch instead and forks torch's
+TCPStore master (libuv or legacy), as ``targets/torch.py``'s ``TorchServer`` runs it.
+
 Starting a server as a fresh interpreter costs most of a case's endpoint time (importing
 ``stores`` and uvloop).  This process imports them once, then waits on a Unix socket for
 requests; each request carries a listening socket, the read end of a "watch" pipe and the write
@@ -30,6 +33,7 @@ import socket
 import struct
 import sys
 import traceback
+from typing import Any
 
 from ..stores.tcp import server as _server
 from ..stores.tcp.codec import Limits
@@ -49,10 +53,13 @@ def _child(
         control.close()
         os.dup2(watch_fd, 0)
         os.close(watch_fd)
-        limits = Limits(**settings.get("limits", {}))  # type: ignore[arg-type]
-        accelerate = settings.get("accelerate")
-        sock = _server.adopt_listener(listen_fd, 0)
-        _server._serve_process(sock, limits, True, accelerate)  # type: ignore[arg-type]
+        if settings.get("kind") == "torch":
+            _serve_torch(listen_fd, bool(settings.get("use_libuv", True)))
+        else:
+            limits = Limits(**settings.get("limits", {}))  # type: ignore[arg-type]
+            accelerate = settings.get("accelerate")
+            sock = _server.adopt_listener(listen_fd, 0)
+            _server._serve_process(sock, limits, True, accelerate)  # type: ignore[arg-type]
     except BaseException:
         traceback.print_exc()
         code = 1
@@ -61,6 +68,31 @@ def _child(
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(code)
+
+
+def _serve_torch(listen_fd: int, use_libuv: bool) -> None:
+    """torch's TCPStore master on the socket, until stdin (the watch pipe) closes."""
+    import datetime
+    import importlib
+
+    dist: Any = importlib.import_module("torch.distributed")
+    port = _port_of(listen_fd)
+    store = dist.TCPStore(
+        "127.0.0.1", port, None, True, datetime.timedelta(seconds=3600),
+        wait_for_workers=False, master_listen_fd=listen_fd, use_libuv=use_libuv,
+    )  # fmt: skip
+    while os.read(0, 4096):
+        pass
+    del store
+
+
+def _port_of(fd: int) -> int:
+    sock = socket.socket(fileno=fd)
+    try:
+        port: int = sock.getsockname()[1]
+        return port
+    finally:
+        sock.detach()
 
 
 def _serve_request(control: socket.socket, children: dict[int, int]) -> bool:
@@ -132,9 +164,14 @@ def _reap(children: dict[int, int]) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Serve fork requests on the control socket (fd ``argv[0]``) until it closes."""
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1 or not args[0].isdigit():
-        raise SystemExit("usage: python -m storeharness.harness._forkserver_main CONTROL_FD")
-    _server._new_loop().close()  # import uvloop (when installed) now, not in every child
+    if len(args) not in (1, 2) or not args[0].isdigit() or args[1:] not in ([], ["--torch"]):
+        raise SystemExit(
+            "usage: python -m storeharness.harness._forkserver_main CONTROL_FD [--torch]"
+        )
+    if args[1:] == ["--torch"]:
+        import torch.distributed  # noqa: F401  (imported once here, not in every child)
+    else:
+        _server._new_loop().close()  # import uvloop (when installed) now, not in every child
     control = socket.socket(fileno=int(args[0]))
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)

@@ -28,12 +28,21 @@ from ...stores._process import stop_process
 from ...stores.tcp import ServerProcess
 from ...stores.tcp.codec import Limits
 
-__all__ = ["LOST", "ForkServer", "ForkedProcess", "ForkedServer", "forked_server", "template"]
+__all__ = [
+    "LOST",
+    "ForkServer",
+    "ForkedProcess",
+    "ForkedServer",
+    "ForkedTorchServer",
+    "forked_server",
+    "template",
+]
 
 #: What the template runs (see the module docstring of ``_forkserver_main``).
 TEMPLATE_MODULE = "storeharness.harness._forkserver_main"
 #: How long a request may wait for the template's answer (a loaded machine), in seconds.
 REPLY_TIMEOUT = 60.0
+KINDS = ("ours", "torch")
 #: The exit code of a server whose template died before it could tell us the real one.
 LOST = 255
 
@@ -111,9 +120,16 @@ class ForkedProcess:
 
 
 class ForkServer:
-    """One template process, started on first use; :meth:`spawn` forks a server from it."""
+    """One template process, started on first use; :meth:`spawn` forks a server from it.
 
-    def __init__(self) -> None:
+    ``kind`` is ``"ours"`` (our server; the template imports ``stores`` and uvloop) or
+    ``"torch"`` (torch's TCPStore master; the template imports torch).
+    """
+
+    def __init__(self, kind: str = "ours") -> None:
+        if kind not in KINDS:
+            raise ValueError(f"kind={kind!r}; use one of {', '.join(KINDS)}")
+        self.kind = kind
         self._lock = threading.Lock()
         self._control: socket.socket | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -122,7 +138,13 @@ class ForkServer:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", TEMPLATE_MODULE, str(theirs.fileno())],
+                [
+                    sys.executable,
+                    "-m",
+                    TEMPLATE_MODULE,
+                    str(theirs.fileno()),
+                    *(["--torch"] if self.kind == "torch" else []),
+                ],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
             )
@@ -159,11 +181,15 @@ class ForkServer:
         reply: dict[str, Any] = json.loads(body)
         return reply, fds
 
-    def spawn(self, sock: socket.socket, limits: Limits, accelerate: bool | None) -> ForkedProcess:
-        """Fork a server for ``sock`` (which the server takes over: closed here)."""
+    def spawn(self, sock: socket.socket, **settings: Any) -> ForkedProcess:
+        """Fork a server for ``sock`` (which the server takes over: closed here).
+
+        ``settings``: ``limits`` (a dict of :class:`Limits` fields) and ``accelerate`` for
+        ours, ``use_libuv`` for torch's.
+        """
         watch_r, watch_w = os.pipe()
         status_r, status_w = os.pipe()
-        request = json.dumps({"limits": asdict(limits), "accelerate": accelerate}).encode()
+        request = json.dumps({"kind": self.kind, **settings}).encode()
         try:
             with self._lock:
                 for attempt in (1, 2):
@@ -210,17 +236,17 @@ class ForkServer:
         return None if self._proc is None else self._proc.pid
 
 
-_TEMPLATES: dict[int, ForkServer] = {}
+_TEMPLATES: dict[tuple[int, str], ForkServer] = {}
 _TEMPLATES_LOCK = threading.Lock()
 
 
-def template() -> ForkServer:
-    """This process's template (a forked rank that asks gets its own, not its parent's)."""
+def template(kind: str = "ours") -> ForkServer:
+    """This process's template of ``kind`` (a forked rank gets its own, not its parent's)."""
     with _TEMPLATES_LOCK:
-        pid = os.getpid()
-        if pid not in _TEMPLATES:
-            _TEMPLATES[pid] = ForkServer()
-        return _TEMPLATES[pid]
+        key = (os.getpid(), kind)
+        if key not in _TEMPLATES:
+            _TEMPLATES[key] = ForkServer(kind)
+        return _TEMPLATES[key]
 
 
 def available() -> bool:
@@ -235,10 +261,25 @@ class ForkedServer:
         self, sock: socket.socket, limits: Limits | None = None, accelerate: bool | None = None
     ) -> None:
         self.port: int = sock.getsockname()[1]
-        self.proc = template().spawn(sock, limits or Limits(), accelerate)
+        self.proc = template().spawn(sock, limits=asdict(limits or Limits()), accelerate=accelerate)
 
     def __repr__(self) -> str:
         return f"ForkedServer(port={self.port}, pid={self.proc.pid})"
+
+    def stop(self) -> None:
+        """Close its stdin (it stops serving), then SIGTERM, then SIGKILL; idempotent."""
+        stop_process(self.proc)
+
+
+class ForkedTorchServer:
+    """torch's TCPStore master on ``sock``, forked from this process's torch template."""
+
+    def __init__(self, sock: socket.socket, use_libuv: bool = True) -> None:
+        self.port: int = sock.getsockname()[1]
+        self.proc = template("torch").spawn(sock, use_libuv=use_libuv)
+
+    def __repr__(self) -> str:
+        return f"ForkedTorchServer(port={self.port}, pid={self.proc.pid})"
 
     def stop(self) -> None:
         """Close its stdin (it stops serving), then SIGTERM, then SIGKILL; idempotent."""

@@ -7,10 +7,11 @@ import os
 import signal
 import subprocess
 from collections.abc import Iterator
+from dataclasses import asdict
 
 import pytest
 
-from storeharness.harness.targets import forkserver
+from storeharness.harness.targets import forkserver, torch_missing
 from storeharness.harness.targets.server import loopback_listener
 from storeharness.stores import TCPStore
 from storeharness.stores._process import stop_process
@@ -43,7 +44,7 @@ def _alive(pid: int) -> bool:
 def _spawn(fs: forkserver.ForkServer) -> tuple[forkserver.ForkedProcess, int]:
     sock = loopback_listener()
     port = sock.getsockname()[1]
-    return fs.spawn(sock, Limits(), None), port
+    return fs.spawn(sock, limits=asdict(Limits()), accelerate=None), port
 
 
 def test_each_forked_server_is_its_own_process_with_its_own_empty_store(
@@ -128,3 +129,27 @@ def test_endpoints_of_our_tcp_target_use_the_template(tmp_path: object) -> None:
         assert parent == forkserver.template().pid, "not forked from this process's template"
         with endpoint.opener()() as store:
             store.set("k", "v")
+
+
+@pytest.mark.skipif(torch_missing() is not None, reason="needs torch")
+def test_the_torch_template_forks_torchs_own_server() -> None:
+    fs = forkserver.ForkServer("torch")
+    try:
+        sock = loopback_listener()
+        port = sock.getsockname()[1]
+        proc = fs.spawn(sock, use_libuv=True)
+        try:
+            with TCPStore("127.0.0.1", port, timeout=30) as store:
+                store.set("k", "v")
+                assert store.get("k") == b"v"
+                assert store.libuvBackend  # torch's libuv server answered our client
+        finally:
+            stop_process(proc)
+        assert proc.returncode == 0
+    finally:
+        fs.close()
+
+
+def test_a_bad_kind_is_named() -> None:
+    with pytest.raises(ValueError, match=r"kind='java'; use one of ours, torch"):
+        forkserver.ForkServer("java")
