@@ -1,7 +1,9 @@
 """``python -m storeharness.harness._forkserver_main``: the template that forks TCPStore servers.
 
-``CONTROL_FD`` forks our server; ``CONTROL_FD --torch`` imports torch instead and forks torch's
-TCPStore master (libuv or legacy), as ``targets/torch.py``'s ``TorchServer`` runs it.
+``CONTROL_FD`` forks our server (or the fault proxy, ``harness/proxy.py``); ``CONTROL_FD
+--torch`` imports torch instead and forks torch's TCPStore master (libuv or legacy), as
+``targets/torch.py``'s ``TorchServer`` runs it.  A proxy's request carries a fourth
+descriptor, the pipe its replies go to (its stdout); its stdin is its command pipe.
 
 Starting a server as a fresh interpreter costs most of a case's endpoint time (importing
 ``stores`` and uvloop).  This process imports them once, then waits on a Unix socket for
@@ -45,7 +47,11 @@ _PRIVATE: list[int] = []
 
 
 def _child(
-    control: socket.socket, listen_fd: int, watch_fd: int, settings: dict[str, object]
+    control: socket.socket,
+    listen_fd: int,
+    watch_fd: int,
+    settings: dict[str, object],
+    out_fd: int | None = None,
 ) -> None:
     """In the forked child: become the server (never returns)."""
     code = 0
@@ -53,7 +59,12 @@ def _child(
         control.close()
         os.dup2(watch_fd, 0)
         os.close(watch_fd)
-        if settings.get("kind") == "torch":
+        if out_fd is not None:
+            os.dup2(out_fd, 1)
+            os.close(out_fd)
+        if settings.get("kind") == "proxy":
+            _serve_proxy(listen_fd, str(settings["upstream"]))
+        elif settings.get("kind") == "torch":
             _serve_torch(listen_fd, bool(settings.get("use_libuv", True)))
         else:
             limits = Limits(**settings.get("limits", {}))  # type: ignore[arg-type]
@@ -86,6 +97,15 @@ def _serve_torch(listen_fd: int, use_libuv: bool) -> None:
     del store
 
 
+def _serve_proxy(listen_fd: int, upstream: str) -> None:
+    """The fault proxy, driven by lines on stdin (its command pipe), answering on stdout."""
+    from . import _proxy_main
+
+    sys.stdin = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115  (the new fd 0 and 1)
+    sys.stdout = open(1, "w", buffering=1, encoding="utf-8", closefd=False)  # noqa: SIM115
+    _proxy_main.main(["--listen-fd", str(listen_fd), "--upstream", upstream])
+
+
 def _port_of(fd: int) -> int:
     sock = socket.socket(fileno=fd)
     try:
@@ -98,19 +118,20 @@ def _port_of(fd: int) -> int:
 def _serve_request(control: socket.socket, children: dict[int, int]) -> bool:
     """Fork one server for the request waiting on ``control``; ``False`` when it closed."""
     try:
-        data, fds, _, _ = socket.recv_fds(control, MAX_REQUEST, 3)
+        data, fds, _, _ = socket.recv_fds(control, MAX_REQUEST, 4)
     except OSError:
         return False
     if not data:
         for fd in fds:
             os.close(fd)
         return False
-    if len(fds) != 3:
+    if len(fds) not in (3, 4):
         for fd in fds:
             os.close(fd)
-        control.sendall(_reply({"error": f"a request carries 3 descriptors, got {len(fds)}"}))
+        control.sendall(_reply({"error": f"a request carries 3 or 4 descriptors, got {len(fds)}"}))
         return True
-    listen_fd, watch_fd, status_fd = fds
+    listen_fd, watch_fd, status_fd = fds[:3]
+    out_fd = fds[3] if len(fds) == 4 else None
     try:
         settings = json.loads(data)
         if not isinstance(settings, dict):
@@ -128,9 +149,11 @@ def _serve_request(control: socket.socket, children: dict[int, int]) -> bool:
             with contextlib.suppress(OSError):  # pipes, the template's wakeup pipe and selector
                 os.close(fd)
         os.close(status_fd)
-        _child(control, listen_fd, watch_fd, settings)
+        _child(control, listen_fd, watch_fd, settings, out_fd)
     os.close(listen_fd)
     os.close(watch_fd)
+    if out_fd is not None:
+        os.close(out_fd)
     children[pid] = status_fd
     pidfd = os.pidfd_open(pid)
     try:

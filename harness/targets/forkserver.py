@@ -58,13 +58,17 @@ class ForkedProcess:
     and its end is read from the status pipe the template writes its wait status to.
     """
 
-    def __init__(self, pid: int, pidfd: int, watch: int, status: int) -> None:
+    def __init__(
+        self, pid: int, pidfd: int, watch: int, status: int, out: int | None = None
+    ) -> None:
         self.pid, self.args = pid, [TEMPLATE_MODULE, f"server {pid}"]
         self._pidfd, self._status = pidfd, status
-        #: Closing it tells the server to stop serving (it is the server's stdin).
-        self.stdin: IO[bytes] | None = os.fdopen(watch, "wb", buffering=0)
-        self.stdout: IO[bytes] | None = None
-        self.stderr: IO[bytes] | None = None
+        #: Closing it tells the server to stop serving (it is the server's stdin).  Text, as
+        #: a ``Popen(text=True)``'s: a proxy reads its commands from it as lines.
+        self.stdin: IO[str] | None = os.fdopen(watch, "w", encoding="utf-8")
+        #: The child's stdout (a proxy's replies), when it was given one.
+        self.stdout: IO[str] | None = None if out is None else os.fdopen(out, encoding="utf-8")
+        self.stderr: IO[str] | None = None
         self.returncode: int | None = None
 
     def __repr__(self) -> str:
@@ -181,22 +185,25 @@ class ForkServer:
         reply: dict[str, Any] = json.loads(body)
         return reply, fds
 
-    def spawn(self, sock: socket.socket, **settings: Any) -> ForkedProcess:
+    def spawn(self, sock: socket.socket, *, stdout: bool = False, **settings: Any) -> ForkedProcess:
         """Fork a server for ``sock`` (which the server takes over: closed here).
 
         ``settings``: ``limits`` (a dict of :class:`Limits` fields) and ``accelerate`` for
-        ours, ``use_libuv`` for torch's.
+        ours, ``use_libuv`` for torch's, ``kind="proxy"`` and ``upstream="host:port"`` for the
+        fault proxy.  ``stdout=True`` gives the child a pipe for its stdout (``proc.stdout``).
         """
         watch_r, watch_w = os.pipe()
         status_r, status_w = os.pipe()
+        out_r, out_w = os.pipe() if stdout else (None, None)
         request = json.dumps({"kind": self.kind, **settings}).encode()
+        passed = [sock.fileno(), watch_r, status_w, *([] if out_w is None else [out_w])]
         try:
             with self._lock:
                 for attempt in (1, 2):
                     fresh = self._control is None
                     control = self._control or self._start()
                     try:
-                        socket.send_fds(control, [request], [sock.fileno(), watch_r, status_w])
+                        socket.send_fds(control, [request], passed)
                         reply, fds = self._answer(control)
                         break
                     except (OSError, ForkServerError):
@@ -205,18 +212,21 @@ class ForkServer:
                             raise
                         # the template died since its last fork (killed, say): start another
         except BaseException:
-            for fd in (watch_w, status_r):
-                os.close(fd)
+            for fd in (watch_w, status_r, out_r):
+                if fd is not None:
+                    os.close(fd)
             raise
         finally:
-            for fd in (watch_r, status_w):
-                os.close(fd)
+            for fd in (watch_r, status_w, out_w):
+                if fd is not None:
+                    os.close(fd)
             sock.close()
         if "pid" not in reply or len(fds) != 1:
-            for fd in (*fds, watch_w, status_r):
-                os.close(fd)
+            for fd in (*fds, watch_w, status_r, out_r):
+                if fd is not None:
+                    os.close(fd)
             raise ForkServerError(f"the server template would not fork: {reply.get('error')}")
-        return ForkedProcess(int(reply["pid"]), fds[0], watch_w, status_r)
+        return ForkedProcess(int(reply["pid"]), fds[0], watch_w, status_r, out_r)
 
     def _close(self) -> None:
         if self._control is not None:
