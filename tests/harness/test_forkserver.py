@@ -153,3 +153,25 @@ def test_the_torch_template_forks_torchs_own_server() -> None:
 def test_a_bad_kind_is_named() -> None:
     with pytest.raises(ValueError, match=r"kind='java'; use one of ours, torch"):
         forkserver.ForkServer("java")
+
+
+def test_the_fault_proxy_is_forked_from_the_template_and_answers_commands() -> None:
+    from storeharness.harness.proxy import ProxyProcess
+
+    sock = loopback_listener()
+    server = forkserver.ForkedServer(sock)
+    proxy = ProxyProcess("127.0.0.1", server.port)
+    try:
+        with open(f"/proc/{proxy.proc.pid}/stat", encoding="ascii") as f:
+            parent = int(f.read().rsplit(")", 1)[1].split()[1])
+        assert parent == forkserver.template().pid
+        assert proxy.command("heal") == "ok"
+        with TCPStore("127.0.0.1", proxy.port, timeout=10) as store:
+            store.set("through", "the proxy")
+            assert proxy.command("drop").startswith("ok ")
+        with pytest.raises(RuntimeError, match="unknown command 'fly'"):
+            proxy.command("fly")
+    finally:
+        proxy.close()
+        server.stop()
+    assert proxy.proc.returncode == 0 and not _alive(proxy.proc.pid)
