@@ -58,10 +58,20 @@ def delayed_network_then_healed(ctx: RankContext) -> float:
     return ctx.store.add("finished", 1)
 
 
+#: Found by this scenario: torch's client blocks in ``get`` past its timeout when the server
+#: goes silent (until the connection ends), so on torch's client the case fails by its time limit.
+TORCH_CLIENT_HANGS = (
+    "torch's TCPStore client does not bound get by its timeout when the server goes silent: "
+    "it blocks until the connection ends"
+)
+
+
 @scenario(
     world_size=2,
     workers="both",
     faults=[Blackhole(after(0, DARK)), Heal(after(0, HEALED))],
+    time_limit=8.0,  # a hang is judged (and torch's expected failure costs) 8 s, not 30
+    xfail={"torch-tcp": TORCH_CLIENT_HANGS, "torch-client": TORCH_CLIENT_HANGS},
 )
 def black_hole_times_out_then_heals(ctx: RankContext) -> str:
     """Traffic vanishes: rank 0's ``get`` times out by its timeout; once healed, both ranks work
