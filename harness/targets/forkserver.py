@@ -259,8 +259,15 @@ def template(kind: str = "ours") -> ForkServer:
         return _TEMPLATES[key]
 
 
+#: Set to ``0`` to start every server as a fresh interpreter (to compare, or to rule it out).
+ENV = "STOREHARNESS_FORKSERVER"
+
+
 def available() -> bool:
-    """Whether servers can be forked from a template here (Linux pidfds)."""
+    """Whether servers are forked from a template here: Linux pidfds, and not turned off by
+    ``STOREHARNESS_FORKSERVER=0``."""
+    if os.environ.get(ENV, "1").strip() == "0":
+        return False
     return hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal")
 
 

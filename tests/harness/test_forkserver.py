@@ -175,3 +175,15 @@ def test_the_fault_proxy_is_forked_from_the_template_and_answers_commands() -> N
         proxy.close()
         server.stop()
     assert proxy.proc.returncode == 0 and not _alive(proxy.proc.pid)
+
+
+def test_turned_off_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(forkserver.ENV, "0")
+    assert not forkserver.available()
+    server = forkserver.forked_server(loopback_listener())
+    try:
+        assert not isinstance(server, forkserver.ForkedServer)  # a fresh interpreter instead
+        with TCPStore("127.0.0.1", server.port, timeout=30) as store:
+            store.set("k", "v")
+    finally:
+        server.stop()
