@@ -395,7 +395,9 @@ class _World:
         """Apply plan entry ``index``; it counts as fired once it has taken effect."""
         if isinstance(fault, F.Signal):
             target = self.slots[int(fault.rank)]  # type: ignore[arg-type]
-            if fault.blocked:
+            # Signals to one rank land in the order they fired: one behind a held signal (a
+            # SIGCONT behind a SIGSTOP that waits for its rank to block) waits its turn.
+            if fault.blocked or any(held[2] is target for held in self.blocked_signals):
                 self.blocked_signals.append((index, fault, target))
             elif self._signal(target, fault.sig, ""):
                 self.fired.add(index)
@@ -435,13 +437,22 @@ class _World:
         return True
 
     def _deliver_blocked(self) -> None:
+        """Send each held signal that may go now: the first held for its rank, and (if it
+        waits for one) once the rank is blocked in a system call."""
         for held in list(self.blocked_signals):
             index, fault, slot = held
-            syscall = I.blocked_in(slot.proc.pid, slot.control_fd) if slot.proc else None
-            if syscall is not None:
-                self.blocked_signals.remove(held)
-                if self._signal(slot, fault.sig, f" while blocked in system call {syscall}"):
-                    self.fired.add(index)
+            if next(h for h in self.blocked_signals if h[2] is slot) is not held:
+                continue  # an earlier signal to this rank is still held
+            if not fault.blocked:
+                how = " (after the signal held before it)"
+            else:
+                syscall = I.blocked_in(slot.proc.pid, slot.control_fd) if slot.proc else None
+                if syscall is None:
+                    continue
+                how = f" while blocked in system call {syscall}"
+            self.blocked_signals.remove(held)
+            if self._signal(slot, fault.sig, how):
+                self.fired.add(index)
 
     # ------------------------------------------------------------------- stopping ranks
 

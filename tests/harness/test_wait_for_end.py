@@ -3,6 +3,7 @@ started); a killed process rank is reaped by then.  Bad requests are refused by 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from storeharness.harness import Fate, RankContext, run_world
 from storeharness.harness.faults import Missing, Signal, after
-from storeharness.stores import FileStore, HashStore
+from storeharness.stores import FileStore, HashStore, StoreTimeout
 
 
 def _outlives_the_victim(ctx: RankContext) -> object:
@@ -62,3 +63,29 @@ def test_refuses_itself_and_ranks_outside_the_world() -> None:
     result = run_world(_bad, 2, store.clone, "thread")
     assert result[0].fate is Fate.RAISED and "cannot wait for its own end" in result[0].error
     assert result[1].fate is Fate.RAISED and "no rank 7 in a world of 2" in result[1].error
+
+
+def _stop_then_cont(ctx: RankContext) -> str:
+    if ctx.rank == 1:
+        ctx.point("frozen")  # SIGSTOP is held until this rank blocks in a system call
+        while not ctx.store.check(["cont-fired"]):  # busy, never blocked: the SIGSTOP waits
+            pass
+        with contextlib.suppress(StoreTimeout):
+            ctx.store.wait(["never-set"], 0.2)  # blocks: SIGSTOP lands here, then SIGCONT
+        return "ran on"
+    ctx.wait_for(1, "frozen")
+    ctx.point("cont")  # fires SIGCONT while the SIGSTOP is still held
+    ctx.store.set("cont-fired", "1")
+    return "sent"
+
+
+def test_a_signal_behind_a_held_one_waits_its_turn(tmp_path: Path) -> None:
+    result = run_world(
+        _stop_then_cont, 2, functools.partial(FileStore, str(tmp_path / "fs")), "process",
+        time_limit=20,
+        faults=[Signal(signal.SIGSTOP, 1, after(1, "frozen"), blocked=True),
+                Signal(signal.SIGCONT, 1, after(0, "cont"))],
+    )  # fmt: skip
+    assert result.values() == ["sent", "ran on"], [r.describe() for r in result]
+    sent = [e.text for e in result.events if "sent to rank 1" in e.text]
+    assert sent[0].startswith("SIGSTOP") and sent[1].startswith("SIGCONT"), sent
