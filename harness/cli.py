@@ -212,7 +212,9 @@ def _cases(args: argparse.Namespace, settings: Settings) -> list[Case]:
             print(f"storeharness: {sc.name} skipped ({why_skip})", file=sys.stderr)
             continue
         if sc.slow and not args.slow and selector is None:
-            print(f"storeharness: {sc.name} skipped (slow: run it with --slow)", file=sys.stderr)
+            if any(_wanted(args.k, sc.name, store) for store in stores):
+                print(f"storeharness: {sc.name} skipped (slow: run it with --slow)",
+                      file=sys.stderr)  # fmt: skip
             continue
         for store in stores:
             found = sc.cases([store], args.workers, sizes)

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from storeharness import RankContext, WorldResult, all_agree, scenario
 from storeharness.stores import PrefixStore, Store, TCPStore
-from storeharness.stores.torch_adapter import TorchStore, torch_tcp_client
 
 
 def _other_client(ctx: RankContext) -> tuple[Store, str]:
     """A handle on the same server and namespace through the other kind of client."""
+    # imported here, not at the top: the library loads where torch is not installed
+    from storeharness.stores.torch_adapter import TorchStore, torch_tcp_client
+
     namespace = ctx.store
     assert isinstance(namespace, PrefixStore)
     raw, timeout = namespace.underlying_store, namespace.timeout.total_seconds()
@@ -29,7 +31,7 @@ def _other_client(ctx: RankContext) -> tuple[Store, str]:
 
 
 def _kind(store: Store) -> str:
-    return "torch" if isinstance(store, TorchStore) else "ours"
+    return "ours" if isinstance(store, TCPStore) else "torch"
 
 
 def both_kinds_took_part(world: WorldResult) -> str | None:
