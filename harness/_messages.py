@@ -4,8 +4,8 @@ The messages travel pickled over each rank's duplex pipe (h11's events are the m
 frozen class per message, dispatched with ``match``).  A rank asks, the runner answers:
 
 rank → runner (:data:`RankMessage`)
-    :class:`PipeFd` once at start (process ranks), :class:`AtPoint` and :class:`AwaitPoint`
-    (each answered by one runner message), :class:`Finished` last.
+    :class:`PipeFd` once at start (process ranks), :class:`AtPoint`, :class:`AwaitPoint` and
+    :class:`AwaitEnd` (each answered by one runner message), :class:`Finished` last.
 runner → rank (:data:`RunnerMessage`)
     :class:`Go` after the faults a point triggers were applied, :class:`Reached` when an awaited
     point was reached, :class:`Never` when it cannot be, :class:`Stop` when the runner is
@@ -23,6 +23,7 @@ from typing import Any, TypeAlias
 
 __all__ = [
     "AtPoint",
+    "AwaitEnd",
     "AwaitPoint",
     "Event",
     "EventKind",
@@ -62,6 +63,14 @@ class AwaitPoint:
 
 
 @dataclass(frozen=True, slots=True)
+class AwaitEnd:
+    """The rank waits until ``rank`` has ended (or never started): :class:`Reached` or
+    :class:`Never`."""
+
+    rank: int
+
+
+@dataclass(frozen=True, slots=True)
 class Finished:
     """The rank's function returned (``ok``) or raised; the rank's last message.
 
@@ -76,7 +85,7 @@ class Finished:
     elapsed: float
 
 
-RankMessage: TypeAlias = PipeFd | AtPoint | AwaitPoint | Finished
+RankMessage: TypeAlias = PipeFd | AtPoint | AwaitPoint | AwaitEnd | Finished
 
 # ------------------------------------------------------------------------ runner → rank
 

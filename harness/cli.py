@@ -96,6 +96,10 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--workers", choices=["process", "thread"], help="only this worker kind")
         p.add_argument("-k", metavar="EXPR", help="only cases whose id matches (as pytest -k)")
         p.add_argument("--world-size", type=int, help="override every scenario's world size")
+        p.add_argument(
+            "--slow", action="store_true",
+            help="include scenarios marked slow (256-process worlds, 100k keys, ...)",
+        )  # fmt: skip
     run.add_argument(
         "--harness-seed", dest="seed", metavar="N", help="fault-plan seed (default: per case)"
     )
@@ -211,6 +215,11 @@ def _cases(args: argparse.Namespace, settings: Settings) -> list[Case]:
     for sc, selector in scenarios:
         if (why_skip := marked_skip(sc.marks)) is not None:
             print(f"storeharness: {sc.name} skipped ({why_skip})", file=sys.stderr)
+            continue
+        if sc.slow and not args.slow and selector is None:
+            if any(_wanted(args.k, sc.name, store) for store in stores):
+                print(f"storeharness: {sc.name} skipped (slow: run it with --slow)",
+                      file=sys.stderr)  # fmt: skip
             continue
         for store in stores:
             found = sc.cases([store], args.workers, sizes)

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..stores import Store
-from ._messages import AtPoint, AwaitPoint, Finished, Go, Never, PipeFd, Reached, Stop
+from ._messages import AtPoint, AwaitEnd, AwaitPoint, Finished, Go, Never, PipeFd, Reached, Stop
 from .faults import AnyRank
 from .history._record import Recorder, RecordingStore
 
@@ -104,6 +104,16 @@ class RankContext:
         """
         self._conn.send(AwaitPoint(int(rank), str(name)))
         self._answer(f"waiting for rank {rank} to reach {name!r}")
+
+    def wait_for_end(self, rank: int) -> None:
+        """Block until rank ``rank`` has ended: returned, raised, died (a fault killed it, say)
+        or never started.  A process rank that died has been reaped by then (its sockets are
+        closed), so a store's next request comes after its death.
+
+        Raises :class:`RankStopped` if there is no such rank, or it is this one.
+        """
+        self._conn.send(AwaitEnd(int(rank)))
+        self._answer(f"waiting for rank {rank} to end")
 
     def _answer(self, doing: str) -> None:
         match self._conn.recv():

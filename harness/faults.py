@@ -98,7 +98,9 @@ class Signal:
 
     With ``blocked=True`` the signal is held until the rank, past ``at``, is asleep in a
     system call other than the harness's own pipe (e.g. inside ``store.wait``), so it lands
-    mid-call rather than before the call.
+    mid-call rather than before the call.  Signals to one rank land in the order they fire: one
+    that fires while an earlier one to the same rank is held (a SIGCONT behind such a SIGSTOP)
+    is sent right after it.
     """
 
     sig: signal.Signals

@@ -97,6 +97,9 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "storeharness(time_scale=None, seed=None): settings for this test"
     )
     config.addinivalue_line("markers", "scenario: a storeharness scenario case")
+    config.addinivalue_line(
+        "markers", "slow: a long scenario, skipped unless selected with -m slow (or -m '...slow')"
+    )
     try:
         settings = _resolve(config)
         stores, _ = targets.expand(settings.stores or ())
@@ -225,6 +228,12 @@ class ScenarioItem(pytest.Item):
                 self.add_marker(getattr(pytest.mark, mark.name)(*mark.args, **mark.kwargs))
             if case.xfail is not None:
                 self.add_marker(pytest.mark.xfail(reason=case.xfail))
+            if case.scenario.slow:
+                self.add_marker("slow")
+                if "slow" not in (self.config.getoption("markexpr", "") or ""):
+                    self.add_marker(pytest.mark.skip(
+                        reason="slow scenario: select it with -m slow (storeharness run --slow)"
+                    ))  # fmt: skip
 
     def runtest(self) -> None:
         if self.case is None:

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any
 
-from ..stores._process import stop_process
+from ..stores._process import Child, stop_process
 
 __all__ = ["Proxy", "ProxyProcess"]
 
@@ -161,9 +161,17 @@ class ProxyProcess:
     """
 
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
+        from .targets import forkserver  # the targets import this module
+
         listener = socket.create_server(("127.0.0.1", 0), backlog=4096)
         self.port: int = listener.getsockname()[1]
         self.upstream = (upstream_host, upstream_port)
+        self.proc: Child
+        if forkserver.available():  # forked from the template: no interpreter start-up
+            self.proc = forkserver.template().spawn(
+                listener, stdout=True, kind="proxy", upstream=f"{upstream_host}:{upstream_port}"
+            )
+            return
         args = [
             sys.executable, "-m", CHILD_MODULE,
             "--listen-fd", str(listener.fileno()),
@@ -184,10 +192,11 @@ class ProxyProcess:
 
     def command(self, line: str) -> str:
         """Send one command (``delay S``, ``blackhole``, ``heal``, ``drop``); return its reply."""
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-        reply = self.proc.stdout.readline().strip()
+        stdin, stdout = self.proc.stdin, self.proc.stdout
+        assert stdin is not None and stdout is not None
+        stdin.write(line + "\n")
+        stdin.flush()
+        reply = str(stdout.readline()).strip()
         if not reply.startswith("ok"):
             raise RuntimeError(f"{self!r}: command {line!r} failed: {reply or 'proxy exited'}")
         return reply

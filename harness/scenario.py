@@ -140,6 +140,13 @@ class Scenario:
     xfail: Mapping[str, str] = field(default_factory=dict)
     #: Record every store operation and hold the run to :func:`~.history.linearizable`.
     history: bool = False
+    #: ``slow=True``: left out of default runs (``storeharness run --slow``, ``pytest -m slow``).
+    slow_declared: bool = False
+
+    @property
+    def slow(self) -> bool:
+        """Whether default runs leave it out: ``slow=True``, or a pytest ``slow`` mark."""
+        return self.slow_declared or any(getattr(m, "name", None) == "slow" for m in self.marks)
 
     @property
     def __name__(self) -> str:  # so pytest treats a scenario as a test function for marks
@@ -277,6 +284,7 @@ def scenario(
     check: WorldCheck | Iterable[WorldCheck] = (),
     xfail: str | Mapping[str, str] | None = None,
     history: bool = False,
+    slow: bool = False,
 ) -> Callable[[Callable[[RankContext], Any]], Scenario]: ...
 
 
@@ -297,6 +305,7 @@ def scenario(
     check: WorldCheck | Iterable[WorldCheck] = (),
     xfail: str | Mapping[str, str] | None = None,
     history: bool = False,
+    slow: bool = False,
 ) -> Scenario | Callable[[Callable[[RankContext], Any]], Scenario]:
     """Declare a scenario: ``fn(ctx)`` runs on every rank (use as ``@scenario(...)``).
 
@@ -310,13 +319,14 @@ def scenario(
     ``rank_budget`` each rank, ``op_timeout`` each store operation.  ``xfail``: the reason the
     scenario is known to fail, or ``{store pattern: reason}`` (fnmatch: ``"torch-*"``).
     ``history``: record every store operation and check the history is linearizable (as
-    ``check=linearizable()`` does; see ``docs/histories.md``).  Raises
+    ``check=linearizable()`` does; see ``docs/histories.md``).  ``slow=True`` leaves it out of
+    default runs (``storeharness run --slow`` and ``pytest -m slow`` include it).  Raises
     :class:`ScenarioError` for a bad definition.
     """
 
     def wrap(f: Callable[[RankContext], Any]) -> Scenario:
         return _build(f, name, world_size, workers, needs, stores, faults, expect or {},
-                      time_limit, op_timeout, rank_budget, check, xfail, history)  # fmt: skip
+                      time_limit, op_timeout, rank_budget, check, xfail, history, slow)  # fmt: skip
 
     return wrap if fn is None else wrap(fn)
 
@@ -336,6 +346,7 @@ def _build(
     check: WorldCheck | Iterable[WorldCheck] = (),
     xfail: str | Mapping[str, str] | None = None,
     history: bool = False,
+    slow: bool = False,
 ) -> Scenario:
     label: str = name or str(getattr(fn, "__name__", repr(fn)))
 
@@ -381,6 +392,8 @@ def _build(
             raise fail(f"{label_}={value!r}; give a number of seconds > 0")
     if time_limit is None:
         raise fail("time_limit=None; every scenario needs a time limit in seconds")
+    if not isinstance(slow, bool):
+        raise fail(f"slow={slow!r}; give True or False")
     checks = (check,) if callable(check) else tuple(check)
     for each in checks:
         if not callable(each):
@@ -391,7 +404,7 @@ def _build(
         fn, label, inspect.getdoc(fn) or "", sizes, nonfixed, kinds, caps, names, fault_list,
         dict(expect), float(time_limit), op_timeout, rank_budget,
         getattr(fn, "__module__", "") or "", inspect.getsourcefile(fn) or "",
-        checks, _xfail(xfail, fail), history or wants_history(checks),
+        checks, _xfail(xfail, fail), history or wants_history(checks), slow,
     )  # fmt: skip
     if names is not None:
         for store in (n for n in names if n in known):

@@ -35,6 +35,7 @@ from . import _inspect as I
 from . import faults as F
 from ._messages import (
     AtPoint,
+    AwaitEnd,
     AwaitPoint,
     Event,
     EventKind,
@@ -194,6 +195,7 @@ class _World:
         self.token = uuid.uuid4().hex[:12]
         self.events: list[Event] = []
         self.awaiting: list[tuple[_Slot, int, str]] = []
+        self.ending: list[tuple[_Slot, int]] = []  # (waiter, the rank whose end it awaits)
         self.blocked_signals: list[tuple[int, F.Signal, _Slot]] = []
         self.fired: set[int] = set()  # indices into the plan of the faults that took effect
         self.tags: dict[str, int] = {}  # AnyRank tag -> the rank the plan picked
@@ -344,6 +346,9 @@ class _World:
             case AwaitPoint(rank, name):
                 slot.asking = True
                 self._await(slot, rank, name)
+            case AwaitEnd(rank):
+                slot.asking = True
+                self._await_end(slot, rank)
             case Finished():
                 slot.reply = msg
             case _:  # our own rank code sends only the above: a bug, so say so loudly
@@ -381,6 +386,16 @@ class _World:
         else:
             self.awaiting.append((slot, rank, name))
 
+    def _await_end(self, slot: _Slot, rank: int) -> None:
+        if not 0 <= rank < self.n:
+            self._reply(slot, Never(f"there is no rank {rank} in a world of {self.n}"))
+        elif rank == slot.rank:
+            self._reply(slot, Never("a rank cannot wait for its own end"))
+        elif self.slots[rank].state in ("done", "missing"):
+            self._reply(slot, Reached())
+        else:
+            self.ending.append((slot, rank))
+
     def _finish(self, slot: _Slot) -> None:
         self.selector.unregister(slot.conn)
         slot.conn.close()
@@ -390,6 +405,9 @@ class _World:
         for waiter, _, name in [w for w in self.awaiting if w[1] == slot.rank]:
             self.awaiting.remove((waiter, slot.rank, name))
             self._reply(waiter, Never(f"rank {slot.rank} ended without reaching {name!r}"))
+        for waiter, _ in [w for w in self.ending if w[1] == slot.rank]:
+            self.ending.remove((waiter, slot.rank))
+            self._reply(waiter, Reached())
         self.blocked_signals = [b for b in self.blocked_signals if b[2] is not slot]
 
     # ---------------------------------------------------------------------------- faults
@@ -398,7 +416,9 @@ class _World:
         """Apply plan entry ``index``; it counts as fired once it has taken effect."""
         if isinstance(fault, F.Signal):
             target = self.slots[int(fault.rank)]  # type: ignore[arg-type]
-            if fault.blocked:
+            # Signals to one rank land in the order they fired: one behind a held signal (a
+            # SIGCONT behind a SIGSTOP that waits for its rank to block) waits its turn.
+            if fault.blocked or any(held[2] is target for held in self.blocked_signals):
                 self.blocked_signals.append((index, fault, target))
             elif self._signal(target, fault.sig, ""):
                 self.fired.add(index)
@@ -441,13 +461,22 @@ class _World:
         return True
 
     def _deliver_blocked(self) -> None:
+        """Send each held signal that may go now: the first held for its rank, and (if it
+        waits for one) once the rank is blocked in a system call."""
         for held in list(self.blocked_signals):
             index, fault, slot = held
-            syscall = I.blocked_in(slot.proc.pid, slot.control_fd) if slot.proc else None
-            if syscall is not None:
-                self.blocked_signals.remove(held)
-                if self._signal(slot, fault.sig, f" while blocked in system call {syscall}"):
-                    self.fired.add(index)
+            if next(h for h in self.blocked_signals if h[2] is slot) is not held:
+                continue  # an earlier signal to this rank is still held
+            if not fault.blocked:
+                how = " (after the signal held before it)"
+            else:
+                syscall = I.blocked_in(slot.proc.pid, slot.control_fd) if slot.proc else None
+                if syscall is None:
+                    continue
+                how = f" while blocked in system call {syscall}"
+            self.blocked_signals.remove(held)
+            if self._signal(slot, fault.sig, how):
+                self.fired.add(index)
 
     # ------------------------------------------------------------------- stopping ranks
 

@@ -17,12 +17,33 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeAlias, TypeVar
+from typing import IO, Any, Generic, Protocol, TypeAlias, TypeVar
 
-__all__ = ["STOP_TIMEOUT", "Step", "escalate", "stop_process"]
+__all__ = ["STOP_TIMEOUT", "Child", "Step", "escalate", "stop_process"]
 
 T = TypeVar("T")
-_Proc: TypeAlias = "subprocess.Popen[Any]"
+
+
+class Child(Protocol):
+    """What :func:`stop_process` needs of a child: ``subprocess.Popen``'s shape (or a process
+    a fork server made for us, which is not our child but is stopped the same way)."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def stdin(self) -> IO[Any] | None: ...
+    @property
+    def stdout(self) -> IO[Any] | None: ...
+    @property
+    def stderr(self) -> IO[Any] | None: ...
+    @property
+    def returncode(self) -> int | Any: ...
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+    def send_signal(self, sig: int) -> None: ...
+
+
+_Proc: TypeAlias = Child
 
 #: How long :func:`stop_process` waits after each step, unless told otherwise (seconds).
 STOP_TIMEOUT = 5.0
@@ -68,7 +89,7 @@ def escalate(
 # ------------------------------------------------------------------ one child process
 
 
-def stop_process(proc: subprocess.Popen[Any], timeout: float = STOP_TIMEOUT) -> int | None:
+def stop_process(proc: Child, timeout: float = STOP_TIMEOUT) -> int | None:
     """Stop a child that exits when its stdin closes: close it, then SIGTERM, then SIGKILL.
 
     Each step is followed by a wait of at most ``timeout`` seconds for the child to exit (a

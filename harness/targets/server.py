@@ -2,23 +2,26 @@
 
 The endpoint binds port 0 once and keeps the socket, so a killed server's port stays bound and a
 restarted server serves the very same endpoint; the server itself runs in a process of its own
-(forked ranks must not share it, and a fault can SIGKILL it).
+(forked ranks must not share it, and a fault can SIGKILL it).  Our server's process is forked
+from a pre-imported template (:mod:`.forkserver`), so a case does not pay for an interpreter's
+start-up and imports.
 """
 
 from __future__ import annotations
 
 import functools
 import socket
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from ...stores import Capability, Store, TCPStore
+from ...stores._process import Child
 from ...stores.conformance import Backend
-from ...stores.tcp import ServerProcess, bind_listener
+from ...stores.tcp import bind_listener
 from .._parties import process_parties
 from ._base import Endpoint, Target, TargetSpec
+from .forkserver import forked_server
 
 __all__ = [
     "LOOPBACK",
@@ -47,10 +50,19 @@ def loopback_listener() -> socket.socket:
     return bind_listener(0, host=LOOPBACK)
 
 
+class ServerChild(Child, Protocol):
+    """A server's process: a ``subprocess.Popen``, or one the fork server made."""
+
+    @property
+    def pid(self) -> int: ...
+    def kill(self) -> None: ...
+
+
 class Server(Protocol):
     """A store server in a child process; ``stop()`` also tidies up after a killed one."""
 
-    proc: subprocess.Popen[Any]
+    @property
+    def proc(self) -> ServerChild: ...
 
     def stop(self) -> None: ...
 
@@ -191,7 +203,7 @@ def tcp_targets() -> list[ServerTarget]:
         ServerTarget(
             TargetSpec(name, help, ("process", "thread"), OUR_TCP_CAPABILITIES, server=True,
                        network=True),
-            functools.partial(ServerProcess, accelerate=accelerate),
+            functools.partial(forked_server, accelerate=accelerate),
             functools.partial(our_tcp_client, accelerate=accelerate),
             (functools.partial(_our_master, accelerate), functools.partial(_our_peer, accelerate)),
         )

@@ -20,6 +20,7 @@ from ...stores import Capability, Store, StoreError, TCPStore
 from ...stores._process import stop_process
 from ...stores.tcp import ServerProcess
 from ._base import TargetSpec
+from .forkserver import ForkedTorchServer, available, forked_server
 from .local import LocalTarget
 from .server import LOOPBACK, TCP_CAPABILITIES, ServerTarget, loopback_listener, our_tcp_client
 
@@ -66,6 +67,14 @@ class TorchServer:
 
     def stop(self) -> None:
         stop_process(self.proc)
+
+
+def torch_server(sock: socket.socket, use_libuv: bool = True) -> TorchServer | ForkedTorchServer:
+    """torch's master forked from a template that imported torch once, where that works here;
+    else a fresh interpreter (which pays torch's import, seconds, for every server)."""
+    if available():
+        return ForkedTorchServer(sock, use_libuv)
+    return TorchServer(sock, use_libuv)
 
 
 def _torch_client(host: str, port: int, timeout: float) -> Store:
@@ -152,7 +161,7 @@ def torch_targets() -> list[LocalTarget | ServerTarget]:
             TargetSpec("torch-tcp", "torch's libuv TCPStore server and client (needs torch)",
                        ("process", "thread"), TCP_CAPABILITIES, server=True, network=True,
                        kind="torch"),
-            TorchServer, _torch_client, unavailable=torch_missing,
+            torch_server, _torch_client, unavailable=torch_missing,
         ),
         LocalTarget(
             TargetSpec("torch-file", "torch's FileStore (needs torch)", ("process", "thread"),
@@ -170,14 +179,14 @@ def torch_targets() -> list[LocalTarget | ServerTarget]:
             TargetSpec("torch-client", "torch's TCPStore client on our server (needs torch)",
                        ("process", "thread"), TCP_CAPABILITIES, server=True, network=True,
                        kind="interop"),
-            ServerProcess, _torch_client, (_torch_client_on_ours, _torch_client_peer),
+            forked_server, _torch_client, (_torch_client_on_ours, _torch_client_peer),
             unavailable=torch_missing,
         ),
         ServerTarget(
             TargetSpec("ours-on-torch", "our client on torch's libuv TCPStore server (needs torch)",
                        ("process", "thread"), TCP_CAPABILITIES, server=True, network=True,
                        kind="interop"),
-            TorchServer, our_tcp_client,
+            torch_server, our_tcp_client,
             (functools.partial(_ours_on_torch, True, masters), _ours_peer),
             unavailable=torch_missing,
         ),
@@ -187,7 +196,7 @@ def torch_targets() -> list[LocalTarget | ServerTarget]:
                        "our client on torch's legacy TCPStore server (needs torch)",
                        ("process", "thread"), frozenset({_C.CROSS_PROCESS, _C.LIST_KEYS}),
                        server=True, network=True, kind="interop"),
-            functools.partial(TorchServer, use_libuv=False), our_tcp_client,
+            functools.partial(torch_server, use_libuv=False), our_tcp_client,
             (functools.partial(_ours_on_torch, False, masters), _ours_peer),
             unavailable=torch_missing,
         ),

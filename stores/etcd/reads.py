@@ -137,7 +137,8 @@ class Reads:
             if exc.timeout == limit:
                 raise
             # Out of time before etcd answered: say the limit this call was given.
-            raise StoreTimeout(op, exc.keys, exc.elapsed, limit, exc.store, exc.detail) from None
+            detail = getattr(exc, "detail", "")
+            raise StoreTimeout(op, exc.keys, exc.elapsed, limit, exc.store, detail) from None
 
     def _block_until(
         self,

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -249,7 +249,7 @@ def test_a_deadline_spent_before_etcd_answers_is_a_timeout_not_a_broken_cluster(
     # this is a StoreTimeout with the configured limit (it was StoreBroken, "is the cluster
     # running?", about 1 run in 40 of torch's queues_timeout case at 10 ms).
     store.set_timeout(timedelta(microseconds=1))
-    calls = {
+    calls: dict[str, Callable[[], object]] = {
         "queue_pop": lambda: store.queue_pop("empty"),
         "get": lambda: store.get("absent"),
         "set": lambda: store.set("k", "v"),
