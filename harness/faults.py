@@ -14,7 +14,7 @@ import random
 import signal
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import TypeAlias
+from typing import Protocol, TypeAlias
 
 __all__ = [
     "ANY",
@@ -329,3 +329,32 @@ def describe(fault: Fault) -> str:
     if isinstance(fault, Delay):
         return f"Delay({fault.seconds:g} s{at})"
     return f"{type(fault).__name__}(rank {point.rank} at {point.name!r})" if point else repr(fault)
+
+
+# ------------------------------------------------------------------ what faults act on
+
+
+class Controls(Protocol):
+    """What server and network faults act on (the endpoint of the store under test)."""
+
+    def kill_server(self) -> str: ...
+    def restart_server(self) -> str: ...
+    def network(self, fault: Fault) -> str: ...
+    def inherited_fds(self) -> list[int]: ...
+
+
+class _NoControls:
+    def _refuse(self, what: str) -> str:
+        raise ValueError(f"a {what} fault needs a store endpoint with a server; none was given")
+
+    def kill_server(self) -> str:
+        return self._refuse("server")
+
+    def restart_server(self) -> str:
+        return self._refuse("server")
+
+    def network(self, fault: Fault) -> str:
+        return self._refuse("network")
+
+    def inherited_fds(self) -> list[int]:
+        return []

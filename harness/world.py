@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import multiprocess
 
@@ -56,6 +56,7 @@ from .context import (
     release_logger,
     run_rank,
 )
+from .faults import Controls, _NoControls
 from .history import History
 from .history import load as load_history
 
@@ -68,32 +69,6 @@ _STOP_TIMEOUT = 0.5  # seconds a stuck rank gets after the stop message, and aft
 _KILL_TIMEOUT = 5.0  # seconds to wait for SIGKILLed ranks to be gone
 _DUMP_TIMEOUT = 1.0  # seconds to wait for a faulthandler dump to land in the rank's log
 _BLOCKED_POLL = 0.002  # while a signal waits for its target to block in a system call
-
-
-class Controls(Protocol):
-    """What server and network faults act on (the endpoint of the store under test)."""
-
-    def kill_server(self) -> str: ...
-    def restart_server(self) -> str: ...
-    def network(self, fault: F.Fault) -> str: ...
-    def inherited_fds(self) -> list[int]: ...
-
-
-class _NoControls:
-    def _refuse(self, what: str) -> str:
-        raise ValueError(f"a {what} fault needs a store endpoint with a server; none was given")
-
-    def kill_server(self) -> str:
-        return self._refuse("server")
-
-    def restart_server(self) -> str:
-        return self._refuse("server")
-
-    def network(self, fault: F.Fault) -> str:
-        return self._refuse("network")
-
-    def inherited_fds(self) -> list[int]:
-        return []
 
 
 @dataclass(eq=False)
