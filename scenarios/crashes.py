@@ -48,15 +48,11 @@ def rank_killed_mid_wait(ctx: RankContext) -> int:
     needs=["queues"],
     faults=[Signal(signal.SIGKILL, 1, after(1, POPPING), blocked=True)],
     expect={1: killed(signal.SIGKILL), 2: returns(b"the only item"), 0: returns()},
-    # Found by this scenario (intermittent, about 1 run in 10 under load): a blocking pop is a
-    # WAIT on the queue's key, then a POP; a push wakes only the first waiter (as torch's libuv
-    # server does).  When the server reads the push before the dead consumer's end of
-    # connection, it wakes the dead waiter, which never pops, and the live one sleeps on.
-    xfail={
-        pattern: "our server may wake a dead consumer's pop instead of the live one's "
-        "(stores/tcp/_state.py: wake the next queue waiter when a woken one's connection ends)"
-        for pattern in ("tcp", "tcp-pure", "prefix", "torch-client")
-    },
+    # Found by this scenario (intermittently, under load): a blocking pop is a WAIT on the
+    # queue's key, then a POP, and a push wakes only the first waiter (as torch's libuv server
+    # does).  When our server read the push before the dead consumer's end of connection, it
+    # woke the dead waiter and the live one slept on; now a woken connection that ends before
+    # its POP passes the wake-up on (tests/stores/tcp/test_state.py pins it).
 )
 def rank_killed_mid_queue_pop(ctx: RankContext) -> bytes | None:
     """Rank 1 is SIGKILLed inside a blocking ``queue_pop``; the one item pushed afterwards goes

@@ -56,7 +56,9 @@ class Conn:
     ``close`` drops the connection (used when a reply for it cannot be produced).
     """
 
-    __slots__ = ("authed", "close", "extended", "name", "pending", "send", "sendv", "validated")
+    __slots__ = (
+        "authed", "close", "extended", "name", "pending", "send", "sendv", "validated", "woken",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -76,6 +78,10 @@ class Conn:
         #: Outstanding blocked requests of this connection (normally at most one); a dict for
         #: O(1) removal, in arrival order.
         self.pending: dict[_Pending, None] = {}
+        #: Queues whose push woke this connection's WAIT and that it has not popped since: if
+        #: it goes away first (a consumer killed between its wake-up and its POP), the item
+        #: it was woken for must wake the next waiter.
+        self.woken: set[bytes] = set()
 
 
 class _Pending:
@@ -128,6 +134,10 @@ class ServerState:
         """Free everything ``conn`` was waiting on."""
         self.connections -= 1
         self._drop_pending(conn)
+        for key in conn.woken:  # woken for an item it never popped: pass the wake-up on
+            if self.queues.get(key):
+                self._wake_queue_waiter(key)
+        conn.woken.clear()
 
     def _drop_pending(self, conn: Conn) -> None:
         """O(keys of the dropped requests), whatever else waits on those keys."""
@@ -316,20 +326,27 @@ class ServerState:
         if line is None:
             self.queues[key] = line = deque()
         line.append(value)
+        self._wake_queue_waiter(key)
+
+    def _wake_queue_waiter(self, key: bytes) -> None:
+        """Like torch's libuv server: a queue item wakes only the first waiter it satisfies."""
         waiters = self.waiters.get(key)
-        if waiters:  # like torch's libuv server: wake only the first waiter this satisfies
-            for pending in list(waiters):
-                if pending.kind is not Query.WAIT:
-                    continue  # gets, counts and barriers wait for values, not queues
-                del waiters[pending]
-                pending.missing -= 1
-                if pending.missing == 0:
-                    self._finish_safely(pending)
-                    break
-            if not waiters:
-                self.waiters.pop(key, None)
+        if not waiters:
+            return
+        for pending in list(waiters):
+            if pending.kind is not Query.WAIT:
+                continue  # gets, counts and barriers wait for values, not queues
+            del waiters[pending]
+            pending.missing -= 1
+            if pending.missing == 0:
+                pending.conn.woken.add(key)
+                self._finish_safely(pending)
+                break
+        if not waiters:
+            self.waiters.pop(key, None)
 
     def _queue_pop(self, conn: Conn, key: bytes) -> None:
+        conn.woken.discard(key)
         line = self.queues.get(key)
         if not line:
             self._ok(conn, reply_i64(0))

@@ -126,6 +126,34 @@ def test_queue_push_wakes_one_waiter(state: ServerState) -> None:
     assert writer.take() == (0).to_bytes(8, "little")
 
 
+def test_a_consumer_gone_between_wake_up_and_pop_passes_the_item_on(state: ServerState) -> None:
+    # A blocking queue_pop is WAIT then POP.  A consumer killed after its WAIT was answered
+    # but before its POP must not take the wake-up with it: the next waiter gets it.
+    dead, live, writer = Peer(state), Peer(state), Peer(state)
+    dead(Query.WAIT, (b"q",))
+    live(Query.WAIT, (b"q",))
+    writer(Query.QUEUE_PUSH, b"q", b"x")
+    assert (dead.take(), live.take()) == (b"\x00", b"")
+    state.disconnect(dead.conn)
+    assert live.take() == b"\x00"
+    live(Query.QUEUE_POP, b"q")
+    assert live.take() == (1).to_bytes(8, "little") + (1).to_bytes(8, "little") + b"x"
+    # One that popped what it was woken for passes nothing on when it goes: the item left is
+    # another woken consumer's.
+    popper, other, third = Peer(state), Peer(state), Peer(state)
+    for peer in (popper, other, third):
+        peer(Query.WAIT, (b"r",))
+    writer(Query.QUEUE_PUSH, b"r", b"y")  # wakes popper
+    writer(Query.QUEUE_PUSH, b"r", b"z")  # wakes other
+    assert (popper.take(), other.take(), third.take()) == (b"\x00", b"\x00", b"")
+    popper(Query.QUEUE_POP, b"r")
+    assert popper.take().endswith(b"y")
+    state.disconnect(popper.conn)
+    assert third.take() == b""
+    other(Query.QUEUE_POP, b"r")
+    assert other.take().endswith(b"z")
+
+
 def test_barrier_counts_and_releases_everyone(state: ServerState) -> None:
     a, b, c = Peer(state), Peer(state), Peer(state)
     a(Query.BARRIER, b"/bk", 3)
