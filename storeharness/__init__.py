@@ -27,8 +27,10 @@ _WHERE = {
     **dict.fromkeys(
         ("Capability", "Store"), "stores._base"),
     **dict.fromkeys(
-        ("QueueEmpty", "StoreBroken", "StoreClosed", "StoreError", "StoreTimeout",
-         "StoreValueError", "UnsupportedOperation"), "stores._errors"),
+        ("DistError", "DistNetworkError", "DistStoreError", "QueueEmpty", "QueueEmptyError",
+         "StoreBindError", "StoreBroken", "StoreClosed", "StoreCorrupt", "StoreError",
+         "StoreTimeout", "StoreValueError", "UnsupportedOperation"), "stores._errors"),
+    "EtcdStore": "stores.etcd",
     "FileStore": "stores.file",
     "HashStore": "stores.hash",
     "PrefixStore": "stores.prefix",
@@ -55,7 +57,11 @@ __all__ = [
     "Capability",
     "CaseResult",
     "Delay",
+    "DistError",
+    "DistNetworkError",
+    "DistStoreError",
     "Drop",
+    "EtcdStore",
     "Fate",
     "FileStore",
     "HashStore",
@@ -67,6 +73,7 @@ __all__ = [
     "Point",
     "PrefixStore",
     "QueueEmpty",
+    "QueueEmptyError",
     "RankContext",
     "RankResult",
     "RankStopped",
@@ -75,8 +82,10 @@ __all__ = [
     "ScenarioError",
     "Signal",
     "Store",
+    "StoreBindError",
     "StoreBroken",
     "StoreClosed",
+    "StoreCorrupt",
     "StoreError",
     "StoreTimeout",
     "StoreValueError",
@@ -145,14 +154,21 @@ if TYPE_CHECKING:
     from .harness.world import Fate, RankResult, WorldResult, run_world
     from .stores._base import Capability, Store
     from .stores._errors import (
+        DistError,
+        DistNetworkError,
+        DistStoreError,
         QueueEmpty,
+        QueueEmptyError,
+        StoreBindError,
         StoreBroken,
         StoreClosed,
+        StoreCorrupt,
         StoreError,
         StoreTimeout,
         StoreValueError,
         UnsupportedOperation,
     )
+    from .stores.etcd import EtcdStore
     from .stores.file import FileStore
     from .stores.hash import HashStore
     from .stores.prefix import PrefixStore
