@@ -58,7 +58,7 @@ port=$("$py" - "$work/server.log" <<'PY'
 import re, sys, time
 end = time.monotonic() + 30
 while time.monotonic() < end:  # the server says which port it bound
-    found = re.search(r"on port (\d+)", open(sys.argv[1]).read())
+    found = re.search(r"serving TCPStore on \S+:(\d+)", open(sys.argv[1]).read())
     if found:
         print(found.group(1))
         break
