@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from storeharness import RankContext, ScenarioError, scenario
-from storeharness.harness import run_world, targets
+from storeharness.harness import Fate, run_world, targets
 from storeharness.harness.faults import Drop, after
 from storeharness.harness.history import TIMELINE, History, check
 from storeharness.harness.run import CaseResult, load_package, load_scenarios, run_case
@@ -105,8 +105,11 @@ def test_history_must_be_a_bool() -> None:
 def _adds(ctx: RankContext) -> list[object]:
     got: list[object] = []
     for i in range(20):
-        if i == 10:
-            ctx.point("drop")  # rank 0: the proxy resets every connection here
+        if i == 1:
+            ctx.point("connected")  # its store is open: the reset cannot hit its setup
+        if i == 10 and ctx.rank == 0:
+            ctx.wait_for(1, "connected")
+            ctx.point("drop")  # the proxy resets every connection here
         try:
             got.append(ctx.store.add("n", 1))
         except StoreError as exc:
@@ -120,6 +123,7 @@ def test_broken_connections_give_unknown_outcomes_that_still_check(tmp_path: Pat
             _adds, 2, endpoint.opener(), "process", faults=[Drop(after(0, "drop"))],
             controls=endpoint, history=True,
         )  # fmt: skip
+    assert all(r.fate is Fate.RETURNED for r in world), [r.describe() + r.traceback for r in world]
     assert world.history is not None and len(world.history) == 40
     lost = [o for o in world.history if o.unknown]
     assert lost and all("StoreBroken" in o.error for o in lost)
