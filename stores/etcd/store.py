@@ -152,6 +152,28 @@ class EtcdStore(Reads, Store):
     def _marker(self) -> bytes:
         return self._layout.ops + f"{self._client}-{threading.get_ident()}".encode()
 
+    def _next_seq(self) -> bytes:
+        """This handle's next operation number, zero-padded so that bytes compare as numbers."""
+        return f"{next(self._seq):020d}".encode()
+
+    def _not_yet(self, marker: bytes, seq: bytes) -> Any:
+        """A compare that holds only while operation ``seq`` has not applied: a retry after a
+        lost reply cannot apply it again, even once what it wrote was deleted or popped.  (etcd
+        fails a value compare on a missing key, so the marker must exist: :meth:`_new_marker`.)"""
+        return self._compare(marker, "VALUE", "LESS", value=seq)
+
+    def _new_marker(
+        self, op: str, keys: Sequence[str], marker: bytes, deadline: float | None, start: float
+    ) -> None:
+        """Create this thread's marker (it vanishes with the run's lease) if it is missing."""
+        self._txn(
+            op, keys,
+            lambda: self.rpc.TxnRequest(
+                compare=[self._compare(marker, "CREATE", create_revision=0)],
+                success=[self._put(marker, b"0" * 20)]),
+            deadline, start,
+        )  # fmt: skip
+
     def _call(
         self,
         op: str,
@@ -312,11 +334,12 @@ class EtcdStore(Reads, Store):
         while True:
             new = update(None if kv is None else kv.value)
             seen = 0 if kv is None else kv.mod_revision
-            seq = str(next(self._seq)).encode()
+            seq = self._next_seq()
             resp = self._txn(
                 op, [k],
                 lambda seen=seen, new=new, seq=seq: self.rpc.TxnRequest(  # type: ignore[misc]
-                    compare=[self._compare(key, "MOD", mod_revision=seen)],
+                    compare=[self._compare(key, "MOD", mod_revision=seen),
+                             self._not_yet(marker, seq)],
                     success=[self._put(key, new), self._put(marker, seq)],
                     failure=[self._range(key), self._range(marker)]),
                 deadline, start,
@@ -326,6 +349,8 @@ class EtcdStore(Reads, Store):
             marks = resp.responses[1].response_range.kvs
             if marks and marks[0].value == seq:  # a retried attempt had applied
                 return new
+            if not marks:
+                self._new_marker(op, [k], marker, deadline, start)
             kvs = resp.responses[0].response_range.kvs
             kv = kvs[0] if kvs else None
 
@@ -397,15 +422,28 @@ class EtcdStore(Reads, Store):
         self._check_open("queue_push")
         # A fresh item key, created only if absent: a retry cannot push it twice, and producers
         # never contend (no shared tail counter).  FIFO order is the create revision.
+        # The marker's compare keeps a retry after a lost reply from pushing it again once a
+        # consumer has popped it (the item's absence alone would let it through).
         item = self._layout.queue(k) + f"{time.time_ns():020d}-{uuid.uuid4().hex}".encode()
+        marker, seq = self._marker(), self._next_seq()
         deadline, start = self._op_deadline()
-        self._txn(
-            "queue_push", [k],
-            lambda: self.rpc.TxnRequest(
-                compare=[self._compare(item, "CREATE", create_revision=0)],
-                success=[self._put(item, v)]),
-            deadline, start,
-        )  # fmt: skip
+        while True:
+            resp = self._txn(
+                "queue_push", [k],
+                lambda: self.rpc.TxnRequest(
+                    compare=[self._compare(item, "CREATE", create_revision=0),
+                             self._not_yet(marker, seq)],
+                    success=[self._put(item, v), self._put(marker, seq)],
+                    failure=[self._range(marker)]),
+                deadline, start,
+            )  # fmt: skip
+            marks = [] if resp.succeeded else resp.responses[0].response_range.kvs
+            if resp.succeeded or (marks and marks[0].value == seq):
+                return
+            if marks:  # the marker is older and the fresh item key exists: cannot happen
+                raise StoreBroken(f"queue_push({k!r}): item {item!r} exists but was not ours",
+                                  op="queue_push", endpoints=self._t.label)  # fmt: skip
+            self._new_marker("queue_push", [k], marker, deadline, start)
 
     def queue_len(self, key: KeyLike) -> int:
         k = as_key(key)
@@ -436,7 +474,7 @@ class EtcdStore(Reads, Store):
                 got = self._call("queue_pop", [k], "Range", lambda: oldest, deadline, start)
                 if got.kvs:
                     item = got.kvs[0]
-                    seq = str(next(self._seq)).encode()
+                    seq = self._next_seq()
                     resp = self._txn(
                         "queue_pop", [k],
                         lambda i=item, s=seq: r.TxnRequest(  # type: ignore[misc]

@@ -138,6 +138,8 @@ class LostReplies:
 
     def __init__(self, inner: Any, method: str, lose: int = 1) -> None:
         self._inner, self._method, self.lose = inner, method, lose
+        #: Run after a reply is lost, before the retry (what another client does meanwhile).
+        self.meanwhile: Callable[[], object] = lambda: None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -146,6 +148,7 @@ class LostReplies:
         reply = self._inner.call(service, method, request, time_limit)
         if method == self._method and self.lose > 0:
             self.lose -= 1
+            self.meanwhile()
             raise Transient("reply lost (test)")
         return reply
 
@@ -165,6 +168,21 @@ def test_a_retried_pop_after_a_lost_reply_returns_that_item(store: EtcdStore) ->
         assert store.queue_pop("q") == b"a"
     assert store.queue_pop("q") == b"b"
     assert store.queue_len("q") == 0
+
+
+def test_a_retried_push_is_not_pushed_again_after_a_consumer_took_it(store: EtcdStore) -> None:
+    # Found by the leader-kill test (an item delivered twice, another left behind): the push
+    # applied, its reply was lost, a consumer popped the item, and the retry, seeing the item's
+    # key absent, pushed it again.
+    store.queue_push("q", "warm")  # this thread's marker exists from here on
+    assert store.queue_pop("q") == b"warm"
+    with _peer(store) as peer:
+        taken: list[bytes] = []
+        with losing_replies(store) as lossy:
+            lossy.meanwhile = lambda: taken.append(peer.queue_pop("q", block=False))
+            store.queue_push("q", "once")
+        assert taken == [b"once"]
+        assert peer.queue_len("q") == 0
 
 
 def test_a_retried_append_after_a_lost_reply_appends_once(store: EtcdStore) -> None:
