@@ -39,6 +39,8 @@ __all__ = [
     "NetnsNetwork",
     "build",
     "check_subnet_unrouted",
+    "host_address",
+    "host_namespaces",
     "missing",
     "namespaces",
     "netns_hosts",
@@ -167,6 +169,16 @@ def namespaces(tag: str | None = None) -> list[str]:
     )
 
 
+def host_namespaces(n: int, tag: str) -> list[str]:
+    """The names of the ``n`` host namespaces of run ``tag`` (``storeharness-<tag>-h<I>``)."""
+    return [f"{NS_PREFIX}{tag}-h{i}" for i in range(n)]
+
+
+def host_address(index: int, subnet: ipaddress.IPv4Network = SUBNET) -> str:
+    """The data-plane address of host ``index``: the subnet's ``index + 1``-th address."""
+    return str(subnet.network_address + index + 1)
+
+
 def build(n: int, tag: str | None = None, subnet: ipaddress.IPv4Network = SUBNET) -> NetnsNetwork:
     """Create a switch namespace and ``n`` host namespaces; on any failure, remove them all.
 
@@ -179,10 +191,9 @@ def build(n: int, tag: str | None = None, subnet: ipaddress.IPv4Network = SUBNET
     if not (tag.isascii() and tag.replace("_", "").isalnum() and len(tag) <= 16):
         raise ValueError(f"netns: run tag {tag!r} must be 1-16 letters, digits or '_'")
     check_subnet_unrouted(subnet)
-    base = f"{NS_PREFIX}{tag}-"
-    switch = base + "switch"
+    switch = f"{NS_PREFIX}{tag}-switch"
     hosts = tuple(
-        NetnsHost(i, f"{base}h{i}", str(subnet.network_address + i + 1)) for i in range(n)
+        NetnsHost(i, ns, host_address(i, subnet)) for i, ns in enumerate(host_namespaces(n, tag))
     )
     net = NetnsNetwork(tag, switch, hosts)
     try:
