@@ -14,7 +14,9 @@ in (traffic meant for a namespace could otherwise leave the machine).
 Everything is named after a *run tag*, so :func:`teardown` finds what one run created — and only
 that — even when the run was interrupted: it kills the processes still inside those namespaces
 (by pid, from ``ip netns pids``, never by name) and deletes the namespaces, which removes their
-veths, addresses and rules with them.  Root is needed (``CAP_SYS_ADMIN`` and ``CAP_NET_ADMIN``);
+veths, addresses and rules with them.  A run killed before its teardown leaves its namespaces;
+the building process is recorded under :data:`OWNERS`, so :func:`clean_stale` removes exactly
+the runs whose builder is gone.  Root is needed (``CAP_SYS_ADMIN`` and ``CAP_NET_ADMIN``);
 :func:`missing` names what is absent so callers can skip with that reason.
 """
 
@@ -30,6 +32,7 @@ import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 __all__ = [
     "NS_PREFIX",
@@ -39,11 +42,13 @@ __all__ = [
     "NetnsNetwork",
     "build",
     "check_subnet_unrouted",
+    "clean_stale",
     "host_address",
     "host_namespaces",
     "missing",
     "namespaces",
     "netns_hosts",
+    "stale_tags",
     "teardown",
 ]
 
@@ -52,6 +57,9 @@ NS_PREFIX = "storeharness-"
 #: The benchmarking range (RFC 2544): never routed on the internet, existing here only inside
 #: the namespaces a run creates.
 SUBNET = ipaddress.IPv4Network("198.18.0.0/15")
+#: Who built each run's namespaces (``<tag>``: pid and start time), so leftovers can be told
+#: from a run still going.
+OWNERS = Path("/run/storeharness/netns")
 #: More hosts than this on one 2-core machine is a mistake, not a test.
 MAX_HOSTS = 64
 _IP_TIMEOUT = 10.0
@@ -197,6 +205,7 @@ def build(n: int, tag: str | None = None, subnet: ipaddress.IPv4Network = SUBNET
     )
     net = NetnsNetwork(tag, switch, hosts)
     try:
+        _write_owner(tag)  # before any namespace: one without an owner record is not ours
         _run("netns", "add", switch)
         _run("-n", switch, "link", "set", "lo", "up")
         _run("-n", switch, "link", "add", "br0", "type", "bridge")
@@ -244,7 +253,48 @@ def teardown(tag: str) -> list[str]:
     left = namespaces(tag)
     if left:
         raise NetnsError(f"netns: namespaces of run {tag} left after teardown: {left}; {errors}")
+    with contextlib.suppress(FileNotFoundError):
+        (OWNERS / tag).unlink()
     return names
+
+
+def _start_time(pid: int) -> str | None:
+    """Process ``pid``'s start time in clock ticks since boot (tells a reused pid apart)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _write_owner(tag: str) -> None:
+    OWNERS.mkdir(parents=True, exist_ok=True)
+    part = OWNERS / f".{tag}.{os.getpid()}"
+    part.write_text(f"{os.getpid()} {_start_time(os.getpid())}\n")
+    os.replace(part, OWNERS / tag)  # whole or absent: a half-written record would read as dead
+
+
+def _owner_alive(tag: str) -> bool:
+    try:
+        pid, started = (OWNERS / tag).read_text().split()
+    except (OSError, ValueError):
+        return False
+    return _start_time(int(pid)) == started
+
+
+def stale_tags() -> list[str]:
+    """Run tags whose namespaces are still listed but whose building process has ended.
+
+    The building process is recorded (pid and start time) under :data:`OWNERS` before the first
+    namespace exists, so a run that is still going is never called stale.
+    """
+    tags = {ns[len(NS_PREFIX) :].split("-", 1)[0] for ns in namespaces()}
+    return sorted(tag for tag in tags if not _owner_alive(tag))
+
+
+def clean_stale() -> list[str]:
+    """:func:`teardown` every run whose builder is gone (a SIGKILLed test run); their names."""
+    return [ns for tag in stale_tags() for ns in teardown(tag)]
 
 
 @contextlib.contextmanager

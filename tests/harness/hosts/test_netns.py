@@ -142,7 +142,9 @@ def test_a_failing_block_still_tears_down() -> None:
 @needs_netns
 def test_a_failed_build_removes_what_it_had_built() -> None:
     tag = netns.new_tag()
-    # a namespace in the way of host 1: the build fails half-way through
+    # a namespace in the way of host 1: the build fails half-way through (recorded as ours,
+    # so a concurrent clean_stale leaves it alone)
+    netns._write_owner(tag)
     subprocess.run(["ip", "netns", "add", f"storeharness-{tag}-h1"], check=True)
     try:
         with pytest.raises(netns.NetnsError, match=f"netns add storeharness-{tag}-h1.*exists"):
@@ -151,3 +153,32 @@ def test_a_failed_build_removes_what_it_had_built() -> None:
         left = netns.namespaces(tag)
         netns.teardown(tag)
     assert left == []  # the switch, h0 and the one in the way are all gone
+
+
+BUILDER = """
+import sys
+from storeharness.harness.hosts import netns
+print(netns.build(2).tag, flush=True)
+sys.stdin.read()
+"""
+
+
+@needs_netns
+def test_a_killed_runs_namespaces_are_stale_and_cleaned(net3: netns.NetnsNetwork) -> None:
+    builder = subprocess.Popen(
+        [sys.executable, "-c", BUILDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        tag = _first_line(builder, 30).strip()
+        assert len(netns.namespaces(tag)) == 3
+        assert tag not in netns.stale_tags()  # its builder is alive
+    finally:
+        builder.kill()  # as a SIGKILLed test run: no teardown
+        builder.wait(10)
+    assert len(netns.namespaces(tag)) == 3
+    assert tag in netns.stale_tags()
+    assert net3.tag not in netns.stale_tags()  # ours is live
+    removed = netns.clean_stale()
+    assert set(netns.namespaces(tag)) == set() and len([n for n in removed if tag in n]) == 3
+    assert not (netns.OWNERS / tag).exists()
+    assert len(netns.namespaces(net3.tag)) == 4
