@@ -5,6 +5,7 @@ storeharness run [PATH[::NAME[ID]]]... [--store NAME]... [--workers process|thre
                  [--log-dir DIR] [-x] [-q] [--color yes|no|auto]
 storeharness list [PATHS] [--store NAME]...
 storeharness hosts check FILE|netns:N|ssh:H1,H2|local
+storeharness hosts clean netns
 
 With no PATHS it runs the bundled scenario library; PATHS are scenario files or directories
 (whose ``scenario_*.py`` files run), a file optionally followed by ``::name`` or
@@ -137,6 +138,11 @@ def _parser() -> argparse.ArgumentParser:
         "hosts", metavar="HOSTS", help="a hosts.toml, netns:N, ssh:HOST[,HOST...] or local"
     )
     hcheck.set_defaults(func=cmd_hosts_check)
+    hclean = hosts_sub.add_parser(
+        "clean", help="remove network namespaces left by runs that were killed"
+    )
+    hclean.add_argument("what", metavar="netns", help="what to clean (only netns so far)")
+    hclean.set_defaults(func=cmd_hosts_clean)
     run.set_defaults(func=cmd_run)
     lst.set_defaults(func=cmd_list)
     return parser
@@ -342,6 +348,16 @@ def cmd_hosts_check(args: argparse.Namespace) -> int:
     try:
         return OK if check_command(args.hosts, print) else FAILED
     except InventoryError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def cmd_hosts_clean(args: argparse.Namespace) -> int:
+    """``storeharness hosts clean netns``: exit 0 when every leftover was removed, else 1."""
+    from .hosts._cli import clean_command
+
+    try:
+        return OK if clean_command(args.what, print) else FAILED
+    except ValueError as exc:
         raise UsageError(str(exc)) from exc
 
 

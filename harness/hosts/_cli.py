@@ -1,4 +1,4 @@
-"""``storeharness hosts check FILE|netns:N|ssh:H1,H2|local``: can every host take part?"""
+"""``storeharness hosts check HOSTS`` (can every host take part?) and ``hosts clean netns``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from . import netns
 from .control import HostError, check
 from .inventory import Host, parse_hosts
 
-__all__ = ["check_command"]
+__all__ = ["check_command", "clean_command"]
 
 
 @contextlib.contextmanager
@@ -47,3 +47,25 @@ def check_command(spec: str, say: Callable[[str], None], tag: str | None = None)
         say(f"storeharness hosts check: {exc}")
         return False
     return ok
+
+
+def clean_command(what: str, say: Callable[[str], None]) -> bool:
+    """Remove namespaces left by runs whose process is gone; True when nothing failed.
+
+    Only ``netns`` for now: cleaning real hosts (processes by run tag) needs the agents' run
+    tags, which the world runner does not hand out yet.  Raises :class:`ValueError` otherwise.
+    """
+    if what != "netns":
+        raise ValueError(f"hosts clean: only 'netns' can be cleaned so far, not {what!r}")
+    why = netns.missing()
+    if why is not None:
+        say(f"storeharness hosts clean: {why}")
+        return False
+    try:
+        removed = netns.clean_stale()
+    except netns.NetnsError as exc:
+        say(f"storeharness hosts clean: {exc}")
+        return False
+    say(f"removed {len(removed)} namespace(s) of finished runs" + "".join(
+        f"\n  {name}" for name in removed))  # fmt: skip
+    return True

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from storeharness.harness.cli import main
 from storeharness.harness.hosts import netns
 
 NEEDS = netns.missing()
@@ -157,6 +158,7 @@ def test_a_failed_build_removes_what_it_had_built() -> None:
 
 BUILDER = """
 import sys
+from storeharness.harness.cli import main
 from storeharness.harness.hosts import netns
 print(netns.build(2).tag, flush=True)
 sys.stdin.read()
@@ -164,7 +166,9 @@ sys.stdin.read()
 
 
 @needs_netns
-def test_a_killed_runs_namespaces_are_stale_and_cleaned(net3: netns.NetnsNetwork) -> None:
+def test_a_killed_runs_namespaces_are_stale_and_cleaned(
+    net3: netns.NetnsNetwork, capsys: pytest.CaptureFixture[str]
+) -> None:
     builder = subprocess.Popen(
         [sys.executable, "-c", BUILDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
@@ -178,7 +182,17 @@ def test_a_killed_runs_namespaces_are_stale_and_cleaned(net3: netns.NetnsNetwork
     assert len(netns.namespaces(tag)) == 3
     assert tag in netns.stale_tags()
     assert net3.tag not in netns.stale_tags()  # ours is live
-    removed = netns.clean_stale()
-    assert set(netns.namespaces(tag)) == set() and len([n for n in removed if tag in n]) == 3
+    assert main(["hosts", "clean", "netns"]) == 0
+    out = capsys.readouterr().out
+    assert all(
+        f"  {ns}\n" in out
+        for ns in (f"storeharness-{tag}-switch", f"storeharness-{tag}-h0", f"storeharness-{tag}-h1")
+    )
+    assert netns.namespaces(tag) == []
     assert not (netns.OWNERS / tag).exists()
     assert len(netns.namespaces(net3.tag)) == 4
+
+
+def test_hosts_clean_refuses_what_it_cannot_clean(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["hosts", "clean", "hosts.toml"]) == 4
+    assert "only 'netns' can be cleaned so far, not 'hosts.toml'" in capsys.readouterr().err
