@@ -4,6 +4,8 @@ storeharness run [PATH[::NAME[ID]]]... [--store NAME]... [--workers process|thre
                  [--harness-seed N] [--world-size N] [--json FILE] [--junitxml FILE]
                  [--log-dir DIR] [-x] [-q] [--color yes|no|auto]
 storeharness list [PATHS] [--store NAME]...
+storeharness hosts check FILE|netns:N|ssh:H1,H2|local
+storeharness hosts clean netns
 
 With no PATHS it runs the bundled scenario library; PATHS are scenario files or directories
 (whose ``scenario_*.py`` files run), a file optionally followed by ``::name`` or
@@ -49,7 +51,7 @@ from .scenario import Case, Scenario
 
 #: The bundled scenario library, by package name: data the CLI hands to the runner.
 LIBRARY = f"{(__package__ or '').rpartition('.')[0]}.scenarios"
-COMMANDS = ("run", "list")
+COMMANDS = ("run", "list", "hosts")
 
 # Exit codes (pytest.ExitCode's values).
 OK, FAILED, INTERRUPTED, INTERNAL_ERROR, USAGE_ERROR, NO_CASES = range(6)
@@ -131,6 +133,20 @@ def _parser() -> argparse.ArgumentParser:
         "--color", choices=["yes", "no", "auto"], default="auto",
         help="colour the report: auto (on a terminal, unless NO_COLOR is set), yes, no",
     )  # fmt: skip
+    hosts = sub.add_parser("hosts", help="hosts for worlds across machines")
+    hosts_sub = hosts.add_subparsers(dest="hosts_command", required=True, parser_class=_Parser)
+    hcheck = hosts_sub.add_parser(
+        "check", help="connect to every host: versions, tools, privileges, netem, clock"
+    )
+    hcheck.add_argument(
+        "hosts", metavar="HOSTS", help="a hosts.toml, netns:N, ssh:HOST[,HOST...] or local"
+    )
+    hcheck.set_defaults(func=cmd_hosts_check)
+    hclean = hosts_sub.add_parser(
+        "clean", help="remove network namespaces left by runs that were killed"
+    )
+    hclean.add_argument("what", metavar="netns", help="what to clean (only netns so far)")
+    hclean.set_defaults(func=cmd_hosts_clean)
     run.set_defaults(func=cmd_run)
     lst.set_defaults(func=cmd_list)
     return parser
@@ -326,6 +342,27 @@ def cmd_list(args: argparse.Namespace) -> int:
     return OK
 
 
+def cmd_hosts_check(args: argparse.Namespace) -> int:
+    """``storeharness hosts check HOSTS``: exit 0 when every host can take part, else 1."""
+    from .hosts._cli import check_command
+    from .hosts.inventory import InventoryError
+
+    try:
+        return OK if check_command(args.hosts, print) else FAILED
+    except InventoryError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def cmd_hosts_clean(args: argparse.Namespace) -> int:
+    """``storeharness hosts clean netns``: exit 0 when every leftover was removed, else 1."""
+    from .hosts._cli import clean_command
+
+    try:
+        return OK if clean_command(args.what, print) else FAILED
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
 # ------------------------------------------------------------------------------ the entry
 
 
@@ -334,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with _sigterm_unwinds():
             args = _parser().parse_args(_with_command(list(sys.argv[1:] if argv is None else argv)))
-            if args.world_size is not None and args.world_size < 1:
+            if getattr(args, "world_size", None) is not None and args.world_size < 1:
                 raise UsageError(f"--world-size must be >= 1, got {args.world_size}")
             return int(args.func(args))
     except UsageError as exc:

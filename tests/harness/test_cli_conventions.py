@@ -109,7 +109,7 @@ def test_a_load_error_is_one_located_line_and_a_usage_error(
         (["run", "--workers", "fibers"], "invalid choice: 'fibers'"),
         (["lsit"], "unknown command 'lsit'; did you mean 'list'?"),
         (["rnu", "-k", "x"], "unknown command 'rnu'; did you mean 'run'?"),
-        (["nonsense.py"], "'nonsense.py' is neither a command (run, list) nor an existing"),
+        (["nonsense.py"], "'nonsense.py' is neither a command (run, list, hosts) nor an existing"),
     ],
 )
 def test_usage_errors_exit_four_saying_what_is_wrong(
