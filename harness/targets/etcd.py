@@ -11,10 +11,13 @@ operations (set, get, add, wait, check), and the rest report :class:`Unsupported
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import importlib.util
+import json
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
@@ -24,7 +27,7 @@ from typing import Any
 from ...stores import Capability, Store, StoreTimeout, UnsupportedOperation
 from ...stores.conformance import Backend
 from .._parties import process_parties
-from ._base import Endpoint, Target, TargetSpec
+from ._base import MARK, SETUP_TIMEOUT, Endpoint, Target, TargetSpec
 from ._etcd_server import EtcdCluster, etcd_missing, shared_cluster
 from .torch import torch_missing
 
@@ -44,6 +47,24 @@ def _destroy(endpoints: str, prefix: str) -> None:
     from ...stores.etcd import EtcdStore
 
     EtcdStore(endpoints, prefix=prefix, timeout=_SETUP).destroy()
+
+
+def _gateway(endpoints: str, path: str, body: dict[str, str]) -> None:
+    """One request to etcd's JSON gateway (``/v3/kv/...``), bytes fields in base64.
+
+    The controller writes and deletes a run's keys this way, not through gRPC: a process that
+    has loaded gRPC (its threads, its fork handlers) cannot safely fork the ranks, and a rank
+    forked mid-call hung in gRPC's fork hook, deaf to SIGTERM.
+    """
+    host = endpoints.split(",")[0]
+    fields = {k: base64.b64encode(v.encode("utf-8", "surrogateescape")).decode() for k, v in
+              body.items()}  # fmt: skip
+    request = urllib.request.Request(
+        f"http://{host}{path}", data=json.dumps(fields).encode(),
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=SETUP_TIMEOUT) as reply:
+        reply.read()
 
 
 class EtcdTarget(Target):
@@ -102,11 +123,34 @@ class EtcdEndpoint(Endpoint):
         assert self.cluster is not None, "the endpoint is closed"
         return functools.partial(_etcd_store, self.cluster.endpoints, self.root, timeout)
 
+    def _mark(self) -> None:
+        if self.target.spec.name != "etcd" or self.prefix is not None:
+            super()._mark()  # torch's v2 store speaks HTTP already; a prefix wraps the store
+            return
+        assert self.cluster is not None, "the endpoint is closed"
+        from ...stores.etcd._layout import Layout  # pure Python: no gRPC in this process
+
+        key = Layout(self.root).key(f"{self.namespace}/{MARK}").decode("utf-8", "surrogateescape")
+        _gateway(self.cluster.endpoints, "/v3/kv/put", {"key": key, "value": self.token})
+
     def _stop(self) -> None:
         cluster, self.cluster = self.cluster, None
-        if cluster is not None:
-            with contextlib.suppress(Exception):  # the cluster is gone: nothing left to delete
-                _destroy(cluster.endpoints, self.root)
+        if cluster is None:
+            return
+        with contextlib.suppress(Exception):  # the cluster is gone: nothing left to delete
+            if self.target.spec.name == "etcd":
+                from ...stores.etcd._layout import Layout, range_end
+
+                root = Layout(self.root).root
+                _gateway(cluster.endpoints, "/v3/kv/deleterange",
+                         {"key": root.decode(), "range_end": range_end(root).decode()})  # fmt: skip
+            else:  # torch's v2 keys: v2's own HTTP API, recursively
+                host = cluster.endpoints.split(",")[0]
+                request = urllib.request.Request(
+                    f"http://{host}/v2/keys/{self.root}?recursive=true", method="DELETE"
+                )
+                with urllib.request.urlopen(request, timeout=SETUP_TIMEOUT) as reply:
+                    reply.read()
 
 
 # ------------------------------------------------------------------ torch's v2 EtcdStore

@@ -184,22 +184,30 @@ class EtcdStore(Reads, Store):
         start: float,
         service: str = "KV",
     ) -> Any:
-        """Send ``build()`` until it answers or ``deadline`` passes (then :class:`StoreBroken`).
+        """Send ``build()`` until it answers or ``deadline`` passes.
 
-        ``build`` runs per attempt, so a re-granted lease is named by the retry.
+        Then :class:`StoreBroken` if an attempt showed the cluster failing (refused, no leader,
+        no answer within ``rpc_timeout``), else :class:`StoreTimeout`: the operation only ran out
+        of its own time (a short timeout, or a process stopped past it).  ``build`` runs per
+        attempt, so a re-granted lease is named by the retry.
         """
         attempt = 0
-        last: Exception | None = None
+        last: Exception | None = None  # the last failure that shows the cluster failing
         while True:
             self._check_open(op)
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise self._unavailable(op, keys, start, last)
             limit = self._rpc_timeout if left is None else min(left, self._rpc_timeout)
+            sent = time.monotonic()
             try:
                 return self._t.call(service, method, build(), limit)
             except Transient as exc:
-                last = exc
+                cut_by_deadline = (
+                    limit < self._rpc_timeout and time.monotonic() - sent >= 0.9 * limit
+                )
+                if not cut_by_deadline:
+                    last = exc
             except LeaseGone as exc:
                 last = exc
                 self._renew_lease(deadline, start)
@@ -525,7 +533,8 @@ class EtcdStore(Reads, Store):
                 watch.start(targets, revision, self._rpc_timeout if left is None else left)
                 return
             except Transient as exc:
-                last = exc
+                if deadline is None or time.monotonic() < deadline:
+                    last = exc  # failed within the time it had: the cluster is failing
                 self._closing.wait(0.05)
 
     # ------------------------------------------------------------------ lifecycle

@@ -340,3 +340,30 @@ def test_a_blocked_pop_whose_watch_breaks_looks_again_before_watching(
     assert popper.queue_pop("q") == b"pushed while the watch was down"
     assert broke == [True]
     popper.close()
+
+
+_CONTROLLER = """
+import sys
+from storeharness import scenario
+from storeharness.harness.run import run_case
+
+@scenario(world_size=2, workers="process", name="count")
+def count(ctx):
+    return ctx.store.add("n", 1)
+
+(case,) = count.cases(["etcd"])
+result = run_case(case)
+assert result.passed, result.problems or result.error
+print("grpc" in sys.modules)
+"""
+
+
+def test_the_controller_never_loads_grpc_so_forking_ranks_is_safe(cluster: EtcdCluster) -> None:
+    # A process that has loaded gRPC cannot safely fork: a rank forked while a gRPC thread of
+    # the controller held a lock hung in gRPC's fork hook, deaf to SIGTERM.  The controller
+    # marks and clears a run through etcd's JSON gateway instead; the ranks load gRPC.
+    out = subprocess.run(
+        [sys.executable, "-c", _CONTROLLER], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False", out.stdout
