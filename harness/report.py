@@ -58,9 +58,9 @@ FRAMES = 4
 LOG_LINES = 12
 
 #: Outcome words as pytest counts them, in the order a summary lists them.
-_WORDS = ("passed", "failed", "error", "xfailed", "xpassed")
-_LABELS = {"passed": "PASSED", "failed": "FAILED", "error": "ERROR", "xfailed": "XFAIL",
-           "xpassed": "XPASS"}  # fmt: skip
+_WORDS = ("passed", "failed", "skipped", "error", "xfailed", "xpassed")
+_LABELS = {"passed": "PASSED", "failed": "FAILED", "skipped": "SKIP", "error": "ERROR",
+           "xfailed": "XFAIL", "xpassed": "XPASS"}  # fmt: skip
 
 
 def status(result: CaseResult) -> str:
@@ -68,9 +68,13 @@ def status(result: CaseResult) -> str:
     outcome = str(result.outcome).lower()
     if outcome == "xpass" and not result.ok:
         return "failed"  # an unexpected pass under xfail_strict, as pytest counts it
-    return {"pass": "passed", "fail": "failed", "xfail": "xfailed", "xpass": "xpassed"}.get(
-        outcome, outcome
-    )
+    return {
+        "pass": "passed",
+        "fail": "failed",
+        "skip": "skipped",
+        "xfail": "xfailed",
+        "xpass": "xpassed",
+    }.get(outcome, outcome)
 
 
 # ----------------------------------------------------------------------------- colour
@@ -185,7 +189,9 @@ def render(result: CaseResult, nodeid: str | None = None, style: Style | None = 
             lines += [f"    {event}" for event in world.events]
     if result.xfail and result.passed and not result.ok:
         lines.append(f"  ✗ XPASS(strict): expected to fail ({result.xfail}), but it passed")
-    if not result.ok or not result.passed:
+    if result.outcome == "skip":
+        lines.append(f"  unsupported by store {result.case.target}: {result.unsupported}")
+    elif not result.ok or not result.passed:
         lines.append(f"  replay: {replay_command(result, nodeid)}")
     return "\n".join(lines)
 
@@ -488,7 +494,7 @@ def junit(results: Sequence[CaseResult], spent: float) -> ET.ElementTree[ET.Elem
         tests=str(len(results)),
         failures=str(failures),
         errors=str(words.count("error")),
-        skipped=str(words.count("xfailed")),
+        skipped=str(words.count("xfailed") + words.count("skipped")),
         time=f"{spent:.3f}",
     )
     for result, word in zip(results, words, strict=True):
@@ -501,6 +507,8 @@ def junit(results: Sequence[CaseResult], spent: float) -> ET.ElementTree[ET.Elem
         )
         if word == "xfailed":
             ET.SubElement(case, "skipped", type="pytest.xfail", message=result.xfail)
+        elif word == "skipped":
+            ET.SubElement(case, "skipped", type="pytest.skip", message=result.unsupported)
         elif not result.ok:
             tag = "error" if word == "error" else "failure"
             first = result.error or next(iter(result.problems.values()), "")

@@ -71,9 +71,12 @@ class CaseResult:
 
     @property
     def outcome(self) -> str:
-        """``pass``, ``FAIL``, ``ERROR``, or for an expected failure ``xfail`` / ``XPASS``."""
+        """``pass``, ``FAIL``, ``ERROR``, ``skip`` (a store not ours lacks an operation the
+        case needs: :attr:`unsupported`), or for an expected failure ``xfail`` / ``XPASS``."""
         if self.xfail:
             return "XPASS" if self.passed else "xfail"
+        if not self.passed and not self.error and self.unsupported:
+            return "skip"
         return "pass" if self.passed else ("ERROR" if self.error else "FAIL")
 
     @property
@@ -82,7 +85,7 @@ class CaseResult:
         an expected failure that passes fails the run when :attr:`xfail_strict` is set."""
         if self.xfail:
             return not (self.passed and self.xfail_strict)
-        return self.passed
+        return self.passed or self.outcome == "skip"
 
     @property
     def unsupported(self) -> str:

@@ -25,7 +25,8 @@ from storeharness import (
     returns,
     scenario,
 )
-from storeharness.harness import Fate, run_world
+from storeharness.harness import Fate, report, run_world
+from storeharness.harness.report import Style
 from storeharness.harness.run import load_package, run_case
 from storeharness.stores import HashStore, StoreTimeout
 
@@ -273,7 +274,7 @@ def test_a_stuck_thread_rank_on_tcp_is_woken_at_its_time_limit(store: str, tmp_p
     assert [r.fate for r in result] == [Fate.TIMED_OUT] * 2
     for rank in result:
         assert "still blocked" not in rank.error, rank.error  # the thread did not leak
-    assert result.elapsed < 3.0, result.elapsed  # not the 6 s a leaked thread cost
+    assert result.elapsed < 4.5, result.elapsed  # a leaked thread costs 6 s; 3.75 s seen loaded
 
 
 def user_hash_store(workdir: Path) -> HashStore:
@@ -296,3 +297,8 @@ def test_a_gap_is_unsupported_only_in_a_store_not_ours() -> None:
     theirs = run_case(_case(gap, "tests.harness.test_trust:user_hash_store"))  # type: ignore[arg-type]
     assert not theirs.passed
     assert theirs.unsupported == "rank 0: SomeStore does not support compare_set()"
+    # The CLI counts it as pytest does: skipped, and the run still succeeds.
+    assert (ours.outcome, ours.ok) == ("FAIL", False)
+    assert (theirs.outcome, theirs.ok) == ("skip", True)
+    assert report.status(theirs) == "skipped"
+    assert "1 skipped" in report.summary([theirs], 0.1, Style(False))
