@@ -40,6 +40,8 @@ from storeharness.stores.tcp.codec import (
 )
 from storeharness.stores.tcp.server import _Connection
 
+from ._fakes import Recorder
+
 HELLO = encode_request(Query.VALIDATE, MAGIC)
 PATHS = pytest.mark.parametrize("accelerate", [None, False], ids=["c", "pure"])
 BIG = b"9" * 5000  # past int()'s 4300-digit limit
@@ -208,27 +210,6 @@ def test_a_many_key_request_is_parsed_once_however_it_arrives() -> None:
     assert parses == 1, f"parsed {parses} times"
 
 
-class _Recorder:
-    def __init__(self) -> None:
-        self.out = bytearray()
-        self.aborted = False
-
-    def write(self, data: bytes) -> None:
-        self.out += data
-
-    def abort(self) -> None:
-        self.aborted = True
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def get_extra_info(self, name: str) -> Any:
-        return None
-
-
 @pytest.mark.skipif(speedups(None, "test") is None, reason="the C speedups are not built")
 def test_the_c_path_does_not_rescan_a_trickled_request() -> None:
     with socket.socket() as sock:
@@ -243,7 +224,7 @@ def test_the_c_path_does_not_rescan_a_trickled_request() -> None:
 
     server.serve_fast = counting
     proto = _Connection(server)
-    proto.connection_made(_Recorder())  # type: ignore[arg-type]
+    proto.connection_made(Recorder())  # type: ignore[arg-type]
     request, chunks = _trickled(50_000, 500)
     proto.data_received(HELLO)
     for chunk in chunks:

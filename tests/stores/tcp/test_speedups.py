@@ -24,6 +24,8 @@ from storeharness.stores.tcp._accel import PURE_ENV, speedups
 from storeharness.stores.tcp.codec import EXT_HELLO, MAGIC, Query, encode_multi_set, encode_request
 from storeharness.stores.tcp.server import _Connection
 
+from ._fakes import Recorder
+
 pytestmark = pytest.mark.skipif(
     speedups(None, "test") is None,
     reason=f"the C speedups are not built (or {PURE_ENV} is set); pip install -e . builds them",
@@ -44,30 +46,6 @@ INVALID = [
     encode_multi_set([(b"/a", b"1")] * 4),
     encode_request(Query.WAIT_GET, b"/a"),  # an extension: a protocol error on plain ones
 ]
-
-
-class Recorder:
-    """A transport that records what the server writes."""
-
-    def __init__(self) -> None:
-        self.out = bytearray()
-        self.aborted = False
-
-    def write(self, data: bytes) -> None:
-        if not self.aborted:
-            self.out += data
-
-    def abort(self) -> None:
-        self.aborted = True
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def get_extra_info(self, name: str) -> Any:
-        return None
 
 
 def run(stream: bytes, cuts: list[int], accelerate: bool) -> tuple[Any, ...]:
