@@ -70,6 +70,12 @@ class TargetSpec:
         """Whether it needs torch installed."""
         return self.kind in ("torch", "interop")
 
+    @property
+    def whole_contract(self) -> bool:
+        """Whether a missing operation is a failure (our stores, and ours paired with torch's)
+        rather than a gap reported as unsupported (torch's stores, a user's, a remote one)."""
+        return self.kind in ("ours", "interop")
+
 
 class Target(abc.ABC):
     """A kind of store the harness can run worlds against."""
