@@ -131,12 +131,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=29500, help="port to bind (0: any)")
     parser.add_argument("--listen-fd", type=int, help="serve an already bound socket instead")
     defaults = Limits()
-    for name in _LIMIT_FIELDS:  # every field, so a new limit cannot be left behind
-        default = getattr(defaults, name)
-        parser.add_argument(
-            _option(name), type=type(default), default=default, help=f"Limits.{name}"
+    limits = parser.add_argument_group("limits (Limits; lower them for untrusted peers)")
+    for f in dataclasses.fields(Limits):  # every field, so a new limit cannot be left behind
+        default = getattr(defaults, f.name)
+        limits.add_argument(
+            _option(f.name),
+            type=type(default),
+            default=default,
+            metavar=f.metadata["unit"].upper(),
+            help=f"{f.metadata['unit']} {f.metadata['help']} (default: %(default)s)",
         )
-    parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument(
+        "--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default), ERROR"
+    )
     parser.add_argument(
         "--accelerate",
         choices=["auto", "yes", "no"],
@@ -152,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.listen_fd is not None:
             sock = adopt_listener(args.listen_fd, 0)
         else:
-            sock = bind_listener(args.port, host=args.host)
+            sock = bind_listener(args.port, host=args.host, hint="--port 0 picks a free one")
     except (StoreError, ValueError, TypeError) as exc:
         raise SystemExit(f"{PROG}: {exc}") from None
     if args.listen_fd is not None:

@@ -19,10 +19,11 @@ one) is refused at its ``PING``.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import struct
 from dataclasses import dataclass, fields
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 __all__ = [
     "EXT_ACK",
@@ -104,6 +105,11 @@ class Incomplete(Exception):
         self.need = need
 
 
+def _limit(default: float, unit: str, what: str) -> Any:
+    """A :class:`Limits` field whose unit and meaning the standalone server's ``--help`` shows."""
+    return dataclasses.field(default=default, metadata={"unit": unit, "help": what})
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """The server's bounds, each checked *before* the memory it guards is taken.
@@ -113,25 +119,27 @@ class Limits:
     (``python -m storeharness.stores.tcp --help``), and :class:`ServerProcess` forwards them all.
     """
 
-    max_key: int = 1 << 20  # torch libuv: 8192; legacy: unbounded
-    max_value: int = 1 << 30  # torch libuv: 8 MiB; legacy: 64 MiB observed
-    max_keys: int = 1 << 20  # keys per request; torch libuv: 131072
-    max_request: int = (1 << 30) + (1 << 24)  # bytes buffered for one request
+    max_key: int = _limit(1 << 20, "bytes", "of one key (torch libuv: 8192; legacy: unbounded)")
+    max_value: int = _limit(1 << 30, "bytes", "of one value (torch libuv: 8 MiB; legacy: 64 MiB)")
+    max_keys: int = _limit(1 << 20, "keys", "in one request (torch libuv: 131072)")
+    max_request: int = _limit((1 << 30) + (1 << 24), "bytes", "buffered for one request")
     #: Bytes of one reply (a multi_get, list_keys, or a get of an appended value); a larger
     #: one is refused with an error reply (ours) or costs the connection (torch's client).
-    max_reply: int = (1 << 30) + (1 << 24)
+    max_reply: int = _limit(
+        (1 << 30) + (1 << 24), "bytes", "of one reply (a larger one is refused)"
+    )
     #: Blocked requests (wait, get, barrier...) one connection may have pending; a client of
     #: torch's or ours has at most one at a time.
-    max_waits: int = 1024
+    max_waits: int = _limit(1024, "requests", "blocked (wait, get...) per connection")
     #: Connections served at once; more are accepted and closed at once (logged), so they
     #: never hold a file descriptor the server needs.  Kept below RLIMIT_NOFILE at start.
-    max_connections: int = 1 << 16
+    max_connections: int = _limit(1 << 16, "connections", "served at once; more are closed")
     #: Bytes buffered server-wide for requests being received and replies not yet sent (the
     #: store's own data is not counted); a request that would exceed it is refused.
-    max_buffered: int = 4 << 30
+    max_buffered: int = _limit(4 << 30, "bytes", "buffered server-wide for requests and replies")
     #: Seconds a new connection may take to complete its handshake (VALIDATE, and the token
     #: when one is required) before it is closed; torch's client sends it at once.
-    handshake_timeout: float = 30.0
+    handshake_timeout: float = _limit(30.0, "seconds", "for a new connection's handshake")
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -34,14 +34,20 @@ log = logging.getLogger("storeharness.stores.tcp.server")
 _HANDSHAKE = frozenset({Query.VALIDATE, Query.PING, Query.AUTH})
 
 
-def bind_listener(port: int, backlog: int = 4096, host: str | None = None) -> socket.socket:
+#: What a port-in-use error suggests to a caller of the Python API.
+API_HINT = "use port=0 or multi_tenant=True to share one"
+
+
+def bind_listener(
+    port: int, backlog: int = 4096, host: str | None = None, *, hint: str = API_HINT
+) -> socket.socket:
     """Bind and listen on ``host``, or on every interface as torch's server does (the default).
 
     With no ``host``: IPv6 dual-stack (``::``), else IPv4 (``0.0.0.0``), as a torch
     ``TCPStore`` master listens.  With one (``"127.0.0.1"``, ``"::1"``, a name): each address it
     resolves to, in order, until one binds.  Raises :class:`StoreBindError` (a
     ``DistNetworkError``, as torch's) naming the address and port when none can be bound (the
-    port in use, an address not on this machine).
+    port in use, an address not on this machine); ``hint`` is what its message suggests.
     """
     if host is None:
         candidates = [(socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")]
@@ -78,8 +84,7 @@ def bind_listener(port: int, backlog: int = 4096, host: str | None = None) -> so
                 break
     raise StoreBindError(
         "The server socket has failed to listen on any local network address. "
-        f"port: {port}: {'; '.join(errors)} (another server on this port? use port=0 or "
-        "multi_tenant=True to share one)",
+        f"port: {port}: {'; '.join(errors)} (another server on this port? {hint})",
         port=port,
         errno=last_errno,
     )

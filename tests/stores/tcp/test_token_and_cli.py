@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -25,6 +26,7 @@ from storeharness.stores.tcp.codec import (
     MAGIC,
     STATUS_ERROR,
     STATUS_OK,
+    Limits,
     Query,
     encode_request,
     parse_bytes,
@@ -155,6 +157,9 @@ def test_help_names_the_program_as_it_is_run() -> None:
     assert out.returncode == 0
     assert out.stdout.startswith("usage: python -m storeharness.stores.tcp ")
     assert "--host" in out.stdout and TOKEN_ENV in out.stdout
+    # each limit says its unit and default: "--max-value BYTES ... (default: 1073741824)"
+    assert "--max-value BYTES" in out.stdout and "--handshake-timeout SECONDS" in out.stdout
+    assert out.stdout.count("(default:") >= len(dataclasses.fields(Limits)), out.stdout
 
 
 def test_a_port_in_use_is_one_line_and_a_failure_status() -> None:
@@ -169,6 +174,8 @@ def test_a_port_in_use_is_one_line_and_a_failure_status() -> None:
     assert "Traceback" not in out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and f"{port}: Address already in use" in lines[0], out.stderr
+    # the hint is the command line's, not the Python API's (port=0, multi_tenant=True)
+    assert "--port 0" in lines[0] and "multi_tenant" not in lines[0], lines[0]
 
 
 def test_the_standalone_server_listens_on_loopback_by_default() -> None:
