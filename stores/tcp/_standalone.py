@@ -131,10 +131,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=29500, help="port to bind (0: any)")
     parser.add_argument("--listen-fd", type=int, help="serve an already bound socket instead")
     defaults = Limits()
-    limits = parser.add_argument_group("limits (Limits; lower them for untrusted peers)")
+    group = parser.add_argument_group("limits (Limits; lower them for untrusted peers)")
     for f in dataclasses.fields(Limits):  # every field, so a new limit cannot be left behind
         default = getattr(defaults, f.name)
-        limits.add_argument(
+        group.add_argument(
             _option(f.name),
             type=type(default),
             default=default,
