@@ -217,7 +217,17 @@ def _scenarios(paths: Sequence[str]) -> list[tuple[Scenario, str | None]]:
     return found
 
 
-def _cases(args: argparse.Namespace, settings: Settings) -> list[Case]:
+def _cases(
+    args: argparse.Namespace, settings: Settings, left_out: list[str] | None = None
+) -> list[Case]:
+    """The selected cases; each scenario (or scenario on a store) that cannot run is said on
+    stderr and appended to ``left_out``, so the summary counts it as pytest counts a skip."""
+    left_out = [] if left_out is None else left_out
+
+    def leave_out(text: str) -> None:
+        print(f"storeharness: {text}", file=sys.stderr)
+        left_out.append(text)
+
     scenarios = _scenarios(args.paths)
     try:
         stores, skipped = targets.expand(settings.stores or (), targets.DEFAULT)
@@ -230,18 +240,16 @@ def _cases(args: argparse.Namespace, settings: Settings) -> list[Case]:
     seen = set()  # a scenario named twice (a file and its directory, say) runs once
     for sc, selector in scenarios:
         if (why_skip := marked_skip(sc.marks)) is not None:
-            print(f"storeharness: {sc.name} skipped ({why_skip})", file=sys.stderr)
+            leave_out(f"{sc.name} skipped ({why_skip})")
             continue
         if sc.slow and not args.slow and selector is None:
             if any(_wanted(args.k, sc.name, store) for store in stores):
-                print(f"storeharness: {sc.name} skipped (slow: run it with --slow)",
-                      file=sys.stderr)  # fmt: skip
+                leave_out(f"{sc.name} skipped (slow: run it with --slow)")
             continue
         for store in stores:
             found = sc.cases([store], args.workers, sizes)
             if not found and selector in (None, sc.name) and _wanted(args.k, sc.name, store):
-                print(f"storeharness: {sc.name} skipped on {store}: {sc.why_no_case(store)}",
-                      file=sys.stderr)  # fmt: skip
+                leave_out(f"{sc.name} skipped on {store}: {sc.why_no_case(store)}")
             for case in found:
                 key = (sc.module, sc.file, case.nodeid)
                 if selector in (None, sc.name, case.nodeid) and key not in seen:
@@ -271,7 +279,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                                     ("--log-dir", args.log_dir, True)):  # fmt: skip
         if path:
             _writable(path, option, directory)
-    cases = _cases(args, settings)
+    left_out: list[str] = []
+    cases = _cases(args, settings, left_out)
     if not cases:
         print("storeharness: no scenario case matches (see storeharness list)", file=sys.stderr)
         return NO_CASES
@@ -300,7 +309,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(style.paint(report.banner(
             f"interrupted by {interrupted} after {len(results)} of {len(cases)} cases", "!"
         ), "31"))  # fmt: skip
-    print(report.summary(results, spent, style, interrupted))
+    print(report.summary(results, spent, style, interrupted, left_out=len(left_out)))
     if args.json:
         rows = [report.json_row(r, args.log_dir) for r in results]
         Path(args.json).write_text(json.dumps(rows, indent=2, default=repr), encoding="utf-8")
@@ -336,7 +345,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     for case in cases:
         seen.setdefault(case.scenario.name, []).append(case.id)
     for sc in {c.scenario.name: c.scenario for c in cases}.values():
-        summary = sc.doc.splitlines()[0] if sc.doc else ""
+        summary = " ".join(sc.doc.split("\n\n")[0].split()) if sc.doc else ""  # 1st paragraph
         print(f"{sc.name}: {summary}")
         print(f"    {', '.join(seen[sc.name])}")
     return OK

@@ -132,10 +132,20 @@ def case_line(result: CaseResult, cases: Sequence[Case], style: Style) -> str:
 
 
 def summary(
-    results: Sequence[CaseResult], spent: float, style: Style, interrupted: str = ""
+    results: Sequence[CaseResult],
+    spent: float,
+    style: Style,
+    interrupted: str = "",
+    *,
+    left_out: int = 0,
 ) -> str:
-    """pytest's last line: ``== 3 passed, 1 failed in 2.31 s ==`` (zero counts left out)."""
+    """pytest's last line: ``== 3 passed, 1 failed in 2.31 s ==`` (zero counts left out).
+
+    ``left_out`` counts scenarios that did not run on a store at all (it cannot take them, a
+    skip mark, slow ones without ``--slow``): pytest reports each of those as a skipped item.
+    """
     counts = {word: 0 for word in _WORDS}
+    counts["skipped"] = left_out
     for result in results:
         counts[status(result)] = counts.get(status(result), 0) + 1
     parts = [

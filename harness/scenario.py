@@ -184,6 +184,8 @@ class Scenario:
         if self.stores is not None and spec.name not in self.stores:
             return f"the scenario names its stores: {', '.join(self.stores)}"
         lacking = spec.lacks(self.needs)
+        if lacking == {Capability.CROSS_PROCESS}:  # one wording with the workers check below
+            return f"{spec.name} cannot be shared by process ranks (it lacks cross_process)"
         if lacking:
             return f"{spec.name} lacks {', '.join(sorted(lacking))}"
         if self.uses_server and not spec.server:
@@ -193,6 +195,8 @@ class Scenario:
         if self.uses_network and not spec.network:
             return f"{spec.name} is not reached over TCP, so network faults cannot apply"
         if workers is not None and workers not in spec.workers:
+            if workers == "process":
+                return f"{spec.name} cannot be shared by process ranks (it lacks cross_process)"
             return f"{spec.name} cannot be shared by {workers} ranks"
         if workers == "thread" and self.uses_signals:
             return "signals cannot target thread ranks"
