@@ -16,6 +16,7 @@ from ._ops import History, Op
 __all__ = ["timeline", "write_timeline"]
 
 _WIDTH = 1150  # px of the time axis (labels may run 300 px past its end)
+_BAND = 14  # px of one row of runner-event labels above the lanes
 _LANE = 22  # px per row of a lane
 _LABEL = 90  # px for the lane names
 
@@ -111,11 +112,21 @@ def timeline(history: History, title: str = "history") -> str:
             + "".join(bars)
             + "</div>"
         )
-    faults = "".join(
-        f'<div class="fault" style="left:{x(t):.1f}px"><span>{html.escape(text)}</span></div>'
-        for t, text in history.events
-        if start <= t <= end
-    )
+    # Event labels get a band of their own above the lanes (a row each where they would
+    # overlap), so they never cover an operation's label.
+    faults, ends = [], []  # ends: per band row, the px where its last label stops
+    for t, text in history.events:
+        if not start <= t <= end:
+            continue
+        left = x(t)
+        row = next((i for i, stop in enumerate(ends) if stop < left), len(ends))
+        stop = left + len(text) * 6.5 + 12
+        ends[row:row + 1] = [stop]  # fmt: skip
+        faults.append(
+            f'<div class="fault" style="left:{left:.1f}px"><span style="top:{row * _BAND}px">'
+            f"{html.escape(text)}</span></div>"
+        )
+    band = len(ends) * _BAND + (2 if ends else 0)
     ticks = []
     span_ms = (end - start) / 1e6
     step = _nice(span_ms / 10)
@@ -142,7 +153,8 @@ def timeline(history: History, title: str = "history") -> str:
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
         f'<div class="sub">{summary}</div>{legend}'
-        f'<div class="chart" style="width:{_LABEL + _WIDTH + 300}px">{faults}{"".join(lanes)}'
+        f'<div class="chart" style="width:{_LABEL + _WIDTH + 300}px;padding-top:{band}px">'
+        f"{''.join(faults)}{''.join(lanes)}"
         f'<div class="axis">{"".join(ticks)}</div></div>{detail}</body></html>'
     )
 

@@ -87,6 +87,17 @@ def test_stale_read_smallest_part_names_the_contradiction() -> None:
     assert 'class="op part bad"' in page and "get(&#x27;k&#x27;) -&gt; b&#x27;1&#x27;" in page
 
 
+def test_runner_event_labels_sit_in_a_band_of_their_own_above_the_lanes() -> None:
+    ops = [op(0, 0, "set", ("k",), (b"1",), 0, 10, None), op(1, 1, "get", ("k",), (), 5, 30, b"1")]
+    events = [(1 * MS, "SIGSTOP sent to rank 1"), (2 * MS, "SIGCONT sent to rank 1"),
+              (25 * MS, "server killed")]  # fmt: skip
+    page = timeline(History.build(ops, events=events))
+    # the two close together take a row each; the later one fits in the first row again
+    assert page.count('<span style="top:0px">') == 2 and page.count('<span style="top:14px">') == 1
+    assert "padding-top:30px" in page  # the lanes start below both rows
+    assert "padding-top:0px" in timeline(History.build(ops))  # no events: no band
+
+
 def test_unknown_outcomes_may_take_effect_late_or_never() -> None:
     late = [
         op(0, 0, "set", ("k",), (b"1",), 0, None, UNKNOWN),  # connection broke
