@@ -15,6 +15,7 @@ control path — and tc shapes rate and latency.  ``between=None`` means every p
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeAlias
 
@@ -51,7 +52,7 @@ class Partition:
     named in no group keep talking to everyone.
     """
 
-    groups: tuple[tuple[str, ...], ...]
+    groups: Sequence[Sequence[str]]  # stored as tuples of tuples
     at: Trigger
     optional: bool = field(default=False, kw_only=True)
 

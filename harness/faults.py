@@ -18,6 +18,7 @@ from typing import Protocol, TypeAlias
 
 __all__ = [
     "ANY",
+    "HOST_FAULTS",
     "AnyRank",
     "Blackhole",
     "Delay",
@@ -25,6 +26,7 @@ __all__ = [
     "Fault",
     "Heal",
     "HealNetwork",
+    "HostFault",
     "Isolate",
     "KillHost",
     "KillServer",

@@ -1,12 +1,15 @@
 """On a host: the run's network faults, with the host's own nft and tc.
 
 Runs in the agent.  Drops and loss go in one nftables table per run, ``inet storeharness_<run>``,
-in an ``output`` chain: each host thins only what it *sends*, so a packet crosses one rule once
-(loss applied on both ends would compound).  Every rule matches the peers' data-plane addresses
-*and* the store's ports (as destination or as source port, so both directions of a connection)::
+in an ``input`` chain: each host drops what it *receives* from the peers cut off from it.  On
+the receiving side, because a drop on the sender's ``output`` hook is not silent: ``sendto``
+then fails with EPERM, so the sender would know — a real partition or lossy link tells it
+nothing.  A packet crosses one such rule once (loss on both ends would compound).  Every rule
+matches the peers' data-plane addresses *and* the store's ports (as destination or as source
+port, so both directions of a connection)::
 
-    meta l4proto { tcp, udp } ip daddr { 198.18.0.2 } th dport { 29500 } counter drop
-    meta l4proto { tcp, udp } ip daddr { 198.18.0.2 } th sport { 29500 } numgen random mod
+    meta l4proto { tcp, udp } ip saddr { 198.18.0.2 } th dport { 29500 } counter drop
+    meta l4proto { tcp, udp } ip saddr { 198.18.0.2 } th sport { 29500 } numgen random mod
         10000 < 3000 counter drop
 
 never the control path: a port the agent's own ssh connection uses is refused, and when the
@@ -138,16 +141,16 @@ class HostNet:
             return
         lines = [
             f"add table inet {self.table}",
-            f"add chain inet {self.table} output "
-            "{ type filter hook output priority 0; policy accept; }",
+            f"add chain inet {self.table} input "
+            "{ type filter hook input priority 0; policy accept; }",
         ]
         control = _control_path()
         if control is not None:  # never the control path: its packets pass before any drop
             client, cport, ours, oport = control
             fam = "ip6" if ":" in ours else "ip"
             lines.append(
-                f"add rule inet {self.table} output {fam} saddr {ours} tcp sport {oport} "
-                f"{fam} daddr {client} tcp dport {cport} accept"
+                f"add rule inet {self.table} input {fam} saddr {client} tcp sport {cport} "
+                f"{fam} daddr {ours} tcp dport {oport} accept"
             )
         _run([_tool("nft"), "-f", "-"], "\n".join(lines) + "\n")
         self.has_table = True
@@ -161,29 +164,29 @@ class HostNet:
                 continue
             for end in ("dport", "sport"):
                 lines.append(
-                    f"add rule inet {self.table} output meta l4proto {{ tcp, udp }} "
-                    f"{fam} daddr {_set(ips)} th {end} {_set(ports)} {extra}counter drop"
+                    f"add rule inet {self.table} input meta l4proto {{ tcp, udp }} "
+                    f"{fam} saddr {_set(ips)} th {end} {_set(ports)} {extra}counter drop"
                 )
         return "\n".join(lines) + "\n"
 
     def drop(self, peers: list[str], ports: list[int]) -> str:
-        """Drop the store's traffic from this host to ``peers``; a line saying what was added."""
+        """Drop the store's traffic from ``peers`` to this host; a line saying what was added."""
         if not peers:
             return "nothing to drop"
         script = self._rules(peers, ports, "")
         self._ensure_table()
         _run([_tool("nft"), "-f", "-"], script)
-        return f"drop to {', '.join(peers)} (ports {_set(ports)})"
+        return f"drop from {', '.join(peers)} (ports {_set(ports)})"
 
     def loss(self, peers: list[str], ports: list[int], p: float) -> str:
-        """Drop each packet of the store's traffic to ``peers`` with probability ``p``."""
+        """Drop each packet of the store's traffic from ``peers`` with probability ``p``."""
         if not peers:
             return "nothing to thin"
         n = round(p * 10000)
         script = self._rules(peers, ports, f"numgen random mod 10000 < {n} ")
         self._ensure_table()
         _run([_tool("nft"), "-f", "-"], script)
-        return f"lose {n / 100:g} % to {', '.join(peers)} (ports {_set(ports)})"
+        return f"lose {n / 100:g} % from {', '.join(peers)} (ports {_set(ports)})"
 
     # ---------------------------------------------------------------- tc
 
@@ -222,8 +225,26 @@ class HostNet:
             self._tc("qdisc", "add", "dev", dev, "root", "handle", f"{TC_HANDLE}:", "htb",
                      "default", "0")  # fmt: skip
             self.shaped = dev
+            try:
+                return self._shape(dev, v4 + v6, ports, bps, delay, jitter)
+            except NetError:  # nothing else of ours is on this root yet: remove it
+                self._tc("qdisc", "del", "dev", dev, "root")
+                self.shaped = None
+                self.classes.clear()
+                raise
+        return self._shape(dev, v4 + v6, ports, bps, delay, jitter)
+
+    def _shape(
+        self,
+        dev: str,
+        ips: list[str],
+        ports: list[int],
+        bps: int | None,
+        delay: float | None,
+        jitter: float,
+    ) -> str:
         done = []
-        for ip in v4 + v6:
+        for ip in ips:
             rate = f"{bps}bit" if bps else _FAST
             new = ip not in self.classes
             minor = self.classes.get(ip, 0x10 + len(self.classes))

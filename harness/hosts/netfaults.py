@@ -7,8 +7,9 @@ The runner calls three functions, with the run's agents keyed by host name:
 - :func:`apply` ``(agents, fault, token, ports)``: do it, and return the event line to log;
 - :func:`heal` ``(agents, token)``: remove every network fault of the run from every host.
 
-A cut between hosts A and B is two sets of rules: A drops what it sends to B, and B what it
-sends to A (each host thins only its own egress, so loss is applied once per packet).  Rules
+A cut between hosts A and B is two sets of rules: A drops what it receives from B, and B what it
+receives from A (dropped on arrival, the loss is silent, as on a real link, and applied once per
+packet); rate and latency shape what each host sends.  Rules
 match the peers' data-plane addresses (``Host.address``) and the store's ``ports`` — as
 destination or source port, so both directions of a connection — and never the control path.
 """
@@ -71,6 +72,10 @@ def _by_sender(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
     for a, b in pairs:
         out.setdefault(a, []).append(b)
     return out
+
+
+def _by_receiver(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    return _by_sender((b, a) for a, b in pairs)
 
 
 def _involved(fault: HostFault, names: list[str]) -> list[str]:
@@ -147,10 +152,10 @@ def _cut(
     agents: Mapping[str, AgentLike], pairs: list[tuple[str, str]], port_list: list[int]
 ) -> str:
     done = []
-    for sender, receivers in _by_sender(pairs).items():
-        peers = [agents[r].host.address for r in receivers]
-        _ask(agents, sender, "net", "drop", {"peers": peers, "ports": port_list})
-        done.append(f"{sender}→{','.join(receivers)}")
+    for receiver, senders in _by_receiver(pairs).items():
+        peers = [agents[s].host.address for s in senders]
+        _ask(agents, receiver, "net", "drop", {"peers": peers, "ports": port_list})
+        done.append(f"{','.join(senders)}→{receiver}")
     return f"dropped {' '.join(done)} (ports {port_list})"
 
 
@@ -186,14 +191,20 @@ def apply(
     if isinstance(fault, HealNetwork):
         return f"{what}: {heal(agents, token)}"
     done = []
-    for sender, receivers in _by_sender(_pairs(fault, names)).items():
+    pairs = _pairs(fault, names)
+    if isinstance(fault, Loss):  # on arrival, as drops are
+        for receiver, senders in _by_receiver(pairs).items():
+            peers = [agents[s].host.address for s in senders]
+            loss = {"peers": peers, "ports": port_list, "p": fault.p}
+            _ask(agents, receiver, "net", "loss", loss)
+            done.append(f"{','.join(senders)}→{receiver}")
+        return f"{what}: on {' '.join(done)} (ports {port_list})"
+    for sender, receivers in _by_sender(pairs).items():  # tc shapes what a host sends
         params: dict[str, Any] = {
             "peers": [agents[r].host.address for r in receivers],
             "ports": port_list,
         }
-        if isinstance(fault, Loss):
-            _ask(agents, sender, "net", "loss", {**params, "p": fault.p})
-        elif isinstance(fault, Rate):
+        if isinstance(fault, Rate):
             _ask(agents, sender, "net", "shape", {**params, "bps": fault.bps})
         else:
             shape = {**params, "delay": fault.seconds, "jitter": fault.jitter}
