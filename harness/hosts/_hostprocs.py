@@ -28,6 +28,7 @@ __all__ = [
     "RUN_ENV",
     "claim",
     "live_runs",
+    "note",
     "release",
     "run_pids",
     "signal_pids",
@@ -50,12 +51,17 @@ def tagged(run: str, host: str) -> dict[str, str]:
 
 
 def _start_time(pid: int) -> str | None:
-    """Process ``pid``'s start time in clock ticks since boot (tells a reused pid apart)."""
+    """Process ``pid``'s start time in clock ticks since boot (tells a reused pid apart); None
+    when it is gone or has ended (a zombie its parent has not reaped yet: an agent SIGKILLed
+    under a controller that is still running)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
         return None
+    if len(fields) < 20 or fields[0] in ("Z", "X"):
+        return None
+    return fields[19]
 
 
 def _netns_inode() -> int:
@@ -79,6 +85,16 @@ def claim(run: str, host: str) -> Path:
     return path
 
 
+def note(run: str, host: str, **fields: object) -> None:
+    """Add ``fields`` to this agent's record (e.g. ``shaping``: the device it shapes)."""
+    record = workdir(run, host) / _RECORD
+    data = json.loads(record.read_text())
+    data.update(fields)
+    part = record.with_name(f".{_RECORD}.{os.getpid()}")
+    part.write_text(json.dumps(data))
+    os.replace(part, record)
+
+
 def release(run: str, host: str) -> None:
     """Remove this agent's workdir (and the run's directory once no host is left in it)."""
     shutil.rmtree(workdir(run, host), ignore_errors=True)
@@ -95,13 +111,16 @@ def _alive(record: Path) -> dict[str, object] | None:
     return data if _start_time(pid) == data.get("start") else None
 
 
-def live_runs(same_netns: bool = False) -> set[str]:
-    """Runs with an agent alive on this host (in this network namespace only, if asked)."""
+def live_runs(shaping_here: bool = False) -> set[str]:
+    """Runs with an agent alive on this host (only those shaping traffic with tc in this
+    network namespace, with ``shaping_here``)."""
     live = set()
     here = _netns_inode()
     for record in RUNS.glob(f"*/*/{_RECORD}"):
         data = _alive(record)
-        if data is not None and (not same_netns or data.get("netns") == here):
+        if data is None:
+            continue
+        if not shaping_here or (data.get("netns") == here and data.get("shaping")):
             live.add(record.parent.parent.name)
     return live
 

@@ -55,7 +55,7 @@ class RunOnHost:
                 return ("error", f"procs: unknown action {msg[1:]!r} (list, or signal with one "
                                  f"of {', '.join(_SIGNALS)})")  # fmt: skip
             if msg[0] == "clean":
-                return clean(own=self.run)
+                return clean()
         except (_hostnet.NetError, OSError) as exc:
             return ("error", f"{msg[0]} {msg[1] if len(msg) > 1 else ''}: {exc}")
         return ("error", f"unknown request {msg[0]!r}")
@@ -66,10 +66,15 @@ class RunOnHost:
         if action == "loss":
             return self.net.loss(list(p["peers"]), list(p["ports"]), float(p["p"]))
         if action == "shape":
-            return self.net.shape(list(p["peers"]), list(p["ports"]), p.get("bps"),
+            done = self.net.shape(list(p["peers"]), list(p["ports"]), p.get("bps"),
                                   p.get("delay"), float(p.get("jitter", 0.0)))  # fmt: skip
+            # so that `hosts clean` leaves our root qdisc alone while this run is alive
+            _hostprocs.note(self.run, self.host, shaping=self.net.shaped)
+            return done
         if action == "heal":
-            return self.net.heal()
+            healed = self.net.heal()
+            _hostprocs.note(self.run, self.host, shaping=None)
+            return healed
         if action == "counts":
             return _hostnet.counts()
         return ("error", f"net: unknown action {action!r} (drop, loss, shape, heal, counts)")
@@ -85,15 +90,14 @@ class RunOnHost:
         _hostprocs.release(self.run, self.host)
 
 
-def clean(own: str) -> dict[str, list[Any]]:
+def clean() -> dict[str, list[Any]]:
     """Remove what runs without a live agent on this host left; what was removed.
 
-    ``own``: the cleaning agent's own run, which shapes nothing and so does not keep our
-    qdiscs in this network namespace alive.
+    Our root qdisc is not named per run: it stays while a live run shapes this namespace.
     """
     stale = _hostprocs.stale_pids()
     killed = _hostprocs.signal_pids(sorted(stale), signal.SIGKILL)
-    shaping = _hostprocs.live_runs(same_netns=True) - {own}
+    shaping = _hostprocs.live_runs(shaping_here=True)
     removed = _hostnet.clean_stale(_hostprocs.live_runs(), shaping_live=bool(shaping))
     dirs = []
     for path in _hostprocs.stale_workdirs():

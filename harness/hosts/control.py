@@ -105,7 +105,10 @@ class Agent:
                 with self._lock:
                     if self._channel.isclosed():
                         return
-                    self._channel.send(("heartbeat",))
+                    try:
+                        self._channel.send(("heartbeat",))
+                    except OSError:  # the agent or its link is gone: requests will say so
+                        return
 
     def pause_heartbeat(self) -> None:
         """Stop renewing the lease (as a cut link would); for tests of the lease."""
