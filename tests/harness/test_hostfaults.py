@@ -79,3 +79,22 @@ def test_host_names_are_checked_against_the_worlds_hosts() -> None:
         "world's hosts (h0, h1, h2); use one of those names"
     )
     assert unknown_hosts(F.Loss(0.1, AT), ["h0"]) is None  # every pair: names no host
+
+
+def _reaches_go(ctx: object) -> int:
+    ctx.point("go")  # type: ignore[attr-defined]
+    return 1
+
+
+def test_a_world_on_no_hosts_reports_a_host_fault_as_never_fired() -> None:
+    from storeharness.harness import run_world
+    from storeharness.stores import HashStore
+
+    store = HashStore()
+    world = run_world(_reaches_go, 1, lambda: store, "thread",
+                      faults=[F.Isolate("h1", F.after(0, "go"))])  # fmt: skip
+    assert world.unfired() == [
+        "fault Isolate(h1 when rank 0 at 'go') never fired; rank 0 reached 'go', but a host "
+        "fault is applied by the hosts' agents, and this world ran on no hosts (if that can "
+        "legitimately happen, give the fault optional=True)"
+    ]
