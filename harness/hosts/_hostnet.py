@@ -133,6 +133,7 @@ class HostNet:
         self.has_table = False
         self.shaped: str | None = None  # the device with our root qdisc
         self.classes: dict[str, int] = {}  # peer ip -> class minor
+        self.filtered: set[tuple[str, int]] = set()  # (peer ip, port) sent to its class
 
     # ---------------------------------------------------------------- nftables
 
@@ -231,6 +232,7 @@ class HostNet:
                 self._tc("qdisc", "del", "dev", dev, "root")
                 self.shaped = None
                 self.classes.clear()
+                self.filtered.clear()
                 raise
         return self._shape(dev, v4 + v6, ports, bps, delay, jitter)
 
@@ -267,17 +269,19 @@ class HostNet:
                         f"latency needs the kernel's netem qdisc (sch_netem), which tc could "
                         f"not create on {dev}: {str(exc).splitlines()[0].split(': ', 1)[-1]}"
                     ) from exc
-            if new:
-                self.classes[ip] = minor
-                proto, match = ("ipv6", "ip6") if ":" in ip else ("ip", "ip")
-                plen = 128 if ":" in ip else 32
-                for port in ports:
-                    for end in ("dport", "sport"):
-                        self._tc("filter", "add", "dev", dev, "parent", f"{TC_HANDLE}:",
-                                 "protocol", proto, "prio", "1", "u32",
-                                 "match", match, "dst", f"{ip}/{plen}",
-                                 "match", match, end, str(port), "0xffff",
-                                 "flowid", classid)  # fmt: skip
+            self.classes[ip] = minor
+            proto, match = ("ipv6", "ip6") if ":" in ip else ("ip", "ip")
+            plen = 128 if ":" in ip else 32
+            for port in ports:
+                if (ip, port) in self.filtered:  # a peer shaped before, on these ports too
+                    continue
+                self.filtered.add((ip, port))
+                for end in ("dport", "sport"):
+                    self._tc("filter", "add", "dev", dev, "parent", f"{TC_HANDLE}:",
+                             "protocol", proto, "prio", "1", "u32",
+                             "match", match, "dst", f"{ip}/{plen}",
+                             "match", match, end, str(port), "0xffff",
+                             "flowid", classid)  # fmt: skip
             done.append(ip)
         what = [f"{bps} bit/s"] if bps else []
         if delay:
@@ -298,6 +302,7 @@ class HostNet:
             removed.append(f"qdisc {TC_HANDLE}: on {self.shaped}")
         self.shaped = None
         self.classes.clear()
+        self.filtered.clear()
         return ", ".join(removed) or "nothing to remove"
 
 

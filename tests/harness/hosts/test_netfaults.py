@@ -412,3 +412,13 @@ def test_hosts_clean_removes_what_a_killed_run_left_and_spares_a_live_one(
                 agent.close()
     finally:
         netns.teardown(net.tag)
+
+
+def test_the_cli_cleans_netns_hosts(capsys: pytest.CaptureFixture[str]) -> None:
+    from storeharness.harness.cli import main
+
+    assert main(["hosts", "clean", "netns:2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("removed ")  # the namespaces of killed runs, first
+    assert [line.split(":")[0] for line in lines[1:]] == ["h0", "h1"]
+    assert all(" killed " in line and " workdirs " in line for line in lines[1:])
