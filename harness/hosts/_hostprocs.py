@@ -98,8 +98,9 @@ def note(run: str, host: str, **fields: object) -> None:
 def release(run: str, host: str) -> None:
     """Remove this agent's workdir (and the run's directory once no host is left in it)."""
     shutil.rmtree(workdir(run, host), ignore_errors=True)
-    with contextlib.suppress(OSError):  # another host of the run may still be there
+    with contextlib.suppress(OSError):  # another host (or run) may still be there
         (RUNS / run).rmdir()
+        RUNS.rmdir()
 
 
 def _alive(record: Path) -> dict[str, object] | None:

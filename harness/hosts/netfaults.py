@@ -218,10 +218,14 @@ def heal(agents: Mapping[str, AgentLike], token: str) -> str:
 
     Every host is asked even when one fails; then :class:`.control.HostError` names them all.
     """
+    strangers = [name for name, agent in agents.items() if agent.run != token]
+    if strangers:  # refused before any host is touched
+        raise ValueError(
+            f"heal: the agents of {', '.join(strangers)} serve run "
+            f"{agents[strangers[0]].run!r}, not {token!r}"
+        )
     done, failed = [], []
     for name, agent in agents.items():
-        if agent.run != token:
-            raise ValueError(f"heal: the agent of {name} serves run {agent.run!r}, not {token!r}")
         try:
             done.append(f"{name}: {agent.request('net', 'heal', timeout=_TIMEOUT)}")
         except HostError as exc:
