@@ -394,10 +394,10 @@ def test_hosts_clean_removes_what_a_killed_run_left_and_spares_a_live_one(
             from storeharness.harness.hosts._cli import clean_command
 
             assert clean_command(str(toml), said.append), said
-            assert said[0].startswith(
-                f"h0: killed 1 process(es) {sorted(orphan)}, removed nft tables "
-                f"['storeharness_{dead}'], qdiscs on ['eth0']"
-            )
+            # (a clean running meanwhile elsewhere — another xdist worker — may have killed the
+            # orphan first: namespaces share one /proc; the tables are h0's alone)
+            assert said[0].startswith("h0: killed ")
+            assert f"removed nft tables ['storeharness_{dead}'], qdiscs on ['eth0']" in said[0]
             assert all(_exits_within(p, 10) for p in orphan)
             assert _tagged(dead) == []
             assert not (_hostprocs.RUNS / dead).exists()
