@@ -143,6 +143,8 @@ def _not_applied(fault: F.Fault, world: WorldResult) -> str:
         if fault.blocked and fate.fate is not Fate.MISSING:
             return f"rank {target} ended before it blocked in a system call"
         return f"rank {target} was {fate.fate.value} when it was due"
+    if isinstance(fault, F.HOST_FAULTS):
+        return "a host fault is applied by the hosts' agents, and this world ran on no hosts"
     return "it was not applied"
 
 

@@ -5,7 +5,7 @@ storeharness run [PATH[::NAME[ID]]]... [--store NAME]... [--workers process|thre
                  [--log-dir DIR] [-x] [-q] [--color yes|no|auto]
 storeharness list [PATHS] [--store NAME]...
 storeharness hosts check FILE|netns:N|ssh:H1,H2|local
-storeharness hosts clean netns
+storeharness hosts clean netns|FILE|netns:N|ssh:H1,H2|local
 
 With no PATHS it runs the bundled scenario library; PATHS are scenario files or directories
 (whose ``scenario_*.py`` files run), a file optionally followed by ``::name`` or
@@ -143,9 +143,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     hcheck.set_defaults(func=cmd_hosts_check)
     hclean = hosts_sub.add_parser(
-        "clean", help="remove network namespaces left by runs that were killed"
-    )
-    hclean.add_argument("what", metavar="netns", help="what to clean (only netns so far)")
+        "clean", help="remove what interrupted runs left: namespaces, or on hosts their "
+        "processes (by run tag), nft tables, qdiscs and workdirs",
+    )  # fmt: skip
+    hclean.add_argument(
+        "what", metavar="netns|HOSTS",
+        help="netns (namespaces of killed runs), or a hosts.toml, netns:N, ssh:HOST[,HOST...], "
+        "local",
+    )  # fmt: skip
     hclean.set_defaults(func=cmd_hosts_clean)
     run.set_defaults(func=cmd_run)
     lst.set_defaults(func=cmd_list)
@@ -363,7 +368,7 @@ def cmd_hosts_check(args: argparse.Namespace) -> int:
 
 
 def cmd_hosts_clean(args: argparse.Namespace) -> int:
-    """``storeharness hosts clean netns``: exit 0 when every leftover was removed, else 1."""
+    """``storeharness hosts clean netns|HOSTS``: exit 0 when every leftover was removed, else 1."""
     from .hosts._cli import clean_command
 
     try:

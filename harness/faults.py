@@ -18,17 +18,28 @@ from typing import Protocol, TypeAlias
 
 __all__ = [
     "ANY",
+    "HOST_FAULTS",
     "AnyRank",
     "Blackhole",
     "Delay",
     "Drop",
     "Fault",
     "Heal",
+    "HealNetwork",
+    "HostFault",
+    "Isolate",
+    "KillHost",
     "KillServer",
     "Late",
+    "Latency",
+    "Loss",
     "Missing",
+    "Partition",
+    "PauseHost",
     "Point",
+    "Rate",
     "RestartServer",
+    "ResumeHost",
     "Signal",
     "Trigger",
     "after",
@@ -220,10 +231,39 @@ class Heal:
         return f"heal the network when {self.at}"
 
 
-Fault: TypeAlias = (
-    Signal | Missing | Late | KillServer | RestartServer | Delay | Drop | Blackhole | Heal
+# Host-level faults (worlds across hosts) live in their own module; imported here, after
+# Trigger exists, so that `from storeharness.harness.faults import Partition` works.
+from ._hostfaults import (  # noqa: E402
+    HOST_FAULTS,
+    HealNetwork,
+    HostFault,
+    Isolate,
+    KillHost,
+    Latency,
+    Loss,
+    Partition,
+    PauseHost,
+    Rate,
+    ResumeHost,
+    check_host_fault,
+    describe_host_fault,
 )
-FAULT_TYPES = (Signal, Missing, Late, KillServer, RestartServer, Delay, Drop, Blackhole, Heal)
+
+Fault: TypeAlias = (
+    Signal
+    | Missing
+    | Late
+    | KillServer
+    | RestartServer
+    | Delay
+    | Drop
+    | Blackhole
+    | Heal
+    | HostFault
+)
+FAULT_TYPES = (
+    Signal, Missing, Late, KillServer, RestartServer, Delay, Drop, Blackhole, Heal, *HOST_FAULTS
+)  # fmt: skip
 SERVER_FAULTS = (KillServer, RestartServer)
 PROXY_FAULTS = (Delay, Drop, Blackhole, Heal)
 
@@ -308,6 +348,8 @@ def check(faults: Iterable[object]) -> list[str]:
             problems.append(f"{fault!r}: sig must be a signal.Signals member such as SIGINT")
         if isinstance(fault, Delay) and not fault.seconds > 0:
             problems.append(f"{fault!r}: the delay must be > 0 seconds")
+        if isinstance(fault, HOST_FAULTS):
+            problems += check_host_fault(fault)
     return problems
 
 
@@ -328,6 +370,8 @@ def describe(fault: Fault) -> str:
         return f"{type(fault).__name__}(rank {fault.rank}{at})"
     if isinstance(fault, Delay):
         return f"Delay({fault.seconds:g} s{at})"
+    if isinstance(fault, HOST_FAULTS):
+        return describe_host_fault(fault)
     return f"{type(fault).__name__}(rank {point.rank} at {point.name!r})" if point else repr(fault)
 
 

@@ -1,4 +1,4 @@
-"""``storeharness hosts check HOSTS`` (can every host take part?) and ``hosts clean netns``."""
+"""``storeharness hosts check HOSTS`` (can every host take part?) and ``hosts clean``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 
 from . import netns
-from .control import HostError, check
+from .control import HostError, check, connect
 from .inventory import Host, parse_hosts
 
 __all__ = ["check_command", "clean_command"]
@@ -50,13 +50,20 @@ def check_command(spec: str, say: Callable[[str], None], tag: str | None = None)
 
 
 def clean_command(what: str, say: Callable[[str], None]) -> bool:
-    """Remove namespaces left by runs whose process is gone; True when nothing failed.
+    """Remove what interrupted runs left; True when nothing failed.
 
-    Only ``netns`` for now: cleaning real hosts (processes by run tag) needs the agents' run
-    tags, which the world runner does not hand out yet.  Raises :class:`ValueError` otherwise.
+    ``netns``: the namespaces of runs whose process is gone.  Hosts (a hosts.toml,
+    ``ssh:H1,H2``, ``local``, ``netns:N``): on each host, through an agent, the processes of
+    runs that have no live agent there (found by their ``STOREHARNESS_RUN`` tag, killed by pid),
+    their nft tables, the qdiscs we add and their workdirs (:func:`._hostrun.clean`); for
+    ``netns:N`` the stale namespaces too.  Raises :class:`.inventory.InventoryError` (a
+    ``ValueError``) for a bad hosts value.
     """
     if what != "netns":
-        raise ValueError(f"hosts clean: only 'netns' can be cleaned so far, not {what!r}")
+        ok = True
+        if what.startswith("netns:"):
+            ok = clean_command("netns", say)
+        return _clean_hosts(what, say) and ok
     why = netns.missing()
     if why is not None:
         say(f"storeharness hosts clean: {why}")
@@ -69,3 +76,33 @@ def clean_command(what: str, say: Callable[[str], None]) -> bool:
     say(f"removed {len(removed)} namespace(s) of finished runs" + "".join(
         f"\n  {name}" for name in removed))  # fmt: skip
     return True
+
+
+def _clean_hosts(spec: str, say: Callable[[str], None]) -> bool:
+    ok = True
+    try:
+        with _hosts(spec, None) as hosts:
+            for host in hosts:
+                try:
+                    agent = connect(host)
+                except HostError as exc:
+                    ok = False
+                    say(f"{host.name}: REFUSED: {exc}")
+                    continue
+                try:
+                    done = agent.request("clean")
+                except HostError as exc:
+                    ok = False
+                    say(f"{host.name}: clean failed: {exc}")
+                    continue
+                finally:
+                    agent.close()
+                say(
+                    f"{host.name}: killed {len(done['processes'])} process(es) "
+                    f"{done['processes']}, removed nft tables {done['tables']}, qdiscs on "
+                    f"{done['qdiscs']}, workdirs {done['workdirs']}"
+                )
+    except (HostError, netns.NetnsError) as exc:
+        say(f"storeharness hosts clean: {exc}")
+        return False
+    return ok

@@ -9,8 +9,14 @@ it to import this module (the storeharness *installed on that host*) and call :f
 
 - ``("probe",)``: tools and privileges (:func:`probe`);
 - ``("time",)``: this host's ``time.time()``, for the controller's clock offset and round trip;
-- ``("spawn", argv)``: start a process the agent owns; replies its pid;
+- ``("spawn", argv)``: start a process the agent owns, with the run tag in its environment
+  (``STOREHARNESS_RUN``, ``STOREHARNESS_HOST``: how ``hosts clean`` finds it later); replies
+  its pid;
+- ``("net", ...)``, ``("procs", ...)``, ``("clean",)``: the run's network faults and
+  processes on this host, and cleaning up after interrupted runs (:mod:`._hostrun`);
 - ``("close",)``: tear down and reply ``"closed"``.
+
+An error is answered as ``("error", text)``.
 
 It first sends ``("ready", pid)``, so the controller knows the agent imported and started.
 
@@ -26,12 +32,15 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import time
 from typing import Any
+
+from ._hostrun import KINDS, RunOnHost
 
 __all__ = ["BOOTSTRAP", "probe", "serve"]
 
@@ -56,7 +65,7 @@ channel.send({
 order = channel.receive()
 if isinstance(order, tuple) and order[0] == "serve":
     from storeharness.harness.hosts.agent import serve
-    serve(channel, order[1])
+    serve(channel, *order[1:])
 """
 
 _PR_SET_PDEATHSIG = 1
@@ -113,13 +122,15 @@ def probe() -> dict[str, Any]:
 class _Owned:
     """The processes this agent started, killed by pid at teardown."""
 
-    def __init__(self) -> None:
+    def __init__(self, env: dict[str, str]) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.env = env
 
     def spawn(self, argv: list[str]) -> int:
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent, close_fds=True
-        )
+            argv, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent, close_fds=True,
+            env=self.env,
+        )  # fmt: skip
         self.procs.append(proc)
         return proc.pid
 
@@ -133,9 +144,16 @@ class _Owned:
         self.procs.clear()
 
 
-def serve(channel: Any, lease: float) -> None:
-    """Answer the controller on ``channel`` until it closes us or the lease runs out."""
-    owned = _Owned()
+def serve(channel: Any, lease: float, ident: dict[str, str] | None = None) -> None:
+    """Answer the controller on ``channel`` until it closes us or the lease runs out.
+
+    ``ident``: ``run`` (the run tag), ``host`` (this host's inventory name) and ``address``
+    (its data-plane address); a run tag of our own when not given.
+    """
+    ident = ident or {}
+    run = RunOnHost(ident.get("run") or secrets.token_hex(4), ident.get("host") or "local",
+                    ident.get("address") or "127.0.0.1")  # fmt: skip
+    owned = _Owned(run.env())
     channel.send(("ready", os.getpid()))
     try:
         while True:
@@ -156,13 +174,17 @@ def serve(channel: Any, lease: float) -> None:
                 channel.send(probe())
             elif kind == "spawn":
                 channel.send(owned.spawn(list(msg[1])))
+            elif kind in KINDS:
+                channel.send(run.handle(msg))
             elif kind == "close":
                 owned.teardown()
+                run.teardown()
                 channel.send("closed")
                 return
             else:
                 channel.send(("error", f"unknown request {kind!r}"))
     finally:
         owned.teardown()
+        run.teardown()
     # The lease ran out or the link closed: end this interpreter, whatever execnet does next.
     os._exit(0)

@@ -11,6 +11,8 @@ offset of the sample with the smallest round trip, whose uncertainty is half tha
 from __future__ import annotations
 
 import contextlib
+import re
+import secrets
 import sys
 import threading
 import time
@@ -28,6 +30,7 @@ LEASE = 5.0
 _CONNECT_TIMEOUT = 30.0
 _CLOCK_SAMPLES = 8
 _EXIT_TIMEOUT = 5.0
+_RUN_TAG = re.compile(r"[A-Za-z0-9_]{1,32}")
 
 
 class HostError(RuntimeError):
@@ -78,9 +81,12 @@ class Agent:
     """A connected host agent; requests are serialised, heartbeats go out every ``lease / 4``."""
 
     def __init__(
-        self, host: Host, group: Any, channel: Any, info: dict[str, Any], lease: float
-    ) -> None:
+        self, host: Host, group: Any, channel: Any, info: dict[str, Any], lease: float,
+        run: str = "",
+    ) -> None:  # fmt: skip
         self.host = host
+        #: The run tag the agent puts in the environment of what it starts.
+        self.run = run
         self.info = info
         self.lease = lease
         self._group = group
@@ -99,7 +105,10 @@ class Agent:
                 with self._lock:
                     if self._channel.isclosed():
                         return
-                    self._channel.send(("heartbeat",))
+                    try:
+                        self._channel.send(("heartbeat",))
+                    except OSError:  # the agent or its link is gone: requests will say so
+                        return
 
     def pause_heartbeat(self) -> None:
         """Stop renewing the lease (as a cut link would); for tests of the lease."""
@@ -152,12 +161,19 @@ def connect(
     lease: float = LEASE,
     expect_version: str | None = None,
     timeout: float = _CONNECT_TIMEOUT,
+    run: str | None = None,
 ) -> Agent:
     """Open ``host``'s gateway, refuse a version mismatch, and start its agent.
 
-    ``expect_version``: the storeharness version the host must have (default: ours).  Raises
+    ``expect_version``: the storeharness version the host must have (default: ours).  ``run``:
+    the run tag (default: a new one) that the agent puts in the environment of every process it
+    starts and names its network faults after; the agents of one run share it.  Raises
     :class:`HostError` naming the host, what differs and the command that fixes it.
     """
+    if run is not None and not _RUN_TAG.fullmatch(run):
+        raise ValueError(
+            f"run tag {run!r} must be 1-32 letters, digits or '_' (it names nft tables)"
+        )
     execnet = _execnet()
     want = expect_version or version("storeharness")
     try:
@@ -187,7 +203,8 @@ def connect(
                 f"controller runs Python {ours}; point the gateway at a Python {ours} "
                 "(…//python=PATH) with storeharness installed"
             )
-        channel.send(("serve", lease))
+        run = run or secrets.token_hex(4)
+        channel.send(("serve", lease, {"run": run, "host": host.name, "address": host.address}))
         try:
             ready = channel.receive(timeout=timeout)
         except Exception as exc:
@@ -201,7 +218,7 @@ def connect(
     except BaseException:
         _terminate(group)
         raise
-    return Agent(host, group, channel, info, lease)
+    return Agent(host, group, channel, info, lease, run)
 
 
 def check(host: Host, *, expect_version: str | None = None) -> HostCheck:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -193,6 +194,13 @@ def test_a_killed_runs_namespaces_are_stale_and_cleaned(
     assert len(netns.namespaces(net3.tag)) == 4
 
 
-def test_hosts_clean_refuses_what_it_cannot_clean(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["hosts", "clean", "hosts.toml"]) == 4
-    assert "only 'netns' can be cleaned so far, not 'hosts.toml'" in capsys.readouterr().err
+def test_hosts_clean_refuses_what_it_cannot_clean(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    missing = tmp_path / "hosts.toml"
+    assert main(["hosts", "clean", str(missing)]) == 4
+    assert f"cannot read hosts file {str(missing)!r}" in capsys.readouterr().err
+    assert main(["hosts", "clean", "nothing"]) == 4
+    assert "expected local, ssh:HOST[,HOST...], netns:N or a hosts.toml path" in (
+        capsys.readouterr().err
+    )
