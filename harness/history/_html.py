@@ -114,16 +114,16 @@ def timeline(history: History, title: str = "history") -> str:
         )
     # Event labels get a band of their own above the lanes (a row each where they would
     # overlap), so they never cover an operation's label.
-    faults, ends = [], []  # ends: per band row, the px where its last label stops
+    faults: list[str] = []
+    ends: list[float] = []  # per band row, the px where its last label stops
     for t, text in history.events:
         if not start <= t <= end:
             continue
         left = x(t)
-        row = next((i for i, stop in enumerate(ends) if stop < left), len(ends))
-        stop = left + len(text) * 6.5 + 12
-        ends[row:row + 1] = [stop]  # fmt: skip
+        at = next((i for i, last in enumerate(ends) if last < left), len(ends))
+        ends[at : at + 1] = [left + len(text) * 6.5 + 12]
         faults.append(
-            f'<div class="fault" style="left:{left:.1f}px"><span style="top:{row * _BAND}px">'
+            f'<div class="fault" style="left:{left:.1f}px"><span style="top:{at * _BAND}px">'
             f"{html.escape(text)}</span></div>"
         )
     band = len(ends) * _BAND + (2 if ends else 0)
