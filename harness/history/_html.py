@@ -116,10 +116,10 @@ def timeline(history: History, title: str = "history") -> str:
     # overlap), so they never cover an operation's label.
     faults: list[str] = []
     ends: list[float] = []  # per band row, the px where its last label stops
-    for t, text in history.events:
-        if not start <= t <= end:
+    for when, text in history.events:
+        if not start <= when <= end:
             continue
-        left = x(t)
+        left = x(when)
         at = next((i for i, last in enumerate(ends) if last < left), len(ends))
         ends[at : at + 1] = [left + len(text) * 6.5 + 12]
         faults.append(
