@@ -207,6 +207,7 @@ class _World:
             frozenset(self.fired),
             tuple(sorted(self.tags.items())),
             self._history(),
+            self.launcher.clocks(),
         )
 
     def _history(self) -> History | None:
@@ -381,6 +382,8 @@ class _World:
             self._event(EventKind.SERVER, self.controls.restart_server())
         elif isinstance(fault, F.PROXY_FAULTS):
             self._event(EventKind.NETWORK, self.controls.network(fault))
+        elif getattr(fault, "host_level", False):  # between hosts: nftables/tc on the hosts
+            self._event(EventKind.NETWORK, self.launcher.host_fault(fault))
         else:
             return
         self.fired.add(index)

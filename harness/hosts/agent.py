@@ -9,7 +9,12 @@ it to import this module (the storeharness *installed on that host*) and call :f
 
 - ``("probe",)``: tools and privileges (:func:`probe`);
 - ``("time",)``: this host's ``time.time()``, for the controller's clock offset and round trip;
+- ``("monotonic",)``: this host's ``time.monotonic()``, to map its ranks' timestamps;
 - ``("spawn", argv)``: start a process the agent owns; replies its pid;
+- ``("world-open", token, channel, modules)``: host ranks of world ``token`` (:mod:`._ranks`),
+  their traffic on ``channel``; ``modules`` are scenario sources to import first;
+- ``("rank-start" | "rank-signal" | "rank-stacks" | "rank-reap" | "rank-files", token, ...)``:
+  per-rank work of that world (:class:`._ranks.RankHost`); ``("world-close", token, kill)``;
 - ``("close",)``: tear down and reply ``"closed"``.
 
 It first sends ``("ready", pid)``, so the controller knows the agent imported and started.
@@ -111,10 +116,11 @@ def probe() -> dict[str, Any]:
 
 
 class _Owned:
-    """The processes this agent started, killed by pid at teardown."""
+    """The processes and worlds this agent started, killed by pid at teardown."""
 
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.worlds: dict[str, Any] = {}  # token -> _ranks.RankHost
 
     def spawn(self, argv: list[str]) -> int:
         proc = subprocess.Popen(
@@ -124,6 +130,9 @@ class _Owned:
         return proc.pid
 
     def teardown(self) -> None:
+        for token, world in list(self.worlds.items()):
+            world.close(list(world.ranks))
+            del self.worlds[token]
         for proc in self.procs:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
@@ -131,6 +140,31 @@ class _Owned:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(5)
         self.procs.clear()
+
+
+def _world_request(owned: _Owned, msg: tuple[Any, ...]) -> Any:
+    """A request about a world's ranks; an ``("error", text)`` reply when it fails."""
+    kind, token, args = msg[0], msg[1], msg[2:]
+    try:
+        if kind == "world-open":
+            from ._ranks import RankHost
+
+            world = owned.worlds[token] = RankHost(token, *args)
+            return world.dir
+        world = owned.worlds[token]
+        if kind == "world-close":
+            world.close(*args)
+            del owned.worlds[token]
+            return "closed"
+        method = {"rank-start": world.start, "rank-signal": world.signal,
+                  "rank-stacks": world.stacks, "rank-reap": world.reap,
+                  "rank-files": world.files}[kind]  # fmt: skip
+        return method(*args)
+    except Exception as exc:
+        import traceback
+
+        return ("error", f"{kind} for world {token} failed on pid {os.getpid()}: "
+                f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")  # fmt: skip
 
 
 def serve(channel: Any, lease: float) -> None:
@@ -154,8 +188,12 @@ def serve(channel: Any, lease: float) -> None:
                 channel.send(time.time())
             elif kind == "probe":
                 channel.send(probe())
+            elif kind == "monotonic":
+                channel.send(time.monotonic())
             elif kind == "spawn":
                 channel.send(owned.spawn(list(msg[1])))
+            elif kind.startswith(("world-", "rank-")):
+                channel.send(_world_request(owned, msg))
             elif kind == "close":
                 owned.teardown()
                 channel.send("closed")

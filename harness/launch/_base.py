@@ -21,6 +21,7 @@ from signal import Signals
 from typing import Any, Protocol, TypeAlias
 
 from .._messages import RankMessage, RunnerMessage
+from .._results import HostClock
 
 __all__ = ["Arrival", "Delivery", "Handle", "Launcher", "RankSpec", "Reader", "Signalled"]
 
@@ -136,6 +137,9 @@ class Launcher(Protocol):
 
     def teardown(self, handles: list[Handle], running: list[Handle]) -> None:
         """The runner is done: kill ``running`` (it was interrupted), reap ``handles``."""
+
+    def clocks(self) -> tuple[HostClock, ...]:
+        """Each host's clock against ours, measured at start and end (none on one machine)."""
 
     def host_fault(self, fault: Any) -> str:
         """Apply a host-level network fault; the event log's text (hosts only)."""

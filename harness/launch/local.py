@@ -22,10 +22,11 @@ import multiprocess
 
 from .. import _inspect as I
 from .._messages import PipeFd, RunnerMessage
+from .._results import HostClock
 from ..context import DUMP_SIGNAL, process_main, rank_logger, release_logger, run_rank
 from ._base import Delivery, Handle, RankSpec, Reader, Signalled
 
-__all__ = ["BLOCKED_POLL", "LocalHandle", "LocalLauncher", "serve_armed"]
+__all__ = ["BLOCKED_POLL", "LocalHandle", "LocalLauncher", "process_stacks", "serve_armed"]
 
 #: Seconds between ``/proc`` looks while a signal waits for its rank to block in a system call.
 BLOCKED_POLL = 0.002
@@ -136,16 +137,16 @@ def serve_armed(handles: list[Any]) -> list[Delivery]:
     return out
 
 
-def process_stacks(handles: list[Any], timeout: float) -> dict[int, str]:
-    """SIGUSR2 each process rank (faulthandler dumps into its log); where each is stuck.
+def process_stacks(ranks: list[tuple[int, int, str]], timeout: float) -> dict[int, str]:
+    """SIGUSR2 each ``(rank, pid, log path)`` (faulthandler dumps into the log); where each is.
 
-    ``handles`` need ``rank``, ``pid`` and ``spec.log_path``; shared with the host agent.
+    Shared with the host agent, which dumps the ranks of its host the same way.
     """
-    sizes = {h.rank: I.size(h.spec.log_path) for h in handles}
-    for handle in handles:
-        I.kill(handle.pid, DUMP_SIGNAL)
-    I.wait_for_dumps({h.spec.log_path: sizes[h.rank] for h in handles}, timeout)
-    return {h.rank: I.where(I.read_from(h.spec.log_path, sizes[h.rank])) for h in handles}
+    sizes = {rank: I.size(log) for rank, _, log in ranks}
+    for _, pid, _ in ranks:
+        I.kill(pid, DUMP_SIGNAL)
+    I.wait_for_dumps({log: sizes[rank] for rank, _, log in ranks}, timeout)
+    return {rank: I.where(I.read_from(log, sizes[rank])) for rank, _, log in ranks}
 
 
 class LocalLauncher:
@@ -217,7 +218,8 @@ class LocalLauncher:
 
     def stacks(self, handles: list[Handle], timeout: float) -> dict[int, str]:
         ours = [h for h in self.handles if h in handles]
-        found = process_stacks([h for h in ours if h.proc is not None], timeout)
+        procs = [(h.rank, h.proc.pid, h.spec.log_path) for h in ours if h.proc is not None]
+        found = process_stacks(procs, timeout)
         for h in ours:
             if h.thread is not None:
                 found[h.rank] = I.thread_stack(h.thread, h.rank, h.spec.log_path)
@@ -243,6 +245,9 @@ class LocalLauncher:
                     h.proc.kill()
                     h.proc.join(_KILL_TIMEOUT)
             h.close()
+
+    def clocks(self) -> tuple[HostClock, ...]:
+        return ()
 
     def host_fault(self, fault: Any) -> str:
         raise ValueError(
