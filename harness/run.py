@@ -27,6 +27,8 @@ from . import targets
 from ._keyword import compile_keyword
 from .expect import run_checks
 from .history import TIMELINE, linearizable, wants_history, write_timeline
+from .hosts.inventory import Host
+from .launch.session import HostSession
 from .scenario import Case, Expect, Scenario
 from .world import WorldResult, run_world
 
@@ -128,6 +130,7 @@ def run_case(
     log_dir: str | None = None,
     xfail_strict: bool = False,
     history: bool = False,
+    hosts: HostSession | None = None,
 ) -> CaseResult:
     """Run ``case`` in a temporary directory of its own (under ``tmp_root``) and judge it.
 
@@ -138,6 +141,9 @@ def run_case(
     ``time_scale`` multiplies the scenario's time limits (a slow machine).  Rank logs live in
     the temporary directory, or with ``log_dir`` in a directory of the case's own under it
     (:func:`~storeharness.harness.report.case_log_dir`), where they stay.
+
+    ``hosts``: run the ranks on these hosts (the scenario's ``hosts=N`` first ones, all when it
+    does not say), the store's server on the first with the ``store`` role.
     """
     sc: Scenario = case.scenario
     seed = default_seed(case) if seed is None else seed
@@ -154,7 +160,15 @@ def run_case(
         logs.mkdir(parents=True)
         try:
             target = targets.get(case.target)
-            with target.start(workdir, timeout=op_timeout, proxy=sc.uses_network) as endpoint:
+            spread: dict[str, Any] = {}
+            if hosts is not None:
+                used = _hosts_for(sc, hosts)
+                store_host = next((h for h in used if "store" in h.roles), used[0])
+                endpoint = target.start_on(hosts.agent(store_host), workdir, timeout=op_timeout)
+                spread = {"hosts": used, "placement": sc.placement, "connect": hosts.agent}
+            else:
+                endpoint = target.start(workdir, timeout=op_timeout, proxy=sc.uses_network)
+            with endpoint:
                 world = run_world(
                     sc.fn,
                     case.world_size,
@@ -170,6 +184,7 @@ def run_case(
                     log_dir=str(logs),
                     start_method=start_method,
                     history=history or sc.history,
+                    **spread,
                 )
         except Exception as exc:
             spent = time.monotonic() - start
@@ -183,6 +198,16 @@ def run_case(
             page = write_timeline(world.history, logs / TIMELINE, title=case.nodeid)
             result = dataclasses.replace(result, timeline=str(page))
     return result
+
+
+def _hosts_for(sc: Scenario, session: HostSession) -> list[Host]:
+    """The hosts a case of ``sc`` runs on: its ``hosts=N`` first ones, or all of them."""
+    hosts = session.hosts()
+    if sc.hosts is not None and sc.hosts > len(hosts):
+        raise ValueError(
+            f"{sc.name} spans hosts={sc.hosts} but --hosts {session.spec} gives {len(hosts)}"
+        )
+    return hosts[: sc.hosts or len(hosts)]
 
 
 def judge(

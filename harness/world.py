@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import multiprocess
 
@@ -47,7 +47,13 @@ from .context import RankContext
 from .faults import Controls, _NoControls
 from .history import History
 from .history import load as load_history
+from .hosts.inventory import Host
 from .launch import Arrival, Handle, Launcher, LocalLauncher, RankSpec, Reader, Signalled
+from .launch._placement import Placement, place
+from .launch.remote import remote_launcher
+
+if TYPE_CHECKING:
+    from .hosts.control import Agent
 
 __all__ = ["Controls", "Fate", "RankFn", "RankResult", "WorldResult", "run_world"]
 
@@ -92,6 +98,9 @@ def run_world(
     start_method: str = "fork",
     history: bool = False,
     launcher: Launcher | None = None,
+    hosts: Sequence[Host] | None = None,
+    placement: Placement = "spread",
+    connect: Callable[[Host], Agent] | None = None,
 ) -> WorldResult:
     """Run ``fn(ctx)`` on ``world_size`` ranks, each with its own store from ``open_store()``.
 
@@ -102,8 +111,11 @@ def run_world(
     ``op_timeout`` every store operation; ``tags`` names more ``AnyRank`` tags to resolve from
     the seed (``ctx.rank_of(tag)``).  ``history`` records every store operation of every rank
     (``WorldResult.history``, see :mod:`.history`).  ``launcher`` says where ranks run (default:
-    this machine, :class:`~.launch.LocalLauncher`; the world closes it).  Raises ``ValueError``
-    for a bad argument, naming it.
+    this machine, :class:`~.launch.LocalLauncher`; the world closes it).  ``hosts``: run the
+    ranks on these hosts instead (``placement``: ``"spread"``, ``"pack"`` or ``{rank: host}``),
+    through agents from ``connect(host)`` (kept by the caller) or connected for this world.
+    Raises ``ValueError`` for a bad argument, naming it, and ``HostError`` for a host that
+    cannot be reached.
     """
     if not isinstance(world_size, int) or isinstance(world_size, bool) or world_size < 1:
         raise ValueError(f"world_size must be an int >= 1, got {world_size!r}")
@@ -120,6 +132,10 @@ def run_world(
     own_dir = log_dir is None
     logs = tempfile.mkdtemp(prefix="storeharness-logs-") if log_dir is None else log_dir
     controls = controls or _NoControls()
+    if hosts and launcher is None:
+        if workers != "process":
+            raise ValueError("ranks on hosts are processes: workers must be 'process'")
+        launcher = remote_launcher(hosts, place(world_size, hosts, placement), connect)
     if launcher is None:
         mp = multiprocess.get_context(start_method) if workers == "process" else None
         launcher = LocalLauncher(mp, controls.inherited_fds)

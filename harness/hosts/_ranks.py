@@ -123,7 +123,8 @@ class RankHost:
 
     def start(self, rank: int, payload: bytes) -> int:
         """Fork rank ``rank`` (``payload``: its pickled function, store opener and settings)."""
-        fn, open_store, world_size, seed, op_timeout, tags, history = ForkingPickler.loads(payload)
+        loaded = ForkingPickler.loads(payload)
+        fn, open_store, world_size, seed, op_timeout, tags, history, where = loaded
         log_path = os.path.join(self.dir, f"rank-{rank}.log")
         ours, theirs = self.mp.Pipe(duplex=True)
         keep = {0, 1, 2, theirs.fileno()}
@@ -131,7 +132,7 @@ class RankHost:
         history_path = log_path.removesuffix(".log") + ".history" if history else None
         args = (
             theirs, fn, open_store, rank, world_size, log_path, self.token, seed, op_timeout,
-            inherited, os.getpid(), tags, history_path,
+            inherited, os.getpid(), tags, history_path, tuple(where),
         )  # fmt: skip
         proc = self.mp.Process(target=process_main, args=args, name=f"rank-{rank}")
         gc.freeze()  # the child must not collect objects whose threads did not survive the fork

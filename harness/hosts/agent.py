@@ -15,6 +15,8 @@ it to import this module (the storeharness *installed on that host*) and call :f
   their traffic on ``channel``; ``modules`` are scenario sources to import first;
 - ``("rank-start" | "rank-signal" | "rank-stacks" | "rank-reap" | "rank-files", token, ...)``:
   per-rank work of that world (:class:`._ranks.RankHost`); ``("world-close", token, kill)``;
+- ``("server-start" | "server-kill" | "server-restart" | "server-mark" | "server-stop", ...)``:
+  a store server on this host's data address (:class:`._servers.ServerHost`);
 - ``("close",)``: tear down and reply ``"closed"``.
 
 It first sends ``("ready", pid)``, so the controller knows the agent imported and started.
@@ -121,15 +123,23 @@ class _Owned:
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.worlds: dict[str, Any] = {}  # token -> _ranks.RankHost
+        self.servers: Any = None  # _servers.ServerHost, once a server was asked for
 
     def spawn(self, argv: list[str]) -> int:
+        return self.popen(argv).pid
+
+    def popen(
+        self, argv: list[str], pass_fds: tuple[int, ...] = (), stdin: int = subprocess.DEVNULL
+    ) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent, close_fds=True
-        )
+            argv, stdin=stdin, preexec_fn=_die_with_parent, close_fds=True, pass_fds=pass_fds,
+        )  # fmt: skip
         self.procs.append(proc)
-        return proc.pid
+        return proc
 
     def teardown(self) -> None:
+        if self.servers is not None:
+            self.servers.close()
         for token, world in list(self.worlds.items()):
             world.close(list(world.ranks))
             del self.worlds[token]
@@ -167,6 +177,23 @@ def _world_request(owned: _Owned, msg: tuple[Any, ...]) -> Any:
                 f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")  # fmt: skip
 
 
+def _server_request(owned: _Owned, msg: tuple[Any, ...]) -> Any:
+    """A request about a store server on this host (:mod:`._servers`)."""
+    kind, args = msg[0], msg[1:]
+    try:
+        if owned.servers is None:
+            from ._servers import ServerHost
+
+            owned.servers = ServerHost(owned.popen)
+        servers = owned.servers
+        method = {"server-start": servers.start, "server-kill": servers.kill,
+                  "server-restart": servers.restart, "server-mark": servers.mark,
+                  "server-stop": servers.stop}[kind]  # fmt: skip
+        return method(*args)
+    except Exception as exc:
+        return ("error", f"{kind} failed on pid {os.getpid()}: {type(exc).__name__}: {exc}")
+
+
 def serve(channel: Any, lease: float) -> None:
     """Answer the controller on ``channel`` until it closes us or the lease runs out."""
     owned = _Owned()
@@ -194,6 +221,8 @@ def serve(channel: Any, lease: float) -> None:
                 channel.send(owned.spawn(list(msg[1])))
             elif kind.startswith(("world-", "rank-")):
                 channel.send(_world_request(owned, msg))
+            elif kind.startswith("server-"):
+                channel.send(_server_request(owned, msg))
             elif kind == "close":
                 owned.teardown()
                 channel.send("closed")

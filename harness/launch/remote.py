@@ -34,13 +34,37 @@ from .._messages import RunnerMessage
 from .._results import HostClock
 from ..history._record import rebase
 from ..hosts.control import Agent, HostError
+from ..hosts.inventory import Host
 from ._base import Delivery, Handle, RankSpec, Reader, Signalled
 
-__all__ = ["RemoteHandle", "RemoteLauncher", "shipped_modules"]
+__all__ = ["RemoteHandle", "RemoteLauncher", "remote_launcher", "shipped_modules"]
 
 _GONE = ("gone",)  # a world channel's end marker: its host's link closed
 _REAP_TIMEOUT = 2.0
 _KILL_TIMEOUT = 5.0
+
+
+def remote_launcher(
+    hosts: Sequence[Host],
+    placement: Mapping[int, str],
+    connect: Callable[[Host], Agent] | None = None,
+) -> RemoteLauncher:
+    """A launcher for ``placement`` over ``hosts``: agents from ``connect`` (the caller's, kept
+    open), or connected here and closed with the launcher."""
+    used = [h for h in hosts if h.name in set(placement.values())]
+    if connect is not None:
+        return RemoteLauncher([connect(h) for h in used], placement)
+    from ..hosts.control import connect as connect_agent
+
+    agents: list[Agent] = []
+    try:
+        for host in used:
+            agents.append(connect_agent(host))
+    except BaseException:
+        for agent in agents:
+            agent.close()
+        raise
+    return RemoteLauncher(agents, placement, own_agents=True)
 
 
 def shipped_modules(*objs: Any) -> list[tuple[str, str, str]]:
@@ -172,9 +196,10 @@ class RemoteLauncher:
         host = self.host_of(spec.rank)
         if host not in self._channels:
             self._open(host, spec)
+        where = (host, self.agents[host].host.address)
         payload = ForkingPickler.dumps(
             (spec.fn, spec.open_store, spec.world_size, spec.seed, spec.op_timeout,
-             dict(spec.tags), spec.history)
+             dict(spec.tags), spec.history, where)
         )  # fmt: skip
         pid = self.agents[host].request("rank-start", self.token, spec.rank, bytes(payload))
         handle = RemoteHandle(self, spec, host, int(pid))

@@ -72,3 +72,14 @@ def announce_and_block(ctx: RankContext) -> None:
     with open(os.environ["RANK_FIFO"], "w") as fifo:
         fifo.write(f"{os.getpid()}\n")
     ctx.store.wait(["never set"])
+
+
+def where_am_i(ctx: RankContext) -> tuple[str, str, str, str]:
+    """A rendezvous over the store: each rank publishes where it runs, and reads everyone's
+    (and says which store it reached)."""
+    ctx.store.set(f"at/{ctx.rank}", f"{ctx.host} {ctx.address}")
+    assert ctx.world_size is not None
+    keys = [f"at/{r}" for r in range(ctx.world_size)]
+    ctx.store.wait(keys)
+    seen = ",".join(v.decode() for v in ctx.store.multi_get(keys))
+    return ctx.host, ctx.address, seen, repr(ctx.store)
