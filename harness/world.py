@@ -177,6 +177,7 @@ class _World:
         self.ending: list[tuple[_Slot, int]] = []  # (waiter, the rank whose end it awaits)
         self.blocked_signals: list[tuple[int, F.Signal, _Slot]] = []
         self.armed: set[int] = set()  # plan indices of held signals the launcher was given
+        self.poll_again: float | None = None  # when the launcher wants polling again
         self.fired: set[int] = set()  # indices into the plan of the faults that took effect
         self.tags: dict[str, int] = {}  # AnyRank tag -> the rank the plan picked
         self.selector = selectors.DefaultSelector()
@@ -238,18 +239,19 @@ class _World:
         self.selector.register(fileobj, selectors.EVENT_READ, reader)
 
     def _pump(self, timeout: float) -> None:
-        """Deliver what the launcher's polled work produced, then wait (at most ``timeout`` s)
-        for the selector and deliver what arrived."""
-        done, again = self.launcher.poll()
-        for rank, msg in done:
-            self._deliver(rank, msg)
-        if done:
-            timeout = 0.0
-        elif again is not None:
-            timeout = min(timeout, again)
+        """Wait (at most ``timeout`` s, less while the launcher polls) for the selector, deliver
+        what arrived, then what the launcher's polled work produced."""
+        if self.poll_again is not None:
+            timeout = min(timeout, self.poll_again)
         for key, _ in self.selector.select(timeout):
             for rank, msg in key.data():
                 self._deliver(rank, msg)
+        self._poll()
+
+    def _poll(self) -> None:
+        done, self.poll_again = self.launcher.poll()
+        for rank, msg in done:
+            self._deliver(rank, msg)
 
     def _running(self) -> bool:
         return any(s.state == "running" for s in self.slots)
@@ -437,12 +439,15 @@ class _World:
         system call (checked where the rank runs)."""
         for held in list(self.blocked_signals):
             index, fault, slot = held
+            if held not in self.blocked_signals:
+                continue  # sent meanwhile (an armed one, by the poll below)
             if next(h for h in self.blocked_signals if h[2] is slot) is not held:
                 continue  # an earlier signal to this rank is still held
             if fault.blocked:
                 if index not in self.armed and slot.handle is not None and slot.handle.signalable:
                     self.armed.add(index)
                     slot.handle.arm(fault.sig)
+                    self._poll()  # it may be blocked already (re-enters only to deliver)
                 continue
             self.blocked_signals.remove(held)
             if self._signal(slot, fault.sig, " (after the signal held before it)"):

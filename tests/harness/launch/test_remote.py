@@ -129,19 +129,20 @@ def test_a_rank_over_its_budget_is_dumped_where_it_is_stuck(
 
 
 CONTROLLER = """
-import functools, sys
+import pathlib, sys
+from storeharness.harness import targets
 from storeharness.harness.hosts import control
 from storeharness.harness.hosts.inventory import netns_hosts
 from storeharness.harness.launch.remote import RemoteLauncher
 from storeharness.harness.world import run_world
-from storeharness.stores import FileStore
 from tests.harness.launch import remote_ranks
 
-tag, store, lease = sys.argv[1], sys.argv[2], float(sys.argv[3])
+tag, workdir, lease = sys.argv[1], pathlib.Path(sys.argv[2]), float(sys.argv[3])
 agents = [control.connect(h, lease=lease) for h in netns_hosts(3, tag)]
+endpoint = targets.get("tcp").start_on(agents[0], workdir, timeout=30)  # a server on h0
 launcher = RemoteLauncher(agents, own_agents=True)
-print(launcher.token, *(a.info["pid"] for a in agents), flush=True)
-run_world(remote_ranks.announce_and_block, 6, functools.partial(FileStore, store), time_limit=60,
+print(launcher.token, endpoint.pid, *(a.info["pid"] for a in agents), flush=True)
+run_world(remote_ranks.announce_and_block, 6, endpoint.opener(), time_limit=60,
           launcher=launcher)
 """
 
@@ -160,24 +161,25 @@ def test_a_killed_or_silent_controller_leaves_nothing_after_the_lease(
     net3: netns.NetnsNetwork, tmp_path: Path, how: signal.Signals
 ) -> None:
     """SIGKILL closes the control links; SIGSTOP leaves them open and silent (as a cut link
-    does), so only the agents' lease can end the ranks."""
+    does), so only the agents' lease can end the ranks and the store's server."""
     lease, run_tag = 1.0, uuid.uuid4().hex
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     env = {**os.environ, TAG: run_tag, "RANK_FIFO": str(fifo)}
     ctl = subprocess.Popen(
-        [sys.executable, "-c", CONTROLLER, net3.tag, str(tmp_path / "store"), str(lease)],
+        [sys.executable, "-c", CONTROLLER, net3.tag, str(tmp_path / "work"), str(lease)],
         stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT,
     )  # fmt: skip
     reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
     keep = os.open(fifo, os.O_WRONLY)  # a writer of our own: no end-of-file between ranks
     try:
-        token, *agent_pids = _first_line(ctl, 30).split()
+        token, server, *agent_pids = _first_line(ctl, 30).split()
         ranks = _ranks_announced(reader, 6, 30)
-        assert set(tagged(run_tag)) >= {ctl.pid, *map(int, agent_pids), *ranks}
+        hosted = [int(server), *map(int, agent_pids), *ranks]
+        assert set(tagged(run_tag)) >= {ctl.pid, *hosted}
         assert len(glob.glob(f"/tmp/storeharness-{token}-*")) == 3  # each host's work dir
         os.kill(ctl.pid, how)
-        for pid in [*ranks, *map(int, agent_pids)]:
+        for pid in hosted:
             assert _exits_within(pid, lease + 10), f"pid {pid} outlived the lease"
         assert set(tagged(run_tag)) <= {ctl.pid}
         assert all(_ns_pids(ns) == [] for ns in net3.namespaces())
