@@ -48,3 +48,26 @@ def test_only_modules_a_host_may_lack_travel_as_source() -> None:
         (remote_ranks.__name__, remote_ranks.__file__)
     ]
     assert shipped[0][2] == Path(remote_ranks.__file__).read_text()
+
+
+def test_a_shipped_module_imports_under_its_name_and_its_frames_show_its_lines() -> None:
+    import linecache
+    import sys
+    import traceback
+
+    from storeharness.harness.hosts._ranks import install_module
+
+    name, path = "shipped_pkg_0f3a.scenario_x", "/nonexistent/shipped_pkg_0f3a/scenario_x.py"
+    source = "def boom():\n    raise ValueError('from the host')  # THE LINE\n"
+    try:
+        install_module(name, path, source)  # a host without the file: the source travelled
+        with pytest.raises(ValueError) as err:
+            sys.modules[name].boom()
+        text = "".join(traceback.format_exception(err.value))
+        assert f'File "{path}", line 2, in boom' in text
+        assert "# THE LINE" in text  # the line itself, from the source that travelled
+        assert sys.modules["shipped_pkg_0f3a"].__path__ == ["/nonexistent/shipped_pkg_0f3a"]
+    finally:
+        for module in (name, "shipped_pkg_0f3a"):
+            sys.modules.pop(module, None)
+        linecache.cache.pop(path, None)
