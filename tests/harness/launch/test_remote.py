@@ -172,6 +172,7 @@ def test_a_killed_or_silent_controller_leaves_nothing_after_the_lease(
     )  # fmt: skip
     reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
     keep = os.open(fifo, os.O_WRONLY)  # a writer of our own: no end-of-file between ranks
+    agent_pids: list[str] = []
     try:
         token, server, *agent_pids = _first_line(ctl, 30).split()
         ranks = _ranks_announced(reader, 6, 30)
@@ -189,6 +190,8 @@ def test_a_killed_or_silent_controller_leaves_nothing_after_the_lease(
         os.close(reader)
         ctl.kill()
         ctl.wait(10)
+        for pid in agent_pids:  # on a failure: let the agents clean up before netns teardown
+            _exits_within(int(pid), 10)
 
 
 def _ranks_announced(reader: int, n: int, timeout: float) -> list[int]:
