@@ -190,8 +190,8 @@ def test_a_killed_or_silent_controller_leaves_nothing_after_the_lease(
         os.close(reader)
         ctl.kill()
         ctl.wait(10)
-        for pid in agent_pids:  # on a failure: let the agents clean up before netns teardown
-            _exits_within(int(pid), 10)
+        for agent in agent_pids:  # on a failure: let the agents clean up before netns teardown
+            _exits_within(int(agent), 10)
 
 
 def _ranks_announced(reader: int, n: int, timeout: float) -> list[int]:
