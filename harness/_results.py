@@ -14,6 +14,7 @@ from .history._ops import History
 
 __all__ = [
     "Fate",
+    "HostClock",
     "RankResult",
     "WorldFailed",
     "WorldResult",
@@ -70,6 +71,25 @@ class RankResult:
 
 
 @dataclass(frozen=True)
+class HostClock:
+    """A host's ``time.monotonic()`` against the controller's, in seconds, measured at the
+    world's start and end: ``offset`` is the host's clock minus ours (from the fastest of a few
+    round trips), ``rtt`` that round trip."""
+
+    host: str
+    offset: float
+    rtt: float
+    offset_end: float
+    rtt_end: float
+
+    @property
+    def uncertainty(self) -> float:
+        """How far a time the host stamped may be from ours after subtracting ``offset``: half
+        the slower round trip, plus how far the offset moved during the world."""
+        return max(self.rtt, self.rtt_end) / 2 + abs(self.offset_end - self.offset)
+
+
+@dataclass(frozen=True)
 class WorldResult(Sequence[RankResult]):
     """Every rank's fate, what the runner did (in order), the time taken, and the fault plan.
 
@@ -87,6 +107,8 @@ class WorldResult(Sequence[RankResult]):
     tags: tuple[tuple[str, int], ...] = ()
     #: Every store operation of every rank, when the run recorded them (``history=True``).
     history: History | None = None
+    #: Each host's clock against the controller's, when ranks ran on hosts.
+    clocks: tuple[HostClock, ...] = ()
 
     def rank_of(self, tag: str) -> int:
         """The rank the plan picked for ``AnyRank(tag)``; ``KeyError`` if it has no such tag."""

@@ -14,7 +14,11 @@ setting          command line         environment                   ini
 stores           ``--store`` (rep.)   ``STOREHARNESS_STORES`` (a,b)  ``storeharness_stores``
 seed             ``--harness-seed``   ``STOREHARNESS_SEED``          ``storeharness_seed``
 time_scale       ``--time-scale``     ``STOREHARNESS_TIME_SCALE``    ``storeharness_time_scale``
+hosts            ``--hosts``          ``STOREHARNESS_HOSTS``         ``storeharness_hosts``
 ===============  ===================  ============================  ==========================
+
+``hosts`` runs worlds across hosts: ``netns:N`` (namespaces built here), ``local``,
+``ssh:h1,h2`` or a ``hosts.toml`` (see :mod:`.hosts.inventory`).
 
 ``time_scale`` multiplies every time limit (a world's, a rank's budget, each store operation's
 timeout): ``STOREHARNESS_TIME_SCALE=3`` on a machine three times slower.  The marker is
@@ -46,6 +50,7 @@ class Settings:
     stores: tuple[str, ...] | None = None  # None: the caller's default
     seed: int | None = None  # None: a stable seed per case
     time_scale: float = 1.0
+    hosts: str | None = None  # a --hosts value; None: every world on this machine
 
     def scale(self, seconds: float | None) -> float | None:
         """``seconds`` times :attr:`time_scale` (``None`` stays ``None``)."""
@@ -79,10 +84,27 @@ def _scale(raw: Any) -> float:
     return value
 
 
+def _hosts(raw: Any) -> str:
+    from .hosts.inventory import InventoryError, parse_hosts
+
+    spec = str(raw).strip()
+    if spec.startswith("netns:"):  # checked without building anything
+        count = spec[6:]
+        if not count.isdigit() or not 1 <= int(count) <= 64:
+            raise ValueError("expected netns:N with N a number of hosts 1..64")
+        return spec
+    try:
+        parse_hosts(spec)
+    except InventoryError as exc:
+        raise ValueError(str(exc)) from None
+    return spec
+
+
 _PARSERS: dict[str, Callable[[Any], Any]] = {
     "stores": _stores,
     "seed": _seed,
     "time_scale": _scale,
+    "hosts": _hosts,
 }
 ENV = {name: f"STOREHARNESS_{name.upper()}" for name in _PARSERS}
 INI = {name: f"storeharness_{name}" for name in _PARSERS}

@@ -38,6 +38,7 @@ from typing import NoReturn
 from .. import __version__
 from . import report, targets
 from ._settings import SettingError, Settings, ini_file_values, resolve
+from .launch.session import HostSession
 from .run import (
     CaseResult,
     keyword_match,
@@ -96,6 +97,11 @@ def _parser() -> argparse.ArgumentParser:
             f"tcp://HOST:PORT; default: {', '.join(targets.DEFAULT)} (as the pytest plugin)",
         )
         p.add_argument("--workers", choices=["process", "thread"], help="only this worker kind")
+        p.add_argument(
+            "--hosts", metavar="HOSTS",
+            help="run worlds across hosts: netns:N (namespaces built for the run; needs root), "
+            "local, ssh:h1,h2 or a hosts.toml (as pytest --hosts)",
+        )  # fmt: skip
         p.add_argument("-k", metavar="EXPR", help="only cases whose id matches (as pytest -k)")
         p.add_argument("--world-size", type=int, help="override every scenario's world size")
         p.add_argument(
@@ -179,6 +185,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         "stores": ("--store", args.store),
         "seed": ("--harness-seed", getattr(args, "seed", None)),
         "time_scale": ("--time-scale", getattr(args, "time_scale", None)),
+        "hosts": ("--hosts", getattr(args, "hosts", None)),
     }
     try:
         return resolve(cli=cli, ini=ini_file_values())
@@ -251,10 +258,11 @@ def _cases(
             if any(_wanted(args.k, sc.name, store) for store in stores):
                 leave_out(f"{sc.name} skipped (slow: run it with --slow)")
             continue
+        spanning = settings.hosts is not None
         for store in stores:
-            found = sc.cases([store], args.workers, sizes)
+            found = sc.cases([store], args.workers, sizes, spanning=spanning)
             if not found and selector in (None, sc.name) and _wanted(args.k, sc.name, store):
-                leave_out(f"{sc.name} skipped on {store}: {sc.why_no_case(store)}")
+                leave_out(f"{sc.name} skipped on {store}: {sc.why_no_case(store, spanning)}")
             for case in found:
                 key = (sc.module, sc.file, case.nodeid)
                 if selector in (None, sc.name, case.nodeid) and key not in seen:
@@ -293,11 +301,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     results: list[CaseResult] = []
     interrupted = ""
     start = time.monotonic()
+    hosts = HostSession(settings.hosts) if settings.hosts is not None else None
+    if hosts is not None and hosts.unavailable:
+        print(f"storeharness: {hosts.unavailable}", file=sys.stderr)
+        return NO_CASES
     try:
         for case in cases:
             result = run_case(
                 case, seed=settings.seed, time_scale=settings.time_scale, log_dir=args.log_dir,
-                xfail_strict=args.xfail_strict, history=args.history,
+                xfail_strict=args.xfail_strict, history=args.history, hosts=hosts,
             )  # fmt: skip
             results.append(result)
             if not (args.quiet and result.ok):
@@ -308,6 +320,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         interrupted = "KeyboardInterrupt (Ctrl-C)"
     except Terminated:
         interrupted = "SIGTERM"
+    finally:
+        if hosts is not None:
+            hosts.close()  # its agents, and the namespaces it built
     spent = time.monotonic() - start
     _print_failures(results, style)
     if interrupted:

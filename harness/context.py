@@ -57,6 +57,7 @@ class RankContext:
         log: logging.Logger,
         seed: int,
         tags: Mapping[str, int] | None = None,
+        where: tuple[str, str] = ("local", "127.0.0.1"),
     ) -> None:
         self._conn = conn
         self._tags = dict(tags or {})
@@ -68,6 +69,10 @@ class RankContext:
         self.seed = seed
         #: Deterministic per rank and seed, for scenarios that want randomness that replays.
         self.random = random.Random(seed * 1_000_003 + rank)
+        #: The name of the host this rank runs on (``"local"`` in a world on one machine).
+        self.host = where[0]
+        #: The data-plane address of this rank's host (where others reach what it serves).
+        self.address = where[1]
 
     def __repr__(self) -> str:
         return f"RankContext(rank={self.rank}, world_size={self.world_size}, store={self.store!r})"
@@ -139,6 +144,7 @@ def run_rank(
     on_open: Callable[[Store], None] | None = None,
     tags: Mapping[str, int] | None = None,
     history: str | None = None,
+    where: tuple[str, str] = ("local", "127.0.0.1"),
 ) -> None:
     """Open the store, run ``fn(ctx)``, and send the result (or the exception) to the runner.
 
@@ -156,7 +162,7 @@ def run_rank(
                 store = RecordingStore(store, recorder)
             if on_open is not None:
                 on_open(store)
-            value = fn(RankContext(conn, rank, world_size, store, log, seed, tags))
+            value = fn(RankContext(conn, rank, world_size, store, log, seed, tags, where))
         finally:
             store.close()
             if recorder is not None:
@@ -212,6 +218,7 @@ def process_main(
     runner_pid: int,
     tags: Mapping[str, int] | None = None,
     history: str | None = None,
+    where: tuple[str, str] = ("local", "127.0.0.1"),
 ) -> None:
     """A process rank: die with the runner, keep only our own fds, log and dump to our file."""
     _die_with_parent(runner_pid)
@@ -230,8 +237,9 @@ def process_main(
     log = rank_logger(rank, log_path, token)
     conn.send(PipeFd(conn.fileno()))  # so the runner can tell our pipe reads from other waits
     run_rank(
-        conn, fn, open_store, rank, world_size, log, seed, op_timeout, tags=tags, history=history
-    )
+        conn, fn, open_store, rank, world_size, log, seed, op_timeout, tags=tags, history=history,
+        where=where,
+    )  # fmt: skip
     logging.shutdown()
 
 

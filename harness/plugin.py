@@ -29,6 +29,7 @@ import pytest
 from ..stores import Capability, Store
 from . import targets
 from ._settings import INI, SettingError, Settings, resolve
+from .launch.session import HostSession
 from .run import CaseResult, package_dir, run_case
 from .scenario import Case, Scenario
 from .targets import Endpoint
@@ -36,6 +37,7 @@ from .world import RankFn, WorldResult, run_world
 
 _RESULTS = pytest.StashKey[list[WorldResult]]()
 _SETTINGS = pytest.StashKey[Settings]()
+_HOSTS = pytest.StashKey[HostSession]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -69,6 +71,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="record every store operation of scenario runs and check the history is linearizable",
     )
+    group.addoption(
+        "--hosts",
+        dest="storeharness_hosts",
+        default=None,
+        metavar="HOSTS",
+        help="run scenario worlds across hosts: netns:N (network namespaces built for the "
+        "session; needs root), local, ssh:h1,h2 or a hosts.toml",
+    )
+    parser.addini(INI["hosts"], "hosts for scenario worlds (as --hosts)")
     parser.addini(INI["stores"], "stores to test against (as --store)", type="args")
     parser.addini(INI["seed"], "seed for scenario fault plans (as --harness-seed)")
     parser.addini(INI["time_scale"], "multiply every time limit (as --time-scale)")
@@ -79,6 +90,7 @@ def _resolve(config: pytest.Config, marker: dict[str, object] | None = None) -> 
         "stores": ("--store", config.getoption("storeharness_stores")),
         "seed": ("--harness-seed", config.getoption("storeharness_seed")),
         "time_scale": ("--time-scale", config.getoption("storeharness_time_scale")),
+        "hosts": ("--hosts", config.getoption("storeharness_hosts")),
     }
     where = str(config.inipath or "ini")
     ini = {name: (where, config.getini(INI[name])) for name in INI}
@@ -105,7 +117,17 @@ def pytest_configure(config: pytest.Config) -> None:
         stores, _ = targets.expand(settings.stores or ())
     except (SettingError, ValueError) as exc:
         raise pytest.UsageError(str(exc)) from None
-    config.stash[_SETTINGS] = Settings(tuple(stores), settings.seed, settings.time_scale)
+    config.stash[_SETTINGS] = Settings(
+        tuple(stores), settings.seed, settings.time_scale, settings.hosts
+    )
+    if settings.hosts is not None:  # built on first use: an xdist controller never builds
+        config.stash[_HOSTS] = HostSession(settings.hosts)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    session = config.stash.get(_HOSTS, None)
+    if session is not None:
+        session.close()  # agents, and the namespaces it built
 
 
 def _settings(config: pytest.Config, node: pytest.Item | None = None) -> Settings:
@@ -122,7 +144,7 @@ def _settings(config: pytest.Config, node: pytest.Item | None = None) -> Setting
         found = _resolve(config, dict(marker.kwargs))
     except SettingError as exc:
         raise pytest.UsageError(str(exc)) from None
-    return Settings(settings.stores, found.seed, found.time_scale)
+    return Settings(settings.stores, found.seed, found.time_scale, settings.hosts)
 
 
 def _stores(config: pytest.Config) -> list[str]:
@@ -196,13 +218,14 @@ def pytest_pycollect_makeitem(
     if not isinstance(obj, Scenario) or name.startswith("_"):
         return None  # a private scenario is a test's own material, not an item
     stores = _stores(collector.config)
-    cases = obj.cases(stores)
+    spanning = collector.config.stash[_SETTINGS].hosts is not None
+    cases = obj.cases(stores, spanning=spanning)
     items: list[pytest.Item] = [
         ScenarioItem.from_parent(collector, name=f"{name}[{c.id}]", case=c, why="") for c in cases
     ]
     covered = {c.target for c in cases}
     for store in (s for s in stores if s not in covered):
-        why = f"{obj.name} cannot run on {store}: {obj.why_no_case(store)}"
+        why = f"{obj.name} cannot run on {store}: {obj.why_no_case(store, spanning)}"
         items.append(ScenarioItem.from_parent(collector, name=f"{name}[{store}]", case=None,
                                               why=why))  # fmt: skip
     return items
@@ -222,6 +245,8 @@ class ScenarioItem(pytest.Item):
         self.case = case
         self.why = why
         self.add_marker("scenario")
+        if self.config.stash[_SETTINGS].hosts is not None:
+            self.add_marker("multihost")  # so -m multihost --hosts ... selects scenarios too
         if case is not None:
             # pytest marks written above or below @scenario, and xfail= for this store
             for mark in case.scenario.marks:
@@ -239,12 +264,18 @@ class ScenarioItem(pytest.Item):
         if self.case is None:
             pytest.skip(self.why)
         settings = _settings(self.config, self)
+        hosts = self.config.stash.get(_HOSTS, None)
+        if hosts is not None and hosts.unavailable:
+            pytest.skip(hosts.unavailable)
         result = run_case(
             self.case,
             seed=settings.seed,
             time_scale=settings.time_scale,
             history=bool(self.config.getoption("storeharness_history")),
+            hosts=hosts,
         )
+        if result.cannot_run:  # the hosts lack a tool or kernel feature a fault needs
+            pytest.skip(result.cannot_run)
         if result.unsupported:  # a gap of the store's, reported as such (not as a crash)
             pytest.skip(f"unsupported by store {self.case.target}: {result.unsupported}")
         if not result.passed:

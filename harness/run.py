@@ -27,6 +27,8 @@ from . import targets
 from ._keyword import compile_keyword
 from .expect import run_checks
 from .history import TIMELINE, linearizable, wants_history, write_timeline
+from .hosts.inventory import Host
+from .launch.session import HostSession
 from .scenario import Case, Expect, Scenario
 from .world import WorldResult, run_world
 
@@ -68,11 +70,16 @@ class CaseResult:
     xfail_strict: bool = False
     #: The HTML timeline of the run's history, written when a recorded case failed.
     timeline: str = ""
+    #: Why the hosts cannot run the case at all (a fault between them needs a tool, a
+    #: privilege or a kernel feature they lack, e.g. netem): the case is skipped, naming it.
+    cannot_run: str = ""
 
     @property
     def outcome(self) -> str:
         """``pass``, ``FAIL``, ``ERROR``, ``skip`` (a store not ours lacks an operation the
         case needs: :attr:`unsupported`), or for an expected failure ``xfail`` / ``XPASS``."""
+        if self.cannot_run:
+            return "skip"
         if self.xfail:
             return "XPASS" if self.passed else "xfail"
         if not self.passed and not self.error and self.unsupported:
@@ -83,6 +90,8 @@ class CaseResult:
     def ok(self) -> bool:
         """Whether this result lets the run succeed: it passed, or failed as expected (xfail);
         an expected failure that passes fails the run when :attr:`xfail_strict` is set."""
+        if self.cannot_run:
+            return True
         if self.xfail:
             return not (self.passed and self.xfail_strict)
         return self.passed or self.outcome == "skip"
@@ -92,6 +101,8 @@ class CaseResult:
         """Why the store cannot run this case at all, or "": a failed case in which a rank hit
         :class:`UnsupportedOperation` (torch's v2 EtcdStore has no ``compare_set``, say).  Only for
         stores not ours (torch's, a user's, a remote one): ours claim the whole contract."""
+        if self.cannot_run:
+            return self.cannot_run
         if self.passed or self.world is None:
             return ""
         if targets.get(self.case.target).spec.whole_contract:
@@ -128,6 +139,7 @@ def run_case(
     log_dir: str | None = None,
     xfail_strict: bool = False,
     history: bool = False,
+    hosts: HostSession | None = None,
 ) -> CaseResult:
     """Run ``case`` in a temporary directory of its own (under ``tmp_root``) and judge it.
 
@@ -138,6 +150,9 @@ def run_case(
     ``time_scale`` multiplies the scenario's time limits (a slow machine).  Rank logs live in
     the temporary directory, or with ``log_dir`` in a directory of the case's own under it
     (:func:`~storeharness.harness.report.case_log_dir`), where they stay.
+
+    ``hosts``: run the ranks on these hosts (the scenario's ``hosts=N`` first ones, all when it
+    does not say), the store's server on the first with the ``store`` role.
     """
     sc: Scenario = case.scenario
     seed = default_seed(case) if seed is None else seed
@@ -154,7 +169,21 @@ def run_case(
         logs.mkdir(parents=True)
         try:
             target = targets.get(case.target)
-            with target.start(workdir, timeout=op_timeout, proxy=sc.uses_network) as endpoint:
+            spread: dict[str, Any] = {}
+            if hosts is not None:
+                used = _hosts_for(sc, hosts)
+                why = hosts.cannot_apply(sc.faults, used)
+                if why is not None:  # these hosts lack a tool or kernel feature: a skip
+                    return CaseResult(case, False, seed, time.monotonic() - start,
+                                      cannot_run=why)  # fmt: skip
+                store_host = next((h for h in used if "store" in h.roles), used[0])
+                endpoint = target.start_on(hosts.agent(store_host), workdir, timeout=op_timeout)
+                port = getattr(endpoint, "port", 0)
+                spread = {"hosts": used, "placement": sc.placement, "connect": hosts.agent,
+                          "store_ports": [port] if port else []}  # fmt: skip
+            else:
+                endpoint = target.start(workdir, timeout=op_timeout, proxy=sc.uses_network)
+            with endpoint:
                 world = run_world(
                     sc.fn,
                     case.world_size,
@@ -170,6 +199,7 @@ def run_case(
                     log_dir=str(logs),
                     start_method=start_method,
                     history=history or sc.history,
+                    **spread,
                 )
         except Exception as exc:
             spent = time.monotonic() - start
@@ -183,6 +213,16 @@ def run_case(
             page = write_timeline(world.history, logs / TIMELINE, title=case.nodeid)
             result = dataclasses.replace(result, timeline=str(page))
     return result
+
+
+def _hosts_for(sc: Scenario, session: HostSession) -> list[Host]:
+    """The hosts a case of ``sc`` runs on: its ``hosts=N`` first ones, or all of them."""
+    hosts = session.hosts()
+    if sc.hosts is not None and sc.hosts > len(hosts):
+        raise ValueError(
+            f"{sc.name} spans hosts={sc.hosts} but --hosts {session.spec} gives {len(hosts)}"
+        )
+    return hosts[: sc.hosts or len(hosts)]
 
 
 def judge(

@@ -43,6 +43,7 @@ from .expect import (
     times_out,
 )
 from .history import wants_history
+from .launch._placement import Placement, check_placement
 from .targets import TargetSpec
 
 __all__ = [
@@ -142,6 +143,10 @@ class Scenario:
     history: bool = False
     #: ``slow=True``: left out of default runs (``storeharness run --slow``, ``pytest -m slow``).
     slow_declared: bool = False
+    #: How many hosts its ranks span (``None``: host-agnostic, it runs wherever it is put).
+    hosts: int | None = None
+    #: ``"spread"``, ``"pack"`` or ``{rank: host name or index}`` (see ``launch._placement``).
+    placement: Placement = "spread"
 
     @property
     def slow(self) -> bool:
@@ -176,11 +181,21 @@ class Scenario:
         return any(isinstance(f, F.SERVER_FAULTS) for f in self.faults)
 
     @property
+    def uses_host_faults(self) -> bool:
+        return any(isinstance(f, F.HOST_FAULTS) for f in self.faults)
+
+    @property
     def uses_signals(self) -> bool:
         return any(isinstance(f, F.Signal) for f in self.faults)
 
-    def why_not(self, spec: TargetSpec, workers: str | None = None) -> str | None:
-        """Why this scenario cannot run on ``spec`` (with ``workers``), or ``None`` if it can."""
+    def why_not(
+        self, spec: TargetSpec, workers: str | None = None, spanning: bool = False
+    ) -> str | None:
+        """Why this scenario cannot run on ``spec`` (with ``workers``; ``spanning``: with its
+        ranks on hosts), or ``None`` if it can."""
+        why = self._why_not_hosts(spec, workers, spanning)
+        if why is not None:
+            return why
         if self.stores is not None and spec.name not in self.stores:
             return f"the scenario names its stores: {', '.join(self.stores)}"
         lacking = spec.lacks(self.needs)
@@ -202,10 +217,35 @@ class Scenario:
             return "signals cannot target thread ranks"
         return None
 
-    def why_no_case(self, target: str) -> str:
+    def _why_not_hosts(self, spec: TargetSpec, workers: str | None, spanning: bool) -> str | None:
+        if not spanning:
+            if self.hosts is not None:
+                return (
+                    f"it spans hosts={self.hosts}: run it with --hosts (netns:{self.hosts} "
+                    "builds them on this machine)"
+                )
+            if self.uses_host_faults:
+                return (
+                    "its faults act between hosts: run it with --hosts (netns:3 builds them on "
+                    "this machine)"
+                )
+            return None
+        if workers == "thread":
+            return "thread ranks cannot span hosts"
+        if not spec.spans_hosts:
+            extra = " (a file store would need a directory every host shares)"
+            return f"{spec.name} cannot span hosts{extra if spec.name.endswith('file') else ''}"
+        if self.uses_network:
+            return (
+                "its proxy faults act on one machine's loopback; between hosts use host-level "
+                "network faults"
+            )
+        return None
+
+    def why_no_case(self, target: str, spanning: bool = False) -> str:
         """Why this scenario has no case on store ``target``: its reasons per worker kind."""
         spec = targets.get(target).spec
-        why = (self.why_not(spec, kind) or "no world size fits" for kind in self.workers)
+        why = (self.why_not(spec, kind, spanning) or "no world size fits" for kind in self.workers)
         return "; ".join(dict.fromkeys(why))
 
     def cases(
@@ -213,13 +253,15 @@ class Scenario:
         stores: Iterable[str],
         workers: str | None = None,
         world_sizes: Sequence[int] | None = None,
+        spanning: bool = False,
     ) -> list[Case]:
-        """Every runnable combination over the ``stores`` named, in a fixed order."""
+        """Every runnable combination over the ``stores`` named, in a fixed order
+        (``spanning``: with ranks on hosts)."""
         out = []
         for target in stores:
             spec = targets.get(target).spec
             for kind in self.workers:
-                if workers not in (None, kind) or self.why_not(spec, kind) is not None:
+                if workers not in (None, kind) or self.why_not(spec, kind, spanning) is not None:
                     continue
                 for size in world_sizes or self.world_sizes:
                     if self.fits(size):
@@ -289,6 +331,8 @@ def scenario(
     xfail: str | Mapping[str, str] | None = None,
     history: bool = False,
     slow: bool = False,
+    hosts: int | None = None,
+    placement: Placement = "spread",
 ) -> Callable[[Callable[[RankContext], Any]], Scenario]: ...
 
 
@@ -310,6 +354,8 @@ def scenario(
     xfail: str | Mapping[str, str] | None = None,
     history: bool = False,
     slow: bool = False,
+    hosts: int | None = None,
+    placement: Placement = "spread",
 ) -> Scenario | Callable[[Callable[[RankContext], Any]], Scenario]:
     """Declare a scenario: ``fn(ctx)`` runs on every rank (use as ``@scenario(...)``).
 
@@ -324,13 +370,17 @@ def scenario(
     scenario is known to fail, or ``{store pattern: reason}`` (fnmatch: ``"torch-*"``).
     ``history``: record every store operation and check the history is linearizable (as
     ``check=linearizable()`` does; see ``docs/histories.md``).  ``slow=True`` leaves it out of
-    default runs (``storeharness run --slow`` and ``pytest -m slow`` include it).  Raises
+    default runs (``storeharness run --slow`` and ``pytest -m slow`` include it).  ``hosts``:
+    its ranks span this many hosts (``--hosts`` gives them; ``ctx.host``, ``ctx.address``
+    say where a rank is), placed by ``placement``: ``"spread"`` (round robin), ``"pack"``
+    (fill each host's slots) or ``{rank: host name or index}``.  Raises
     :class:`ScenarioError` for a bad definition.
     """
 
     def wrap(f: Callable[[RankContext], Any]) -> Scenario:
         return _build(f, name, world_size, workers, needs, stores, faults, expect or {},
-                      time_limit, op_timeout, rank_budget, check, xfail, history, slow)  # fmt: skip
+                      time_limit, op_timeout, rank_budget, check, xfail, history, slow,
+                      hosts, placement)  # fmt: skip
 
     return wrap if fn is None else wrap(fn)
 
@@ -351,6 +401,8 @@ def _build(
     xfail: str | Mapping[str, str] | None = None,
     history: bool = False,
     slow: bool = False,
+    hosts: int | None = None,
+    placement: Placement = "spread",
 ) -> Scenario:
     label: str = name or str(getattr(fn, "__name__", repr(fn)))
 
@@ -404,11 +456,21 @@ def _build(
             raise fail(f"check={each!r}; give a function of the world result, or a list of them")
     if not isinstance(history, bool):
         raise fail(f"history={history!r}; give True (record and check) or False")
+    if hosts is not None and (type(hosts) is not int or hosts < 1):
+        raise fail(f"hosts={hosts!r}; give the number of hosts its ranks span (>= 1), or None")
+    problem = check_placement(placement, hosts)
+    if problem:
+        raise fail(problem)
+    if not isinstance(placement, str) and hosts is None:
+        raise fail("placement names hosts; say how many with hosts=N")
+    if hosts is not None and kinds != ("process",):
+        raise fail("ranks on hosts are processes; set workers='process'")
     built = Scenario(
         fn, label, inspect.getdoc(fn) or "", sizes, nonfixed, kinds, caps, names, fault_list,
         dict(expect), float(time_limit), op_timeout, rank_budget,
         getattr(fn, "__module__", "") or "", inspect.getsourcefile(fn) or "",
-        checks, _xfail(xfail, fail), history or wants_history(checks), slow,
+        checks, _xfail(xfail, fail), history or wants_history(checks), slow, hosts,
+        placement if isinstance(placement, str) else dict(placement),
     )  # fmt: skip
     if names is not None:
         for store in (n for n in names if n in known):

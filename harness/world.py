@@ -12,26 +12,22 @@ pipes and the records of the event log are in ``_messages``.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import gc
 import os
 import selectors
 import shutil
 import signal
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import multiprocess
 
 from ..stores import Store
 from ..stores._process import Step, escalate
-from . import _inspect as I
 from . import faults as F
 from ._messages import (
     AtPoint,
@@ -42,23 +38,23 @@ from ._messages import (
     Finished,
     Go,
     Never,
-    PipeFd,
     Reached,
     RunnerMessage,
     Stop,
 )
 from ._results import Fate, RankResult, WorldResult
-from .context import (
-    DUMP_SIGNAL,
-    RankContext,
-    process_main,
-    rank_logger,
-    release_logger,
-    run_rank,
-)
+from .context import RankContext
 from .faults import Controls, _NoControls
 from .history import History
 from .history import load as load_history
+from .hosts.control import HostError
+from .hosts.inventory import Host
+from .launch import Arrival, Handle, Launcher, LocalLauncher, RankSpec, Reader, Signalled
+from .launch._placement import Placement, place
+from .launch.remote import remote_launcher
+
+if TYPE_CHECKING:
+    from .hosts.control import Agent
 
 __all__ = ["Controls", "Fate", "RankFn", "RankResult", "WorldResult", "run_world"]
 
@@ -68,17 +64,13 @@ RankFn = Callable[[RankContext], Any]
 _STOP_TIMEOUT = 0.5  # seconds a stuck rank gets after the stop message, and after SIGTERM
 _KILL_TIMEOUT = 5.0  # seconds to wait for SIGKILLed ranks to be gone
 _DUMP_TIMEOUT = 1.0  # seconds to wait for a faulthandler dump to land in the rank's log
-_BLOCKED_POLL = 0.002  # while a signal waits for its target to block in a system call
 
 
 @dataclass(eq=False)
 class _Slot:
     rank: int
     state: str = "waiting"  # waiting → running → done, or missing
-    conn: Any = None
-    proc: Any = None
-    thread: threading.Thread | None = None
-    store: Store | None = None
+    handle: Handle | None = None  # once started: the launcher's handle on it
     started: float = 0.0
     reply: Finished | None = None
     points: list[str] = field(default_factory=list)
@@ -86,7 +78,6 @@ class _Slot:
     where: str = ""
     why_missing: str = ""
     log_path: str = ""
-    control_fd: int = -1  # the rank's end of its pipe, numbered as in the rank's process
     asking: bool = False  # it sent a point or an await and reads its pipe for the answer
 
 
@@ -107,6 +98,11 @@ def run_world(
     log_dir: str | None = None,
     start_method: str = "fork",
     history: bool = False,
+    launcher: Launcher | None = None,
+    hosts: Sequence[Host] | None = None,
+    placement: Placement = "spread",
+    connect: Callable[[Host], Agent] | None = None,
+    store_ports: Sequence[int] = (),
 ) -> WorldResult:
     """Run ``fn(ctx)`` on ``world_size`` ranks, each with its own store from ``open_store()``.
 
@@ -116,8 +112,13 @@ def run_world(
     seconds: ``time_limit`` bounds the whole world, ``rank_budget`` each rank from its start,
     ``op_timeout`` every store operation; ``tags`` names more ``AnyRank`` tags to resolve from
     the seed (``ctx.rank_of(tag)``).  ``history`` records every store operation of every rank
-    (``WorldResult.history``, see :mod:`.history`).  Raises ``ValueError`` for a bad argument,
-    naming it.
+    (``WorldResult.history``, see :mod:`.history`).  ``launcher`` says where ranks run (default:
+    this machine, :class:`~.launch.LocalLauncher`; the world closes it).  ``hosts``: run the
+    ranks on these hosts instead (``placement``: ``"spread"``, ``"pack"`` or ``{rank: host}``),
+    through agents from ``connect(host)`` (kept by the caller) or connected for this world;
+    ``store_ports`` are the store's data ports, which host-level network faults match.
+    Raises ``ValueError`` for a bad argument, naming it, and ``HostError`` for a host that
+    cannot be reached.
     """
     if not isinstance(world_size, int) or isinstance(world_size, bool) or world_size < 1:
         raise ValueError(f"world_size must be an int >= 1, got {world_size!r}")
@@ -133,15 +134,23 @@ def run_world(
         raise ValueError("signal faults need process ranks (a signal cannot target a thread)")
     own_dir = log_dir is None
     logs = tempfile.mkdtemp(prefix="storeharness-logs-") if log_dir is None else log_dir
+    controls = controls or _NoControls()
+    if hosts and launcher is None:
+        if workers != "process":
+            raise ValueError("ranks on hosts are processes: workers must be 'process'")
+        where = place(world_size, hosts, placement)
+        launcher = remote_launcher(hosts, where, connect, store_ports)
+    if launcher is None:
+        mp = multiprocess.get_context(start_method) if workers == "process" else None
+        launcher = LocalLauncher(mp, controls.inherited_fds)
     try:
-        world = _World(fn, world_size, open_store, workers, time_limit, fixed, plan, seed, logs)
+        world = _World(fn, world_size, open_store, launcher, time_limit, fixed, plan, seed, logs)
         world.rank_budget, world.op_timeout, world.tags = rank_budget, op_timeout, picked
-        world.controls = controls or _NoControls()
+        world.controls = controls
         world.history = history
-        if workers == "process":
-            world.mp = multiprocess.get_context(start_method)
         return world.run()
     finally:
+        launcher.close()
         if own_dir:
             shutil.rmtree(logs, ignore_errors=True)
 
@@ -152,29 +161,31 @@ class _World:
         fn: RankFn,
         n: int,
         open_store: Callable[[], Store],
-        workers: str,
+        launcher: Launcher,
         time_limit: float,
         fixed: bool,
         plan: tuple[F.Fault, ...],
         seed: int,
         log_dir: str,
     ) -> None:
-        self.fn, self.open_store, self.workers = fn, open_store, workers
+        self.fn, self.open_store, self.launcher = fn, open_store, launcher
         self.time_limit, self.fixed, self.plan, self.seed = time_limit, fixed, plan, seed
         self.n = n
         self.slots = [_Slot(r, log_path=os.path.join(log_dir, f"rank-{r}.log")) for r in range(n)]
         self.rank_budget: float | None = None
         self.op_timeout: float | None = None
         self.controls: Controls = _NoControls()
-        self.mp: Any = None  # the multiprocess context, for process ranks
         self.token = uuid.uuid4().hex[:12]
         self.events: list[Event] = []
         self.awaiting: list[tuple[_Slot, int, str]] = []
         self.ending: list[tuple[_Slot, int]] = []  # (waiter, the rank whose end it awaits)
         self.blocked_signals: list[tuple[int, F.Signal, _Slot]] = []
+        self.armed: set[int] = set()  # plan indices of held signals the launcher was given
+        self.poll_again: float | None = None  # when the launcher wants polling again
         self.fired: set[int] = set()  # indices into the plan of the faults that took effect
         self.tags: dict[str, int] = {}  # AnyRank tag -> the rank the plan picked
         self.selector = selectors.DefaultSelector()
+        launcher.bind(self._register, self.selector.unregister)
         self.t0 = 0.0
         self.t0_ns = 0
         self.history = False  # record each rank's store operations into rank-N.history
@@ -200,10 +211,7 @@ class _World:
                     self._stop([s for s in self.slots if s.state == "running"], "world time limit")
                     break
                 wake = min([deadline, *self._budget_deadlines()])
-                if self.blocked_signals:
-                    wake = min(wake, now + _BLOCKED_POLL)
-                for key, _ in self.selector.select(max(0.0, wake - now)):
-                    self._receive(key.data)
+                self._pump(max(0.0, wake - now))
                 self._deliver_blocked()
                 self._enforce_budgets()
         finally:
@@ -220,6 +228,7 @@ class _World:
             frozenset(self.fired),
             tuple(sorted(self.tags.items())),
             self._history(),
+            self.launcher.clocks(),
         )
 
     def _history(self) -> History | None:
@@ -229,6 +238,24 @@ class _World:
         files = [(s.rank, _history_file(s)) for s in self.slots]
         events = [(self.t0_ns + int(e.at * 1e9), e.text) for e in self.events]
         return load_history(files, self.t0_ns, events)
+
+    def _register(self, fileobj: Any, reader: Reader) -> None:
+        self.selector.register(fileobj, selectors.EVENT_READ, reader)
+
+    def _pump(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` s, less while the launcher polls) for the selector, deliver
+        what arrived, then what the launcher's polled work produced."""
+        if self.poll_again is not None:
+            timeout = min(timeout, self.poll_again)
+        for key, _ in self.selector.select(timeout):
+            for rank, msg in key.data():
+                self._deliver(rank, msg)
+        self._poll()
+
+    def _poll(self) -> None:
+        done, self.poll_again = self.launcher.poll()
+        for rank, msg in done:
+            self._deliver(rank, msg)
 
     def _running(self) -> bool:
         return any(s.state == "running" for s in self.slots)
@@ -257,46 +284,13 @@ class _World:
     # ------------------------------------------------------------------------- launching
 
     def _launch(self, slot: _Slot) -> None:
-        world_size = self.n if self.fixed else None
         slot.started = time.monotonic()
         slot.state = "running"
-        if self.mp is not None:
-            ours, theirs = self.mp.Pipe(duplex=True)
-            inherited = [s.conn.fileno() for s in self.slots if s.conn and not s.conn.closed]
-            inherited += [ours.fileno(), *self.controls.inherited_fds()]
-            args = (
-                theirs, self.fn, self.open_store, slot.rank, world_size, slot.log_path,
-                self.token, self.seed, self.op_timeout, inherited, os.getpid(), self.tags,
-                _history_file(slot) if self.history else None,
-            )  # fmt: skip
-            proc = self.mp.Process(target=process_main, args=args, name=f"rank-{slot.rank}")
-            # A forked child must not garbage-collect what it inherited (objects whose threads
-            # did not survive the fork can crash when collected): freeze it first.
-            gc.freeze()
-            try:
-                proc.start()
-            finally:
-                gc.unfreeze()
-            theirs.close()
-            slot.proc = proc
-        else:
-            ours, theirs = multiprocess.Pipe(duplex=True)
-            log = rank_logger(slot.rank, slot.log_path, self.token)
-
-            def main() -> None:
-                try:
-                    run_rank(
-                        theirs, self.fn, self.open_store, slot.rank, world_size, log,
-                        self.seed, self.op_timeout, on_open=lambda s: setattr(slot, "store", s),
-                        tags=self.tags, history=_history_file(slot) if self.history else None,
-                    )  # fmt: skip
-                finally:
-                    release_logger(log)
-
-            slot.thread = threading.Thread(target=main, name=f"rank-{slot.rank}", daemon=True)
-            slot.thread.start()
-        slot.conn = ours
-        self.selector.register(ours, selectors.EVENT_READ, slot)
+        spec = RankSpec(
+            slot.rank, self.fn, self.open_store, self.n if self.fixed else None, slot.log_path,
+            self.token, self.seed, self.op_timeout, self.tags, self.history,
+        )  # fmt: skip
+        slot.handle = self.launcher.start(spec)
 
     def _late_trigger(self, slot: _Slot) -> str:
         for fault in self.plan:
@@ -306,15 +300,13 @@ class _World:
 
     # -------------------------------------------------------------------------- messages
 
-    def _receive(self, slot: _Slot) -> None:
-        try:
-            msg = slot.conn.recv()
-        except (EOFError, OSError):
-            self._finish(slot)
-            return
+    def _deliver(self, rank: int, msg: Arrival) -> None:
+        slot = self.slots[rank]
         match msg:
-            case PipeFd(fd):
-                slot.control_fd = fd
+            case None:  # its pipe closed
+                self._finish(slot)
+            case Signalled(sig, how):
+                self._signalled(slot, sig, how)
             case AtPoint(name):
                 slot.asking = True
                 self._reached(slot, name)
@@ -330,11 +322,10 @@ class _World:
                 raise TypeError(f"rank {slot.rank} sent {msg!r}, which is not a rank message")
 
     def _reply(self, slot: _Slot, msg: RunnerMessage) -> None:
-        if slot.state != "running":
+        if slot.state != "running" or slot.handle is None:
             return
         slot.asking = False
-        with contextlib.suppress(OSError):  # it died (perhaps by our own fault); EOF is next
-            slot.conn.send(msg)
+        slot.handle.send(msg)
 
     def _reached(self, slot: _Slot, name: str) -> None:
         slot.points.append(name)
@@ -372,11 +363,11 @@ class _World:
             self.ending.append((slot, rank))
 
     def _finish(self, slot: _Slot) -> None:
-        self.selector.unregister(slot.conn)
-        slot.conn.close()
+        assert slot.handle is not None
+        slot.handle.close()
         slot.state = "done"
-        if slot.reply is None and slot.proc is not None:
-            slot.proc.join(5)  # it closed its pipe without a result: it is dying; get its code
+        if slot.reply is None:
+            slot.handle.reap(5)  # it closed its pipe without a result: it is dying; get its code
         for waiter, _, name in [w for w in self.awaiting if w[1] == slot.rank]:
             self.awaiting.remove((waiter, slot.rank, name))
             self._reply(waiter, Never(f"rank {slot.rank} ended without reaching {name!r}"))
@@ -413,44 +404,61 @@ class _World:
             self._event(EventKind.SERVER, self.controls.restart_server())
         elif isinstance(fault, F.PROXY_FAULTS):
             self._event(EventKind.NETWORK, self.controls.network(fault))
+        elif isinstance(fault, F.HOST_FAULTS):  # between hosts: nftables/tc on the hosts
+            try:
+                self._event(EventKind.NETWORK, self.launcher.host_fault(fault))
+            except (HostError, ValueError) as exc:  # not applied: it never fires, and says why
+                self._event(EventKind.NETWORK, f"{F.describe(fault)} not applied: {exc}")
+                return
         else:
             return
         self.fired.add(index)
 
     def _signal(self, slot: _Slot, sig: signal.Signals, how: str) -> bool:
         """Send ``sig`` to a running rank; whether it was sent."""
-        if slot.state != "running" or slot.proc is None:
+        if slot.state != "running" or slot.handle is None or not slot.handle.signalable:
             text = f"{sig.name} to rank {slot.rank} not sent: the rank is {slot.state}"
             self._event(EventKind.SIGNAL, text, slot)
             return False
-        try:
-            os.kill(slot.proc.pid, sig)
-        except ProcessLookupError:
+        if not slot.handle.signal(sig):
             text = f"{sig.name} to rank {slot.rank} not sent: its process is gone"
             self._event(EventKind.SIGNAL, text, slot)
             return False
+        self._sent(slot, sig, how)
+        return True
+
+    def _sent(self, slot: _Slot, sig: signal.Signals, how: str) -> None:
         self._event(EventKind.SIGNAL, f"{sig.name} sent to rank {slot.rank}{how}", slot)
         # The signal is pending on the rank now: others may act on it (F.Signal.sent).
         slot.points.append(F.sent(sig))
         self._wake_awaiting(slot, F.sent(sig))
-        return True
+
+    def _signalled(self, slot: _Slot, sig: signal.Signals, how: str) -> None:
+        """The launcher sent a signal armed for when ``slot`` blocked (the first held for it)."""
+        held = next(h for h in self.blocked_signals if h[2] is slot)
+        self.blocked_signals.remove(held)
+        self.armed.discard(held[0])
+        self.fired.add(held[0])
+        self._sent(slot, sig, how)
 
     def _deliver_blocked(self) -> None:
         """Send each held signal that may go now: the first held for its rank, and (if it
-        waits for one) once the rank is blocked in a system call."""
+        waits for one) arm it with the launcher, which sends it once the rank blocks in a
+        system call (checked where the rank runs)."""
         for held in list(self.blocked_signals):
             index, fault, slot = held
+            if held not in self.blocked_signals:
+                continue  # sent meanwhile (an armed one, by the poll below)
             if next(h for h in self.blocked_signals if h[2] is slot) is not held:
                 continue  # an earlier signal to this rank is still held
-            if not fault.blocked:
-                how = " (after the signal held before it)"
-            else:
-                syscall = I.blocked_in(slot.proc.pid, slot.control_fd) if slot.proc else None
-                if syscall is None:
-                    continue
-                how = f" while blocked in system call {syscall}"
+            if fault.blocked:
+                if index not in self.armed and slot.handle is not None and slot.handle.signalable:
+                    self.armed.add(index)
+                    slot.handle.arm(fault.sig)
+                    self._poll()  # it may be blocked already (re-enters only to deliver)
+                continue
             self.blocked_signals.remove(held)
-            if self._signal(slot, fault.sig, how):
+            if self._signal(slot, fault.sig, " (after the signal held before it)"):
                 self.fired.add(index)
 
     # ------------------------------------------------------------------- stopping ranks
@@ -471,16 +479,9 @@ class _World:
 
     def _collect_stacks(self, stuck: list[_Slot]) -> None:
         """Where each rank is stuck: a faulthandler dump from a process, the frames of a thread."""
-        procs = [s for s in stuck if s.proc is not None]
-        sizes = {s.rank: I.size(s.log_path) for s in procs}
-        for slot in procs:
-            I.kill(slot.proc.pid, DUMP_SIGNAL)
+        found = self.launcher.stacks([s.handle for s in stuck if s.handle], _DUMP_TIMEOUT)
         for slot in stuck:
-            if slot.thread is not None:
-                slot.where = I.thread_stack(slot.thread, slot.rank, slot.log_path)
-        I.wait_for_dumps({s.log_path: sizes[s.rank] for s in procs}, _DUMP_TIMEOUT)
-        for slot in procs:
-            slot.where = I.where(I.read_from(slot.log_path, sizes[slot.rank]))
+            slot.where = found.get(slot.rank, "")
 
     def _escalate(self, stuck: list[_Slot]) -> None:
         """The stop ladder: stop message, SIGTERM, SIGKILL, reading every pipe after each."""
@@ -494,19 +495,17 @@ class _World:
     def _send_stop(self, slots: list[_Slot]) -> list[_Slot]:
         """Send the stop message, take thread ranks' stores away; return who can act on it."""
         # Only a rank reading its pipe for an answer, or a thread whose store we close, can.
-        listening = [s for s in slots if s.asking or s.thread is not None]
+        listening = [s for s in slots if s.asking or (s.handle and s.handle.is_thread)]
         for slot in slots:
             self._reply(slot, Stop())
-            if slot.store is not None:  # a thread cannot be killed: take its store away
-                with contextlib.suppress(Exception):
-                    slot.store.close()
+            if slot.handle is not None:  # a thread cannot be killed: take its store away
+                slot.handle.close_store()
         return listening
 
     def _send_signal(self, sig: signal.Signals, slots: list[_Slot]) -> list[_Slot]:
         """Signal the process ranks among ``slots`` (threads cannot be signalled); return them."""
-        procs = [s for s in slots if s.proc is not None]
-        for slot in procs:
-            I.kill(slot.proc.pid, sig)
+        procs = [s for s in slots if s.handle is not None and s.handle.signalable]
+        self.launcher.signal_all([s.handle for s in procs if s.handle], sig)
         if procs:
             text = f"{sig.name} sent to rank(s) {', '.join(str(s.rank) for s in procs)}"
             self._event(EventKind.ESCALATED, text, procs[0] if len(procs) == 1 else None)
@@ -515,12 +514,10 @@ class _World:
     def _abandon_threads(self, stuck: list[_Slot]) -> None:
         """Give each thread rank still running a last bounded join, then stop tracking it."""
         for slot in stuck:
-            if slot.state == "running" and slot.thread is not None:
-                slot.thread.join(_STOP_TIMEOUT)
-                if slot.thread.is_alive():
+            if slot.state == "running" and slot.handle is not None and slot.handle.is_thread:
+                if slot.handle.abandon(_STOP_TIMEOUT):
                     slot.timed_out += "; the thread is still blocked (threads cannot be killed)"
-                self.selector.unregister(slot.conn)
-                slot.conn.close()
+                slot.handle.close()
                 slot.state = "done"
 
     def _drain(self, slots: list[_Slot], timeout: float) -> None:
@@ -530,42 +527,30 @@ class _World:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            for key, _ in self.selector.select(left):
-                self._receive(key.data)
+            self._pump(left)
 
     def _teardown(self) -> None:
+        running = []
         for slot in self.slots:
             if slot.state == "running":  # only on an exception out of the loop
                 slot.timed_out = slot.timed_out or "the runner was interrupted"
-                if slot.proc is not None:
-                    I.kill(slot.proc.pid, signal.SIGKILL)
-        joins_deadline = time.monotonic() + 2.0  # one bound for all threads, however many
-        for slot in self.slots:
-            if slot.thread is not None:  # past its pipe's end it only releases its logger
-                slot.thread.join(max(0.0, joins_deadline - time.monotonic()))
-            if slot.proc is not None:
-                slot.proc.join(2)
-                if slot.proc.is_alive():
-                    slot.proc.kill()
-                    slot.proc.join(5)
-            if slot.conn is not None and not slot.conn.closed:
-                with contextlib.suppress(KeyError, ValueError):
-                    self.selector.unregister(slot.conn)
-                slot.conn.close()
-            if slot.state == "running":
+                running.append(slot.handle)
                 slot.state = "done"
-        self.selector.close()
+        handles = [s.handle for s in self.slots if s.handle is not None]
+        try:
+            self.launcher.teardown(handles, [h for h in running if h is not None])
+        finally:
+            self.selector.close()
 
     # --------------------------------------------------------------------------- results
 
     def _result(self, slot: _Slot) -> RankResult:
-        pid = slot.proc.pid if slot.proc is not None else None
-        exitcode = slot.proc.exitcode if slot.proc is not None else None
+        handle = slot.handle
         common: dict[str, Any] = {
             "points": tuple(slot.points),
-            "pid": pid,
-            "exitcode": exitcode,
-            "log": I.tail(slot.log_path),
+            "pid": handle.pid if handle is not None else None,
+            "exitcode": handle.exitcode() if handle is not None else None,
+            "log": handle.log_tail() if handle is not None else "",
         }
         if slot.state == "missing":
             return RankResult(slot.rank, Fate.MISSING, error=slot.why_missing, **common)
@@ -590,7 +575,9 @@ class _World:
 
 
 def _history_file(slot: _Slot) -> str:
-    """Where a rank records its operations: beside its log."""
+    """Where a rank's recorded operations are, here (fetched from its host if need be)."""
+    if slot.handle is not None:
+        return slot.handle.history_file()
     return slot.log_path.removesuffix(".log") + ".history"
 
 

@@ -26,7 +26,7 @@ from ...stores._types import as_key, as_keys, as_value
 from ...stores.conformance._model import QUEUE_EMPTY, VALUE_ERROR
 from ._ops import TIMEOUT, UNKNOWN, History, Op
 
-__all__ = ["Recorder", "RecordingStore", "load"]
+__all__ = ["Recorder", "RecordingStore", "load", "rebase"]
 
 _LEN = struct.Struct("<I")
 _INITIAL = 1 << 20
@@ -101,6 +101,27 @@ def read_file(path: str | os.PathLike[str], rank: int) -> list[Op]:
             ret = None
         ops.append(Op(seq, rank, client, name, keys, args, call, ret, result, error))
     return ops
+
+
+def rebase(data: bytes, shift_ns: int, widen_ns: int = 0) -> bytes:
+    """A history file's bytes moved onto another clock: every time minus ``shift_ns`` (the
+    recording host's clock minus ours), each operation widened by ``widen_ns`` on both sides
+    (the clocks' uncertainty), so no order the clocks cannot tell is taken as known."""
+    out = bytearray()
+    pos = 0
+    while pos + 4 <= len(data):
+        (size,) = _LEN.unpack_from(data, pos)
+        if size == 0 or pos + 4 + size > len(data):
+            break
+        record = pickle.loads(data[pos + 4 : pos + 4 + size])
+        pos += 4 + size
+        if len(record) == 6:  # an invocation: (seq, client, name, keys, args, at)
+            record = (*record[:5], record[5] - shift_ns - widen_ns)
+        else:  # a completion: (seq, at, result, error)
+            record = (record[0], record[1] - shift_ns + widen_ns, *record[2:])
+        blob = _DUMPS(record, 5)
+        out += _LEN.pack(len(blob)) + blob
+    return bytes(out + _LEN.pack(0))
 
 
 def load(

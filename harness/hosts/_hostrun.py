@@ -18,6 +18,7 @@ import os
 import shutil
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from . import _hostnet, _hostprocs
@@ -36,6 +37,9 @@ class RunOnHost:
         self.run, self.host = run, host
         self.net = _hostnet.HostNet(run, address)
         self.workdir = _hostprocs.claim(run, host)
+        #: More pids of the run here that carry no tag: ranks the agent forks (a fork keeps
+        #: the agent's own environment, which ``/proc/PID/environ`` shows).
+        self.also: Callable[[], list[int]] = list
 
     def env(self) -> dict[str, str]:
         """The environment of a process this agent starts: ours plus the run tag."""
@@ -47,7 +51,7 @@ class RunOnHost:
             if msg[0] == "net":
                 return self._net(str(msg[1]), dict(msg[2]) if len(msg) > 2 else {})
             if msg[0] == "procs":
-                pids = _hostprocs.run_pids(self.run, self.host)
+                pids = sorted({*_hostprocs.run_pids(self.run, self.host), *self.also()})
                 if msg[1] == "list":
                     return pids
                 if msg[1] == "signal" and msg[2] in _SIGNALS:
@@ -82,7 +86,8 @@ class RunOnHost:
     def teardown(self) -> None:
         """Kill the run's processes here, remove its network faults and workdir (best effort:
         each step runs even when one before it failed, and failures go to stderr)."""
-        _hostprocs.signal_pids(_hostprocs.run_pids(self.run, self.host), signal.SIGKILL)
+        pids = {*_hostprocs.run_pids(self.run, self.host), *self.also()}
+        _hostprocs.signal_pids(sorted(pids), signal.SIGKILL)
         try:
             self.net.heal()
         except _hostnet.NetError as exc:

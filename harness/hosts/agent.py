@@ -9,11 +9,19 @@ it to import this module (the storeharness *installed on that host*) and call :f
 
 - ``("probe",)``: tools and privileges (:func:`probe`);
 - ``("time",)``: this host's ``time.time()``, for the controller's clock offset and round trip;
+- ``("monotonic",)``: this host's ``time.monotonic()``, to map its ranks' timestamps;
 - ``("spawn", argv)``: start a process the agent owns, with the run tag in its environment
   (``STOREHARNESS_RUN``, ``STOREHARNESS_HOST``: how ``hosts clean`` finds it later); replies
   its pid;
 - ``("net", ...)``, ``("procs", ...)``, ``("clean",)``: the run's network faults and
-  processes on this host, and cleaning up after interrupted runs (:mod:`._hostrun`);
+  processes on this host (ranks and servers included), and cleaning up after interrupted
+  runs (:mod:`._hostrun`);
+- ``("world-open", token, channel, modules)``: host ranks of world ``token`` (:mod:`._ranks`),
+  their traffic on ``channel``; ``modules`` are scenario sources to import first;
+- ``("rank-start" | "rank-signal" | "rank-stacks" | "rank-reap" | "rank-files", token, ...)``:
+  per-rank work of that world (:class:`._ranks.RankHost`); ``("world-close", token, kill)``;
+- ``("server-start" | "server-kill" | "server-restart" | "server-mark" | "server-stop", ...)``:
+  a store server on this host's data address (:class:`._servers.ServerHost`);
 - ``("close",)``: tear down and reply ``"closed"``.
 
 An error is answered as ``("error", text)``.
@@ -120,21 +128,40 @@ def probe() -> dict[str, Any]:
 
 
 class _Owned:
-    """The processes this agent started, killed by pid at teardown."""
+    """The processes and worlds this agent started, killed by pid at teardown."""
 
     def __init__(self, env: dict[str, str]) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.env = env
+        self.worlds: dict[str, Any] = {}  # token -> _ranks.RankHost
+        self.servers: Any = None  # _servers.ServerHost, once a server was asked for
+
+    def pids(self) -> list[int]:
+        """Every live process this agent started: spawned ones (servers too) and world ranks."""
+        live = [p.pid for p in self.procs if p.poll() is None]
+        for world in self.worlds.values():
+            live += [r.pid for r in world.ranks.values() if r.proc.exitcode is None]
+        return live
 
     def spawn(self, argv: list[str]) -> int:
+        return self.popen(argv).pid
+
+    def popen(
+        self, argv: list[str], pass_fds: tuple[int, ...] = (), stdin: int = subprocess.DEVNULL
+    ) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent, close_fds=True,
+            argv, stdin=stdin, preexec_fn=_die_with_parent, close_fds=True, pass_fds=pass_fds,
             env=self.env,
         )  # fmt: skip
         self.procs.append(proc)
-        return proc.pid
+        return proc
 
     def teardown(self) -> None:
+        if self.servers is not None:
+            self.servers.close()
+        for token, world in list(self.worlds.items()):
+            world.close(list(world.ranks))
+            del self.worlds[token]
         for proc in self.procs:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
@@ -142,6 +169,48 @@ class _Owned:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(5)
         self.procs.clear()
+
+
+def _world_request(owned: _Owned, msg: tuple[Any, ...]) -> Any:
+    """A request about a world's ranks; an ``("error", text)`` reply when it fails."""
+    kind, token, args = msg[0], msg[1], msg[2:]
+    try:
+        if kind == "world-open":
+            from ._ranks import RankHost
+
+            world = owned.worlds[token] = RankHost(token, *args)
+            return world.dir
+        world = owned.worlds[token]
+        if kind == "world-close":
+            world.close(*args)
+            del owned.worlds[token]
+            return "closed"
+        method = {"rank-start": world.start, "rank-signal": world.signal,
+                  "rank-stacks": world.stacks, "rank-reap": world.reap,
+                  "rank-files": world.files}[kind]  # fmt: skip
+        return method(*args)
+    except Exception as exc:
+        import traceback
+
+        return ("error", f"{kind} for world {token} failed on pid {os.getpid()}: "
+                f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")  # fmt: skip
+
+
+def _server_request(owned: _Owned, msg: tuple[Any, ...]) -> Any:
+    """A request about a store server on this host (:mod:`._servers`)."""
+    kind, args = msg[0], msg[1:]
+    try:
+        if owned.servers is None:
+            from ._servers import ServerHost
+
+            owned.servers = ServerHost(owned.popen)
+        servers = owned.servers
+        method = {"server-start": servers.start, "server-kill": servers.kill,
+                  "server-restart": servers.restart, "server-mark": servers.mark,
+                  "server-stop": servers.stop}[kind]  # fmt: skip
+        return method(*args)
+    except Exception as exc:
+        return ("error", f"{kind} failed on pid {os.getpid()}: {type(exc).__name__}: {exc}")
 
 
 def serve(channel: Any, lease: float, ident: dict[str, str] | None = None) -> None:
@@ -154,6 +223,7 @@ def serve(channel: Any, lease: float, ident: dict[str, str] | None = None) -> No
     run = RunOnHost(ident.get("run") or secrets.token_hex(4), ident.get("host") or "local",
                     ident.get("address") or "127.0.0.1")  # fmt: skip
     owned = _Owned(run.env())
+    run.also = owned.pids
     channel.send(("ready", os.getpid()))
     try:
         while True:
@@ -172,10 +242,16 @@ def serve(channel: Any, lease: float, ident: dict[str, str] | None = None) -> No
                 channel.send(time.time())
             elif kind == "probe":
                 channel.send(probe())
+            elif kind == "monotonic":
+                channel.send(time.monotonic())
             elif kind == "spawn":
                 channel.send(owned.spawn(list(msg[1])))
             elif kind in KINDS:
                 channel.send(run.handle(msg))
+            elif kind.startswith(("world-", "rank-")):
+                channel.send(_world_request(owned, msg))
+            elif kind.startswith("server-"):
+                channel.send(_server_request(owned, msg))
             elif kind == "close":
                 owned.teardown()
                 run.teardown()

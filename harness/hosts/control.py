@@ -126,18 +126,29 @@ class Agent:
             raise HostError(f"host {self.host.name}: {reply[1]}")
         return reply
 
-    def clock(self, samples: int = _CLOCK_SAMPLES) -> tuple[float, float]:
-        """``(offset, rtt)``: the host's clock minus ours, from the fastest of ``samples``."""
+    def clock(
+        self, samples: int = _CLOCK_SAMPLES, *, monotonic: bool = False
+    ) -> tuple[float, float]:
+        """``(offset, rtt)``: the host's clock minus ours, from the fastest of ``samples``.
+
+        ``monotonic``: compare ``time.monotonic()`` clocks (what ranks stamp operations with)
+        instead of wall clocks.
+        """
+        now, kind = (time.monotonic, "monotonic") if monotonic else (time.time, "time")
         best: tuple[float, float] | None = None
         for _ in range(samples):
-            t0 = time.time()
-            remote = float(self.request("time"))
-            t1 = time.time()
+            t0 = now()
+            remote = float(self.request(kind))
+            t1 = now()
             rtt = t1 - t0
             if best is None or rtt < best[1]:
                 best = (remote - (t0 + t1) / 2, rtt)
         assert best is not None
         return best
+
+    def open_channel(self) -> Any:
+        """A new execnet channel to this agent's interpreter (sent to it in a request)."""
+        return self._channel.gateway.newchannel()
 
     def close(self) -> None:
         """Ask the agent to tear down, stop the heartbeat and close the gateway; idempotent."""

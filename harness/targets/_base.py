@@ -60,6 +60,9 @@ class TargetSpec:
     server: bool = False  # a server process that faults can kill and restart
     network: bool = False  # ranks can reach it through the fault proxy
     kind: str = "ours"
+    #: Ranks on several hosts can share it (a store reached over the network).  A file store
+    #: could only with a directory every host shares, which the harness cannot declare yet.
+    spans_hosts: bool = False
 
     def lacks(self, needs: frozenset[Capability]) -> frozenset[Capability]:
         """Which of ``needs`` this target does not offer."""
@@ -97,6 +100,21 @@ class Target(abc.ABC):
         Raises ``ValueError`` when the target cannot take the proxy, and :class:`StoreError`
         when its store cannot start.
         """
+
+    def start_on(
+        self, agent: Any, workdir: Path, *, timeout: float, prefix: str | None = None
+    ) -> Endpoint:
+        """Bring up a live store for a world that spans hosts, on ``agent``'s host (the one
+        with the ``store`` role), reachable at its data-plane address from the others.
+
+        Raises ``ValueError`` when this target cannot do that (yet), naming why.
+        """
+        if not self.spec.spans_hosts:
+            raise ValueError(f"store {self.spec.name!r} cannot span hosts")
+        raise ValueError(
+            f"store {self.spec.name!r} can span hosts, but starting its server on a host through "
+            "the agent is not built yet (our tcp, tcp-pure and prefix are)"
+        )
 
     def backend(self, workdir: Path) -> Backend:
         """The conformance suite's view: a fresh, empty store per case, and peers on it.

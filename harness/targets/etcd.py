@@ -78,6 +78,7 @@ class EtcdTarget(Target):
             {Capability.QUEUES, Capability.LIST_KEYS, Capability.CROSS_PROCESS,
              Capability.ADD_ERRORS, Capability.CAS_WAKES}
         ),
+        spans_hosts=True,
     )  # fmt: skip
 
     def unavailable(self) -> str | None:

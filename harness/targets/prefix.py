@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ...stores import PrefixStore, Store
 from ...stores.conformance import Backend
@@ -32,6 +33,7 @@ class PrefixTarget(Target):
             server=base.spec.server,
             network=base.spec.network,
             kind=base.spec.kind,
+            spans_hosts=base.spec.spans_hosts,
         )
 
     def unavailable(self) -> str | None:
@@ -42,6 +44,14 @@ class PrefixTarget(Target):
     ) -> Endpoint:
         inner = self.prefix if prefix is None else f"{prefix}/{self.prefix}"
         endpoint = self.base.start(workdir, timeout=timeout, proxy=proxy, prefix=inner)
+        endpoint.spec = self.spec
+        return endpoint
+
+    def start_on(
+        self, agent: Any, workdir: Path, *, timeout: float, prefix: str | None = None
+    ) -> Endpoint:
+        inner = self.prefix if prefix is None else f"{prefix}/{self.prefix}"
+        endpoint = self.base.start_on(agent, workdir, timeout=timeout, prefix=inner)
         endpoint.spec = self.spec
         return endpoint
 

@@ -13,7 +13,7 @@ import functools
 import socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from ...stores import Capability, Store, TCPStore
 from ...stores._process import Child
@@ -87,8 +87,12 @@ class ServerTarget(Target):
         client: Client,
         conformance: tuple[Fresh, Peer] | None = None,
         unavailable: Callable[[], str | None] = lambda: None,
+        hosted: str | None = None,
     ) -> None:
+        """``hosted``: our standalone server's ``--accelerate`` when a world spans hosts
+        (``None``: the server is not ours, so it cannot be started on a host yet)."""
         self.spec, self.serve, self.client = spec, serve, client
+        self.hosted = hosted
         self._conformance = conformance
         self._unavailable = unavailable
 
@@ -99,6 +103,15 @@ class ServerTarget(Target):
         self, workdir: Path, *, timeout: float, proxy: bool = False, prefix: str | None = None
     ) -> Endpoint:
         return ServerEndpoint(self, workdir, timeout=timeout, proxy=proxy, prefix=prefix)
+
+    def start_on(
+        self, agent: Any, workdir: Path, *, timeout: float, prefix: str | None = None
+    ) -> Endpoint:
+        if self.hosted is None:
+            return super().start_on(agent, workdir, timeout=timeout, prefix=prefix)
+        from .hosted import HostedServerEndpoint
+
+        return HostedServerEndpoint(self, agent, workdir, timeout=timeout, prefix=prefix)
 
     def backend(self, workdir: Path) -> Backend:
         if self._conformance is None:
@@ -202,10 +215,11 @@ def tcp_targets() -> list[ServerTarget]:
     return [
         ServerTarget(
             TargetSpec(name, help, ("process", "thread"), OUR_TCP_CAPABILITIES, server=True,
-                       network=True),
+                       network=True, spans_hosts=True),
             functools.partial(forked_server, accelerate=accelerate),
             functools.partial(our_tcp_client, accelerate=accelerate),
             (functools.partial(_our_master, accelerate), functools.partial(_our_peer, accelerate)),
+            hosted="auto" if accelerate is None else "no",
         )
         for name, accelerate, help in kinds
     ]  # fmt: skip

@@ -160,7 +160,7 @@ def torch_targets() -> list[LocalTarget | ServerTarget]:
         ServerTarget(
             TargetSpec("torch-tcp", "torch's libuv TCPStore server and client (needs torch)",
                        ("process", "thread"), TCP_CAPABILITIES, server=True, network=True,
-                       kind="torch"),
+                       kind="torch", spans_hosts=True),
             torch_server, _torch_client, unavailable=torch_missing,
         ),
         LocalTarget(
