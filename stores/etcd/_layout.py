@@ -6,8 +6,8 @@ Under the run's root ``R`` (``<prefix>/``):
   queues or bookkeeping);
 * ``R q/<hex(name)>/<time_ns>-<uuid>``: one key per queue item, ordered by create revision (hex
   keeps a ``/`` in a queue name from colliding with item ids);
-* ``R m/lease``: the run lease's id; ``R m/op/<client>``: the last write of one client thread,
-  which settles whether a retried ``add``/``append``/``queue_pop`` already applied.
+* ``R m/lease``: the run lease's id; ``R m/op/<client>-<thread>``: the number of the last
+  write of one client thread, which settles whether a resent write already applied.
 """
 
 from __future__ import annotations
