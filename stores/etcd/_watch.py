@@ -5,10 +5,12 @@ every instant together, so a write between them is never missed, and nothing pol
 watch is cancelled because ``R + 1`` was compacted away, or its stream breaks, the call re-reads
 (covering the gap) and watches again from the new revision.
 
-A watch created while etcd was still at ``R`` (the revision it reports at creation) delivers
-every later write at once.  One created later (``R`` moved on meanwhile) is served the writes in
-between by etcd's "unsynced" sweep, every 100 ms: then the caller reads once more instead of
-waiting for the sweep (:meth:`Watch.start` says which case it is).
+A watch created while etcd was still at ``R`` (the revision its ``created`` response reports)
+delivers every later write at once.  One created later (``R`` moved on meanwhile) is served the
+writes in between by etcd's "unsynced" sweep, every 100 ms: then the caller reads once more
+instead of waiting for the sweep (:meth:`Watch.start` says which case it is).  etcd reads that
+revision just before it registers the watch, so a write landing in between (a window of
+microseconds inside etcd) still waits for the sweep: late, never lost.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """EtcdStore's queues: one key per item, FIFO by create revision, popped exactly once.
 
-A push puts a fresh item key (``<time_ns>-<uuid>``, created only if absent): producers never
-contend, and the order is the create revision, i.e. commit order.  A pop deletes the oldest item
-guarded on its ``mod_revision``, so one consumer wins each item; a blocking pop on an empty queue
-watches the queue's range from the revision it read.  Both run inside
+A push puts a fresh item key (``<time_ns>-<uuid>``): producers never contend, and the order is
+the create revision, i.e. commit order.  A pop deletes the oldest item guarded on its
+``mod_revision``, so one consumer wins each item; a blocking pop on an empty queue watches the
+queue's range from the revision it read.  Both run inside
 :meth:`EtcdStore._once`: a push resent after a lost reply is not pushed again (even once a
 consumer took the item), a pop resent after a lost reply returns the item it took.
 """
@@ -58,9 +58,9 @@ class Queues:
         v = as_value(value)
         op = self._op("queue_push", [k])
         item = self._layout.queue(k) + f"{time.time_ns():020d}-{uuid.uuid4().hex}".encode()
-        self._once(op, lambda seq: self.rpc.TxnRequest(
-            compare=[self._compare(item, "CREATE", create_revision=0)],
-            success=[self._put(item, v), self._mark(seq)]))  # fmt: skip
+        # The item key is fresh, and _once keeps a resend from putting it again.
+        self._once(op, lambda seq: self.rpc.TxnRequest(success=[self._put(item, v),
+                                                                 self._mark(seq)]))  # fmt: skip
 
     def queue_len(self, key: KeyLike) -> int:
         k = as_key(key)

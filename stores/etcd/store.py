@@ -192,19 +192,27 @@ class EtcdStore(Writes, Queues, Reads, Store):
 
         ``body`` must put this thread's marker to ``seq`` (:meth:`_mark`) in every branch that
         changes something.  etcd runs ``body`` only while the marker holds an older number, so
-        a resent request that finds ``seq`` there runs nothing.  Returns ``body``'s response, or
-        ``None`` when an earlier attempt of this call applied it (and changed what it changes:
-        the caller knows what that is).  A thread's first write creates its marker first
-        (etcd's value compare fails on a missing key).
+        a resent request that finds ``seq`` there runs nothing.  Returns ``body``'s response
+        (the whole txn's for a body without compares, which is inlined), or ``None`` when an
+        earlier attempt of this call applied it (and changed what it changes: the caller knows
+        what that is).  A thread's first write creates its marker first (etcd's value compare
+        fails on a missing key).
         """
         r, marker, seq = self.rpc, self._marker(), self._next_seq()
+
+        def build() -> Any:
+            txn = body(seq)
+            # A body without compares of its own (set, multi_set, queue_push) is inlined: a
+            # nested txn costs etcd more (measured: a set 15-20 % slower).
+            run = list(txn.success) if not txn.compare else [r.RequestOp(request_txn=txn)]
+            return r.TxnRequest(compare=[self._compare(marker, "VALUE", "LESS", value=seq)],
+                                success=run, failure=[self._range(marker)])  # fmt: skip
+
         while True:
-            resp = self._txn(op, lambda: r.TxnRequest(
-                compare=[self._compare(marker, "VALUE", "LESS", value=seq)],
-                success=[r.RequestOp(request_txn=body(seq))],
-                failure=[self._range(marker)]))  # fmt: skip
+            resp = self._txn(op, build)
             if resp.succeeded:
-                return resp.responses[0].response_txn
+                nested = resp.responses[0].WhichOneof("response") == "response_txn"
+                return resp.responses[0].response_txn if nested else resp
             marks = resp.responses[0].response_range.kvs
             if marks and marks[0].value == seq:  # an earlier attempt applied
                 return None

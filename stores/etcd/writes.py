@@ -22,10 +22,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Writes"]
 
-#: Puts per ``multi_set`` txn: etcd's default ``--max-txn-ops`` (128), less one because etcd
-#: lowers a nested txn's limit by its parent's operation count (:meth:`_once` wraps the body),
-#: less the marker's put.
-MAX_PUTS = 128 - 1 - 1
+#: Puts per ``multi_set`` txn: etcd's default ``--max-txn-ops`` (128), less the marker's put.
+MAX_PUTS = 128 - 1
 
 
 class Writes:
@@ -57,7 +55,7 @@ class Writes:
                                                                  self._mark(seq)]))  # fmt: skip
 
     def multi_set(self, keys: Sequence[KeyLike], values: Sequence[ValueLike]) -> None:
-        """Set every key; all-or-nothing per 126 keys (etcd's txn limit), one revision each."""
+        """Set every key; all-or-nothing per 127 keys (etcd's txn limit), one revision each."""
         names, data = self._pairs(keys, values)
         op = self._op("multi_set", names)
         latest = dict(zip(names, data, strict=True))  # etcd rejects a key twice in one txn
