@@ -203,10 +203,15 @@ class Transport:
                     compacted=Compacted, put_type=self._put_type,
                 )  # fmt: skip
                 self._streams[index] = stream
-        creation = stream.create(key, range_end, start_revision, deliver, self._nodelete)
+        host, port = self.endpoints[index]
+        try:
+            creation = stream.create(key, range_end, start_revision, deliver, self._nodelete)
+        except Transient:
+            raise
+        except Exception as exc:  # the stream broke with another status
+            raise Transient(f"{host}:{port}: watch stream broken: {exc}") from exc
         if not creation.done.acquire(timeout=limit):
             stream.abandon(creation)
-            host, port = self.endpoints[index]
             if by_deadline:
                 raise OutOfTime(f"{host}:{port}: the operation's time ran out creating a watch")
             self._failed(index)
@@ -214,7 +219,6 @@ class Transport:
         if isinstance(creation.error, Transient):
             raise creation.error
         if creation.error is not None:  # refused, or the stream ended with another status
-            host, port = self.endpoints[index]
             raise Transient(f"{host}:{port}: watch not created: {creation.error}")
         watch_id = creation.watch_id
         return (lambda: stream.cancel(watch_id)), creation.revision
