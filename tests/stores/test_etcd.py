@@ -25,7 +25,6 @@ from storeharness.stores import (
     StoreClosed,
     StoreTimeout,
     StoreValueError,
-    rendezvous,
 )
 from storeharness.stores.etcd import EtcdStore, parse_endpoints
 from storeharness.stores.etcd._transport import Transient
@@ -373,31 +372,6 @@ def test_a_handle_inherited_through_fork_opens_its_own_channel(store: EtcdStore)
     store.set("parent", "p")
     assert process_parties(_child_uses_inherited, 2, (None, store)) == [b"p", b"p"]
     assert store.multi_get(["from-0", "from-1"]) == [b"x", b"x"]
-
-
-def test_etcd_rendezvous(store: EtcdStore) -> None:
-    url = f"etcd://{store.endpoints}/{store.prefix}?rank=1&world_size=2"
-    got, rank, size = next(rendezvous(url, timeout=5))
-    try:
-        assert (rank, size) == (1, 2)
-        got.set("via-url", "1")
-        assert store.get("via-url") == b"1"
-    finally:
-        got.close()
-
-
-@pytest.mark.parametrize(
-    ("url", "message"),
-    [
-        ("etcd:///p?rank=0&world_size=1", "endpoints missing"),
-        ("etcd://127.0.0.1:2379?rank=0&world_size=1", "prefix missing"),
-        ("etcd://127.0.0.1:2379/p?world_size=1", "rank parameter missing"),
-        ("etcd://nohostport/p?rank=0&world_size=1", "not host:port"),
-    ],
-)
-def test_etcd_rendezvous_errors(url: str, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        next(rendezvous(url))
 
 
 def test_a_blocked_pop_whose_watch_breaks_looks_again_before_watching(
