@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._watchstream import WatchStream
+from ._watchstream import Creation, WatchStream
 
 __all__ = [
     "MISSING_EXTRA",
@@ -178,20 +178,21 @@ class Transport:
 
     def watch(
         self,
-        key: bytes,
-        range_end: bytes | None,
+        targets: Sequence[tuple[bytes, bytes | None]],
         start_revision: int,
         deliver: Callable[[Any], None],
         deadline: float | None,
-    ) -> tuple[Callable[[], None], int]:
-        """Watch PUTs on ``[key, range_end)`` from ``start_revision``, created before ``deadline``.
+    ) -> tuple[list[Callable[[], None]], int]:
+        """Watch PUTs on every ``(key, range_end)`` of ``targets`` from ``start_revision``,
+        created before ``deadline`` (all requests sent at once, then their answers awaited).
 
-        Returns ``cancel()`` and the revision etcd was at when it created the watch.
-        ``deliver`` gets lists of put ``KeyValue``s, or an exception: :class:`Compacted` (the
-        revision is gone: re-read and watch again) or :class:`Transient` (the stream broke).
-        Raises :class:`OutOfTime` or :class:`Transient` when the watch is not created in time.
+        Returns a ``cancel()`` per watch and the latest revision etcd was at when it created
+        one.  ``deliver`` gets lists of put ``KeyValue``s, or an exception: :class:`Compacted`
+        (the revision is gone: re-read and watch again) or :class:`Transient` (the stream
+        broke).  Raises :class:`OutOfTime` or :class:`Transient` when a watch is not created in
+        time (those created are cancelled).
         """
-        limit, by_deadline = self.time_limit(deadline)
+        self.time_limit(deadline)  # OutOfTime before anything is sent
         index, channel = self._channel()
         with self._lock:
             stream = self._streams.get(index)
@@ -204,24 +205,42 @@ class Transport:
                 )  # fmt: skip
                 self._streams[index] = stream
         host, port = self.endpoints[index]
+        creations: list[Creation] = []
         try:
-            creation = stream.create(key, range_end, start_revision, deliver, self._nodelete)
+            for key, end in targets:
+                creations.append(stream.create(key, end, start_revision, deliver, self._nodelete))
         except Transient:
+            self._abandon(stream, creations)
             raise
         except Exception as exc:  # the stream broke with another status
+            self._abandon(stream, creations)
             raise Transient(f"{host}:{port}: watch stream broken: {exc}") from exc
-        if not creation.done.acquire(timeout=limit):
+        created_at = 0
+        for creation in creations:
+            try:
+                limit, by_deadline = self.time_limit(deadline)
+            except OutOfTime:
+                self._abandon(stream, creations)
+                raise
+            if not creation.done.acquire(timeout=limit):
+                self._abandon(stream, creations)
+                if by_deadline:
+                    raise OutOfTime(f"{host}:{port}: the operation's time ran out creating a watch")
+                self._failed(index)
+                raise Transient(f"{host}:{port}: no watch created within {limit:.2f} s")
+            if creation.error is not None:
+                self._abandon(stream, creations)
+                if isinstance(creation.error, Transient):
+                    raise creation.error
+                raise Transient(f"{host}:{port}: watch not created: {creation.error}")
+            created_at = max(created_at, creation.revision)
+        return [_canceller(stream, c.watch_id) for c in creations], created_at
+
+    @staticmethod
+    def _abandon(stream: WatchStream, creations: list[Creation]) -> None:
+        """Cancel every watch of a failed batch, now or once etcd creates it."""
+        for creation in creations:
             stream.abandon(creation)
-            if by_deadline:
-                raise OutOfTime(f"{host}:{port}: the operation's time ran out creating a watch")
-            self._failed(index)
-            raise Transient(f"{host}:{port}: no watch created within {limit:.2f} s")
-        if isinstance(creation.error, Transient):
-            raise creation.error
-        if creation.error is not None:  # refused, or the stream ended with another status
-            raise Transient(f"{host}:{port}: watch not created: {creation.error}")
-        watch_id = creation.watch_id
-        return (lambda: stream.cancel(watch_id)), creation.revision
 
     # ----------------------------------------------------------------- leases
 
@@ -274,6 +293,10 @@ class Transport:
             stream.close()
         for channel in channels:
             channel.close()
+
+
+def _canceller(stream: WatchStream, watch_id: int) -> Callable[[], None]:
+    return lambda: stream.cancel(watch_id)
 
 
 class Compacted(Exception):

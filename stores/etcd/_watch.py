@@ -63,13 +63,8 @@ class Watch:
             if self._q.get_nowait() is CLOSED:
                 self._q.put(CLOSED)
                 break
-        synced = True
-        put = self._q.put
-        for key, end in targets:
-            cancel, created_at = self._t.watch(key, end, revision, put, deadline)
-            self._cancels.append(cancel)
-            synced = synced and created_at < revision
-        return synced
+        self._cancels, created_at = self._t.watch(targets, revision, self._q.put, deadline)
+        return created_at < revision
 
     def next(self, deadline: float | None) -> Any:
         left = None if deadline is None else deadline - time.monotonic()

@@ -135,11 +135,11 @@ class WatchStream:
         if rs.created:
             with self._lock:
                 creation = self._pending.popleft()
-                creation.watch_id = rs.watch_id
                 creation.revision = rs.header.revision
-                if rs.canceled:  # refused
+                if rs.canceled:  # refused (its watch_id names no watch of ours)
                     creation.error = self._on_error(ConnectionError(rs.cancel_reason))
                 else:  # (an abandoned one too, so that the cancel below is sent)
+                    creation.watch_id = rs.watch_id
                     self._watches[rs.watch_id] = creation.deliver
                 abandoned = creation.abandoned
             creation.done.release()
