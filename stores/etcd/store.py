@@ -4,7 +4,7 @@ Every operation is one etcd request or a retry loop of them, atomic by etcd's ow
 (a txn is one raft entry applied at one revision):
 
 * ``add``/``append``: compare-and-swap on the key's ``mod_revision``; ``compare_set``: one txn
-  (a nested one for the "absent or empty" case); ``multi_set``: one txn of puts per 128 keys;
+  (a nested one for the "absent or empty" case); ``multi_set``: one txn of puts per 127 keys;
 * ``get``/``wait``/``multi_get`` and a blocking ``queue_pop``: a snapshot read at revision R,
   then watches from R + 1 (``_watch.py``): never polled, never missed;
 * ``num_keys``/``queue_len``: count-only ranges; queues: one key per item, ordered by create
