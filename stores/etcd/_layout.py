@@ -6,8 +6,9 @@ Under the run's root ``R`` (``<prefix>/``):
   queues or bookkeeping);
 * ``R q/<hex(name)>/<time_ns>-<uuid>``: one key per queue item, ordered by create revision (hex
   keeps a ``/`` in a queue name from colliding with item ids);
-* ``R m/lease``: the run lease's id; ``R m/op/<client>``: the last write of one client thread,
-  which settles whether a retried ``add``/``append``/``queue_pop`` already applied.
+* ``R m/lease``: the run lease's id; ``R m/op/<client>-<thread>``: the number of the last
+  write of one client thread, which settles whether a resent write already applied;
+  ``R m/join/<rank>``: rank ``rank`` joined through ``etcd://`` rendezvous.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class Layout:
         self.queues = root + b"q/"
         self.lease = root + b"m/lease"
         self.ops = root + b"m/op/"
+        self.joined = root + b"m/join/"
 
     def key(self, key: str) -> bytes:
         return self.data + _wire(key)

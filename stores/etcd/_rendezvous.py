@@ -2,10 +2,9 @@
 
 Registered with :func:`~storeharness.stores.register_rendezvous_handler` beside ``tcp://``,
 ``file://`` and ``env://``, parsed and failing as they do (torch's messages).  Every rank opens an
-:class:`EtcdStore` on the same endpoints and prefix; there is no master, so nobody serves and
-nobody waits for the others here (use ``barrier`` or the process group's own).  ``timeout=``
-(default 30 min, as ``tcp://``) is the store's.  A ``rank``/``world_size`` in the query is checked
-and handed back, as the other schemes do.
+:class:`EtcdStore` on the same endpoints and prefix and counts itself in; rank 0 returns once all
+``world_size`` ranks have, as the master of ``tcp://`` does (``_join.py``), the others at once.
+``timeout=`` (default 30 min, as ``tcp://``) is the store's, and bounds rank 0's wait.
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ from .._rendezvous import (
     register_rendezvous_handler,
 )
 from .._types import TimeoutLike
+from ._join import join_world
 from ._layout import parse_endpoints
 from .store import EtcdStore
 
@@ -44,7 +44,14 @@ def etcd_rendezvous_handler(
     if not prefix:
         raise _rendezvous_error("etcd", "prefix missing (etcd://host:port/prefix)")
     rank, world_size = _node_params("etcd", _query_to_dict("etcd", parts.query))
+    if not 0 <= rank < world_size:
+        raise _rendezvous_error("etcd", f"rank {rank} is not in 0..{world_size - 1} (world_size)")
     store = EtcdStore(endpoints, prefix=prefix, timeout=timeout)
+    try:
+        join_world(store, rank, world_size)
+    except BaseException:
+        store.close()
+        raise
     yield (store, rank, world_size)
     raise RuntimeError("Unable to perform re-rendezvous using etcd:// method")
 

@@ -3,9 +3,13 @@
 The store builds etcd's own v3 request messages (``rpc``: the generated protobuf module) and
 hands them here; this module sends them with an explicit per-call deadline, rotates between the
 cluster's endpoints when one fails, keeps the run leases alive from one thread, and multiplexes
-every watch of the process over one stream per endpoint.  Errors leave as three internal kinds:
-:class:`Transient` (retry until the operation's own deadline), :class:`LeaseGone` (re-grant the
-run lease) and :class:`Rejected` (the request itself is bad: too large, too many operations).
+every watch of the process over one stream per endpoint.  Every call is given the operation's
+deadline (an instant on the monotonic clock, computed once when the operation began) and bounds
+its RPC by what is left of it, capped by ``rpc_timeout``.  Errors leave as four internal kinds:
+:class:`OutOfTime` (the operation's own time ran out: no sign of a failing cluster),
+:class:`Transient` (the cluster failed an attempt: retry until the deadline), :class:`LeaseGone`
+(re-grant the run lease) and :class:`Rejected` (the request itself is bad: too large, too many
+operations).
 
 One :class:`Transport` per process and cluster (:func:`shared`): gRPC channels do not survive
 ``fork``, so a forked child builds its own on first use and never touches its parent's.  A JSON
@@ -16,12 +20,16 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from ._watchstream import Creation, WatchStream
 
 __all__ = [
     "MISSING_EXTRA",
     "LeaseGone",
+    "OutOfTime",
     "Rejected",
     "Transient",
     "Transport",
@@ -44,6 +52,11 @@ _CHANNEL_OPTIONS = [
 ]
 
 
+class OutOfTime(Exception):
+    """The operation's deadline passed, before or while etcd was asked; nothing says the cluster
+    is failing (the call was cut by the operation's own time, not by ``rpc_timeout``)."""
+
+
 class Transient(Exception):
     """The cluster did not answer in time or has no leader now; the request may have applied."""
 
@@ -56,11 +69,11 @@ class Rejected(Exception):
     """etcd refused the request itself (too large, too many operations); retrying cannot help."""
 
 
-def _import() -> tuple[Any, Any, Any]:
+def _import() -> tuple[Any, Any, int]:
     try:
         import grpc
         from pyetcd import etcdrpc
-        from pyetcd import watch as pywatch
+        from pyetcd.etcdrpc import kv_pb2
     except ImportError as exc:
         from .._errors import StoreError
 
@@ -68,14 +81,15 @@ def _import() -> tuple[Any, Any, Any]:
             f"EtcdStore needs the etcd client (etcd-sdk-python, grpcio, protobuf): {exc}; "
             f"install it with: {MISSING_EXTRA}"
         ) from exc
-    return grpc, etcdrpc, pywatch
+    return grpc, etcdrpc, kv_pb2.Event.PUT
 
 
 class Transport:
     """gRPC stubs for one etcd cluster, owned by one process."""
 
     def __init__(self, endpoints: Sequence[tuple[str, int]], rpc_timeout: float) -> None:
-        self.grpc, self.rpc, self._pywatch = _import()
+        self.grpc, self.rpc, self._put_type = _import()
+        self._nodelete = [self.rpc.WatchCreateRequest.NODELETE]
         self.endpoints = list(endpoints)
         self.rpc_timeout = rpc_timeout
         self.pid = os.getpid()
@@ -83,7 +97,7 @@ class Transport:
         self._lock = threading.Lock()
         self._current = 0
         self._channels: dict[int, Any] = {}
-        self._watchers: dict[int, Any] = {}
+        self._streams: dict[int, WatchStream] = {}
         self._methods: dict[tuple[int, str, str], Any] = {}
         self._leases: dict[int, tuple[int, float]] = {}  # id -> (users, ttl)
         self._keeper: threading.Thread | None = None
@@ -122,72 +136,111 @@ class Transport:
             return LeaseGone(where)
         if code in (codes.INVALID_ARGUMENT, codes.OUT_OF_RANGE, codes.FAILED_PRECONDITION):
             return Rejected(where)
+        if code == codes.RESOURCE_EXHAUSTED and "larger than max" in (text or ""):
+            return Rejected(where)  # beyond gRPC's message limit ("too many requests": retry)
         # UNAVAILABLE (refused, no leader, "request timed out"), DEADLINE_EXCEEDED, a member
         # shutting down (CANCELLED/UNKNOWN/INTERNAL): another try, possibly elsewhere, may work.
         self._failed(index)
         return Transient(where)
 
-    def call(self, service: str, method: str, request: Any, time_limit: float) -> Any:
-        """One unary RPC (``KV.Range``, ``KV.Txn``, ``Lease.LeaseGrant``...) within ``time_limit``.
+    def time_limit(self, deadline: float | None) -> tuple[float, bool]:
+        """One RPC's time limit before ``deadline``, and whether the deadline (not the
+        ``rpc_timeout`` cap) set it.  Raises :class:`OutOfTime` once the deadline passed."""
+        if deadline is None:
+            return self.rpc_timeout, False
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise OutOfTime("the operation's time ran out before etcd was asked")
+        if left < self.rpc_timeout:
+            return left, True
+        return self.rpc_timeout, False
 
-        Raises :class:`Transient`, :class:`LeaseGone` or :class:`Rejected`.
+    def call(self, service: str, method: str, request: Any, deadline: float | None) -> Any:
+        """One unary RPC (``KV.Range``, ``KV.Txn``, ``Lease.LeaseGrant``...) before ``deadline``.
+
+        Raises :class:`OutOfTime`, :class:`Transient`, :class:`LeaseGone` or :class:`Rejected`.
         """
+        limit, by_deadline = self.time_limit(deadline)
         index, channel = self._channel()
         rpc = self._methods.get((index, service, method))
         if rpc is None:  # a stub builds a callable per method: build each once per channel
             rpc = getattr(getattr(self.rpc, f"{service}Stub")(channel), method)
             self._methods[(index, service, method)] = rpc
         try:
-            return rpc(request, timeout=max(time_limit, 0.001))
+            return rpc(request, timeout=limit)
         except self.grpc.RpcError as exc:
+            if by_deadline and exc.code() == self.grpc.StatusCode.DEADLINE_EXCEEDED:
+                host, port = self.endpoints[index]
+                raise OutOfTime(f"{host}:{port}: the operation's time ran out") from exc
             raise self._translate(exc, index) from exc
 
     # ----------------------------------------------------------------- watches
 
     def watch(
         self,
-        key: bytes,
-        range_end: bytes | None,
+        targets: Sequence[tuple[bytes, bytes | None]],
         start_revision: int,
-        callback: Callable[[Any], None],
-        time_limit: float,
-    ) -> Callable[[], None]:
-        """Watch PUTs on ``[key, range_end)`` from ``start_revision``; returns ``cancel()``.
+        deliver: Callable[[Any], None],
+        deadline: float | None,
+    ) -> tuple[list[Callable[[], None]], int]:
+        """Watch PUTs on every ``(key, range_end)`` of ``targets`` from ``start_revision``,
+        created before ``deadline`` (all requests sent at once, then their answers awaited).
 
-        ``callback`` gets a list of put events, or an exception: ``Compacted`` (the revision is
-        gone: re-read and watch again) or :class:`Transient` (the stream broke).
+        Returns a ``cancel()`` per watch and the latest revision etcd was at when it created
+        one.  ``deliver`` gets lists of put ``KeyValue``s, or an exception: :class:`Compacted`
+        (the revision is gone: re-read and watch again) or :class:`Transient` (the stream
+        broke).  Raises :class:`OutOfTime` or :class:`Transient` when a watch is not created in
+        time (those created are cancelled).
         """
+        self.time_limit(deadline)  # OutOfTime before anything is sent
         index, channel = self._channel()
         with self._lock:
-            watcher = self._watchers.get(index)
-            if watcher is None:
-                stub = self.rpc.WatchStub(channel)
-                watcher = self._pywatch.Watcher(stub, timeout=max(time_limit, 0.05))
-                self._watchers[index] = watcher
-        watcher.timeout = max(min(time_limit, self.rpc_timeout), 0.05)
-        compacted = _compacted_class()
-
-        def relay(update: Any) -> None:
-            if isinstance(update, compacted):
-                callback(Compacted(getattr(update, "compacted_revision", 0)))
-            elif isinstance(update, BaseException):
-                callback(self._translate(update, index))
-            else:
-                callback([e for e in update.events if type(e).__name__ == "PutEvent"])
-
-        nodelete = self.rpc.WatchCreateRequest.NODELETE
+            stream = self._streams.get(index)
+            if stream is None or stream.broken is not None:
+                host, port = self.endpoints[index]
+                stream = WatchStream(
+                    self.rpc, channel, f"etcd-watch-{host}:{port}",
+                    on_error=lambda exc: self._translate(exc, index),
+                    compacted=Compacted, put_type=self._put_type,
+                )  # fmt: skip
+                self._streams[index] = stream
+        host, port = self.endpoints[index]
+        creations: list[Creation] = []
         try:
-            watch_id = watcher.add_callback(
-                key, relay, range_end=range_end, start_revision=start_revision,
-                filters=[nodelete],
-            )  # fmt: skip
-        except self.grpc.RpcError as exc:
-            raise self._translate(exc, index) from exc
-        except Exception as exc:  # WatchTimedOut, a stream that ended at creation
-            self._failed(index)
-            host, port = self.endpoints[index]
-            raise Transient(f"{host}:{port}: watch not created: {exc!r}") from exc
-        return lambda: watcher.cancel(watch_id)
+            for key, end in targets:
+                creations.append(stream.create(key, end, start_revision, deliver, self._nodelete))
+        except Transient:
+            self._abandon(stream, creations)
+            raise
+        except Exception as exc:  # the stream broke with another status
+            self._abandon(stream, creations)
+            raise Transient(f"{host}:{port}: watch stream broken: {exc}") from exc
+        created_at = 0
+        for creation in creations:
+            try:
+                limit, by_deadline = self.time_limit(deadline)
+            except OutOfTime:
+                self._abandon(stream, creations)
+                raise
+            if not creation.done.acquire(timeout=limit):
+                self._abandon(stream, creations)
+                if by_deadline:
+                    raise OutOfTime(f"{host}:{port}: the operation's time ran out creating a watch")
+                self._failed(index)
+                raise Transient(f"{host}:{port}: no watch created within {limit:.2f} s")
+            if creation.error is not None:
+                self._abandon(stream, creations)
+                if isinstance(creation.error, Transient):
+                    raise creation.error
+                raise Transient(f"{host}:{port}: watch not created: {creation.error}")
+            created_at = max(created_at, creation.revision)
+        return [_canceller(stream, c.watch_id) for c in creations], created_at
+
+    @staticmethod
+    def _abandon(stream: WatchStream, creations: list[Creation]) -> None:
+        """Cancel every watch of a failed batch, now or once etcd creates it."""
+        for creation in creations:
+            stream.abandon(creation)
 
     # ----------------------------------------------------------------- leases
 
@@ -233,13 +286,17 @@ class Transport:
     def close(self) -> None:
         self._stop.set()
         with self._lock:
-            watchers, self._watchers = list(self._watchers.values()), {}
+            streams, self._streams = list(self._streams.values()), {}
             channels, self._channels = list(self._channels.values()), {}
             self._methods = {}
-        for watcher in watchers:
-            watcher.close()
+        for stream in streams:
+            stream.close()
         for channel in channels:
             channel.close()
+
+
+def _canceller(stream: WatchStream, watch_id: int) -> Callable[[], None]:
+    return lambda: stream.cancel(watch_id)
 
 
 class Compacted(Exception):
@@ -248,13 +305,6 @@ class Compacted(Exception):
     def __init__(self, revision: int) -> None:
         super().__init__(f"revision compacted up to {revision}")
         self.revision = revision
-
-
-def _compacted_class() -> type[BaseException]:
-    from pyetcd.exceptions import RevisionCompactedError
-
-    cls: type[BaseException] = RevisionCompactedError
-    return cls
 
 
 _SHARED: dict[tuple[int, tuple[tuple[str, int], ...], float], Transport] = {}

@@ -25,7 +25,6 @@ from storeharness.stores import (
     StoreClosed,
     StoreTimeout,
     StoreValueError,
-    rendezvous,
 )
 from storeharness.stores.etcd import EtcdStore, parse_endpoints
 from storeharness.stores.etcd._transport import Transient
@@ -120,11 +119,19 @@ def test_many_keys_span_several_txns_and_pages(store: EtcdStore) -> None:
     store.wait(names, 5)
 
 
+#: The requests that change something (whichever of them an operation uses).
+WRITES = ("Put", "Txn", "DeleteRange")
+
+
 @contextlib.contextmanager
-def losing_replies(store: EtcdStore, method: str = "Txn") -> Iterator[LostReplies]:
-    """``store`` with its next ``method`` reply lost; its own transport restored afterwards."""
+def losing_replies(store: EtcdStore, methods: tuple[str, ...] = WRITES) -> Iterator[LostReplies]:
+    """``store`` with its next write's reply lost; its own transport restored afterwards.
+
+    A write first, so that this thread's marker exists and the next write is one request.
+    """
+    store.set("warm-up", "")
     inner = store._t
-    lossy = LostReplies(inner, method)
+    lossy = LostReplies(inner, methods)
     store._t = lossy  # type: ignore[assignment]
     try:
         yield lossy
@@ -134,22 +141,26 @@ def losing_replies(store: EtcdStore, method: str = "Txn") -> Iterator[LostReplie
 
 
 class LostReplies:
-    """A transport whose first reply to ``method`` is lost after etcd applied the request."""
+    """A transport whose first reply to one of ``methods`` is lost after etcd applied it.
 
-    def __init__(self, inner: Any, method: str, lose: int = 1) -> None:
-        self._inner, self._method, self.lose = inner, method, lose
+    The request reaches etcd and commits; then the caller gets what the real transport raises
+    when the connection breaks before the reply arrives (:class:`Transient`), and resends.
+    """
+
+    def __init__(self, inner: Any, methods: tuple[str, ...], lose: int = 1) -> None:
+        self._inner, self._methods, self.lose = inner, methods, lose
         #: Run after a reply is lost, before the retry (what another client does meanwhile).
         self.meanwhile: Callable[[], object] = lambda: None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    def call(self, service: str, method: str, request: Any, time_limit: float) -> Any:
-        reply = self._inner.call(service, method, request, time_limit)
-        if method == self._method and self.lose > 0:
+    def call(self, service: str, method: str, request: Any, deadline: Any) -> Any:
+        reply = self._inner.call(service, method, request, deadline)
+        if method in self._methods and self.lose > 0:
             self.lose -= 1
             self.meanwhile()
-            raise Transient("reply lost (test)")
+            raise Transient(f"{self._inner.label}: connection reset after etcd applied (test)")
         return reply
 
 
@@ -190,6 +201,76 @@ def test_a_retried_append_after_a_lost_reply_appends_once(store: EtcdStore) -> N
     with losing_replies(store):
         store.append("s", "cd")
     assert store.get("s") == b"abcd"
+
+
+def test_a_retried_compare_set_that_wrote_says_so_though_the_value_moved_on(
+    store: EtcdStore,
+) -> None:
+    # The first attempt wrote "mine"; before the resend looked, another client replaced it.
+    # The resend must not report the other client's value ("not written").
+    store.set("lock", "free")
+    with _peer(store) as peer, losing_replies(store) as lossy:
+        lossy.meanwhile = lambda: peer.compare_set("lock", "mine", "theirs")
+        assert store.compare_set("lock", "free", "mine") == b"mine"
+    assert store.get("lock") == b"theirs"
+
+
+def test_a_retried_compare_set_does_not_create_a_key_again_after_it_was_deleted(
+    store: EtcdStore,
+) -> None:
+    # "absent or empty" (expected ""): the first attempt created the key, another client
+    # deleted it, and a resend that evaluated afresh would create it a second time.
+    with _peer(store) as peer, losing_replies(store) as lossy:
+        lossy.meanwhile = lambda: peer.delete_key("once")
+        assert store.compare_set("once", "", "created") == b"created"
+        assert not peer.check(["once"]), "the resend created the key again"
+
+
+def test_a_retried_set_does_not_write_over_a_later_write(store: EtcdStore) -> None:
+    # Another client saw our value, then replaced it: a resend must not bring ours back.
+    seen: list[bytes] = []
+    with _peer(store) as peer:
+
+        def read_then_replace() -> None:
+            seen.append(peer.get("k"))
+            peer.set("k", "theirs")
+
+        writes: list[tuple[str, Callable[[], object]]] = [
+            ("set", lambda: store.set("k", "ours")),
+            ("multi_set", lambda: store.multi_set(["k", "other"], ["ours", "x"])),
+        ]
+        for name, write in writes:
+            with losing_replies(store) as lossy:
+                lossy.meanwhile = read_then_replace
+                write()
+            assert seen[-1] == b"ours", name
+            assert peer.get("k") == b"theirs", f"a resent {name} wrote over a later write"
+
+
+def test_a_retried_delete_says_it_deleted_and_spares_a_key_set_again(store: EtcdStore) -> None:
+    store.set("k", "v")
+    with _peer(store) as peer, losing_replies(store) as lossy:
+        lossy.meanwhile = lambda: peer.set("k", "set again after the delete")
+        assert store.delete_key("k") is True
+    assert store.get("k") == b"set again after the delete"
+    with losing_replies(store):
+        assert store.delete_key("k") is True
+    with losing_replies(store):
+        assert store.delete_key("k") is False  # nothing there: the resend says so too
+
+
+def _child_adds(opener: Any, rank: int, store: EtcdStore) -> int:
+    return store.add("n", 1)
+
+
+def test_forked_children_write_through_an_inherited_handle_as_writers_of_their_own(
+    store: EtcdStore,
+) -> None:
+    # A child continues its parent's operation numbers: under the parent's client id its adds
+    # looked "already applied" to each other and to the parent, and went missing.
+    assert store.add("n", 1) == 1
+    assert sorted(process_parties(_child_adds, 2, (None, store))) == [2, 3]
+    assert store.add("n", 1) == 4
 
 
 # ----------------------------------------------------------------- leases
@@ -291,31 +372,6 @@ def test_a_handle_inherited_through_fork_opens_its_own_channel(store: EtcdStore)
     store.set("parent", "p")
     assert process_parties(_child_uses_inherited, 2, (None, store)) == [b"p", b"p"]
     assert store.multi_get(["from-0", "from-1"]) == [b"x", b"x"]
-
-
-def test_etcd_rendezvous(store: EtcdStore) -> None:
-    url = f"etcd://{store.endpoints}/{store.prefix}?rank=1&world_size=2"
-    got, rank, size = next(rendezvous(url, timeout=5))
-    try:
-        assert (rank, size) == (1, 2)
-        got.set("via-url", "1")
-        assert store.get("via-url") == b"1"
-    finally:
-        got.close()
-
-
-@pytest.mark.parametrize(
-    ("url", "message"),
-    [
-        ("etcd:///p?rank=0&world_size=1", "endpoints missing"),
-        ("etcd://127.0.0.1:2379?rank=0&world_size=1", "prefix missing"),
-        ("etcd://127.0.0.1:2379/p?world_size=1", "rank parameter missing"),
-        ("etcd://nohostport/p?rank=0&world_size=1", "not host:port"),
-    ],
-)
-def test_etcd_rendezvous_errors(url: str, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        next(rendezvous(url))
 
 
 def test_a_blocked_pop_whose_watch_breaks_looks_again_before_watching(

@@ -8,6 +8,7 @@ The figures (how long operations paused around a kill) are printed with ``-s``.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -190,31 +191,23 @@ def test_a_watch_outlives_compaction_and_re_reads_a_compacted_start(
 
     def compact() -> None:
         writer.set("tick", "x")  # a new revision to compact up to
-        head = writer._call(
-            "compact",
-            [],
-            "Range",
-            lambda: writer.rpc.RangeRequest(key=b"x"),
-            None,
-            time.monotonic(),
-        )
-        writer._call("compact", [], "Compact",
-                     lambda: writer.rpc.CompactionRequest(revision=head.header.revision,
-                                                          physical=True),
-                     None, time.monotonic())  # fmt: skip
+        op = writer._op("compact", [])
+        head = writer._call(op, "Range", lambda: writer.rpc.RangeRequest(key=b"x"))
+        writer._call(op, "Compact", lambda: writer.rpc.CompactionRequest(
+            revision=head.header.revision, physical=True))  # fmt: skip
 
     # 1. Between the read and the watch, the key is set and history compacted past the read:
     # the watch from the read's revision is cancelled, and the store must re-read to see it.
     original = _watch.Watch.start
     restarted: list[int] = []
 
-    def late_start(self: _watch.Watch, targets: Any, revision: int, time_limit: float) -> None:
+    def late_start(self: _watch.Watch, targets: Any, revision: int, deadline: float) -> bool:
         if not restarted:
             writer.set("late", "arrived")
             writer.set("filler", "x")
             compact()
         restarted.append(revision)
-        original(self, targets, revision, time_limit)
+        return original(self, targets, revision, deadline)
 
     reads: list[int] = []
     values = store._values
@@ -243,3 +236,43 @@ def test_a_watch_outlives_compaction_and_re_reads_a_compacted_start(
     assert got == [b"seen"]
     store.close()
     writer.close()
+
+
+def test_a_paused_member_is_a_timeout_within_the_ops_own_time_and_broken_past_the_rpc_cap(
+    tmp_path: Path,
+) -> None:
+    # The deadline travels down to each RPC: an RPC cut by the operation's own (short) time
+    # says nothing about the cluster (StoreTimeout with that limit); attempts that ran into
+    # the per-RPC cap do (StoreBroken naming the endpoints).
+    etcd_support.require(etcd_missing())
+    with EtcdCluster(tmp_path / "etcd", size=1) as one:
+        store = EtcdStore(one.endpoints, prefix=f"faults/{uuid.uuid4().hex}", timeout=0.3,
+                          rpc_timeout=RPC)  # fmt: skip
+        proc = one.members[0].proc
+        assert proc is not None
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            calls: list[tuple[str, Callable[[], object], float]] = [
+                ("set", lambda: store.set("k", "v"), 0.3),
+                ("wait", lambda: store.wait(["k"], 0.2), 0.2),
+            ]
+            for name, call, limit in calls:
+                start = time.monotonic()
+                with pytest.raises(StoreTimeout) as short:
+                    call()
+                spent = time.monotonic() - start
+                assert short.value.op == name and short.value.timeout == limit, short.value
+                assert spent < limit + 1.0, f"{name} took {spent:.2f} s with a {limit} s limit"
+            store.set_timeout(1.6)  # three attempts capped at 0.5 s go unanswered
+            start = time.monotonic()
+            with pytest.raises(StoreBroken, match=one.endpoints) as broken:
+                store.add("n", 1)
+            assert broken.value.op == "add"  # type: ignore[attr-defined]
+            assert time.monotonic() - start < 1.6 + 1.0
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        store.set_timeout(10)
+        # The member answers again.  The broken add's three attempts may have been applied
+        # when etcd woke up (they waited in its socket): at most one of them.
+        assert store.add("n", 1) in (1, 2)
+        store.close()
