@@ -21,7 +21,9 @@ it to import this module (the storeharness *installed on that host*) and call :f
 - ``("rank-start" | "rank-signal" | "rank-stacks" | "rank-reap" | "rank-files", token, ...)``:
   per-rank work of that world (:class:`._ranks.RankHost`); ``("world-close", token, kill)``;
 - ``("server-start" | "server-kill" | "server-restart" | "server-mark" | "server-stop", ...)``:
-  a store server on this host's data address (:class:`._servers.ServerHost`);
+  a store server (ours, or torch's TCPStore master) on this host's data address;
+  ``("server-etcd" | "server-etcd-mark", ...)``: an etcd member there
+  (:class:`._servers.ServerHost`);
 - ``("close",)``: tear down and reply ``"closed"``.
 
 An error is answered as ``("error", text)``.
@@ -48,6 +50,7 @@ import sys
 import time
 from typing import Any
 
+from . import _hostprocs
 from ._hostrun import KINDS, RunOnHost
 
 __all__ = ["BOOTSTRAP", "probe", "serve"]
@@ -130,9 +133,12 @@ def probe() -> dict[str, Any]:
 class _Owned:
     """The processes and worlds this agent started, killed by pid at teardown."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(
+        self, env: dict[str, str], tag: dict[str, str] | None = None, workdir: str = ""
+    ) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
-        self.env = env
+        self.env, self.tag = env, tag or {}
+        self.workdir = workdir  # the run's workdir on this host (servers keep data there)
         self.worlds: dict[str, Any] = {}  # token -> _ranks.RankHost
         self.servers: Any = None  # _servers.ServerHost, once a server was asked for
 
@@ -147,11 +153,20 @@ class _Owned:
         return self.popen(argv).pid
 
     def popen(
-        self, argv: list[str], pass_fds: tuple[int, ...] = (), stdin: int = subprocess.DEVNULL
+        self,
+        argv: list[str],
+        pass_fds: tuple[int, ...] = (),
+        stdin: Any = subprocess.DEVNULL,
+        stdout: Any = None,
+        stderr: Any = None,
+        env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
+        """Start a process this agent owns; ``env`` replaces the agent's environment (the run
+        tag is added to it all the same)."""
         proc = subprocess.Popen(
-            argv, stdin=stdin, preexec_fn=_die_with_parent, close_fds=True, pass_fds=pass_fds,
-            env=self.env,
+            argv, stdin=stdin, stdout=stdout, stderr=stderr, preexec_fn=_die_with_parent,
+            close_fds=True, pass_fds=pass_fds,
+            env=self.env if env is None else {**env, **self.tag},
         )  # fmt: skip
         self.procs.append(proc)
         return proc
@@ -203,11 +218,12 @@ def _server_request(owned: _Owned, msg: tuple[Any, ...]) -> Any:
         if owned.servers is None:
             from ._servers import ServerHost
 
-            owned.servers = ServerHost(owned.popen)
+            owned.servers = ServerHost(owned.popen, owned.workdir)
         servers = owned.servers
         method = {"server-start": servers.start, "server-kill": servers.kill,
                   "server-restart": servers.restart, "server-mark": servers.mark,
-                  "server-stop": servers.stop}[kind]  # fmt: skip
+                  "server-stop": servers.stop, "server-etcd": servers.etcd,
+                  "server-etcd-mark": servers.etcd_mark}[kind]  # fmt: skip
         return method(*args)
     except Exception as exc:
         return ("error", f"{kind} failed on pid {os.getpid()}: {type(exc).__name__}: {exc}")
@@ -222,7 +238,7 @@ def serve(channel: Any, lease: float, ident: dict[str, str] | None = None) -> No
     ident = ident or {}
     run = RunOnHost(ident.get("run") or secrets.token_hex(4), ident.get("host") or "local",
                     ident.get("address") or "127.0.0.1")  # fmt: skip
-    owned = _Owned(run.env())
+    owned = _Owned(run.env(), _hostprocs.tagged(run.run, run.host), str(run.workdir))
     run.also = owned.pids
     channel.send(("ready", os.getpid()))
     try:

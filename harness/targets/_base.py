@@ -113,7 +113,7 @@ class Target(abc.ABC):
             raise ValueError(f"store {self.spec.name!r} cannot span hosts")
         raise ValueError(
             f"store {self.spec.name!r} can span hosts, but starting its server on a host through "
-            "the agent is not built yet (our tcp, tcp-pure and prefix are)"
+            "the agent is not built for it"
         )
 
     def backend(self, workdir: Path) -> Backend:

@@ -75,9 +75,9 @@ def etcd_missing() -> str | None:
     return None
 
 
-def _free_port() -> int:
+def _free_port(host: str = _LOOPBACK) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((_LOOPBACK, 0))
+        sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
 
@@ -112,14 +112,20 @@ class Member:
     data_dir: Path
     proc: subprocess.Popen[bytes] | None = None
     log: Path = field(default_factory=Path)
+    host: str = _LOOPBACK
 
     @property
     def endpoint(self) -> str:
-        return f"{_LOOPBACK}:{self.client_port}"
+        return f"{self.host}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
-        return f"http://{_LOOPBACK}:{self.peer_port}"
+        return f"http://{self.host}:{self.peer_port}"
+
+
+#: ``popen(argv, stdout=, stderr=, env=)`` starts a member's process (``subprocess.Popen``'s
+#: keywords); a host agent passes its own, so that the member is a process the agent owns.
+Popen = Callable[..., "subprocess.Popen[bytes]"]
 
 
 class EtcdCluster:
@@ -127,7 +133,10 @@ class EtcdCluster:
 
     ``timing`` is ``(heartbeat_ms, election_ms)``: 10/100 starts fast; fault scenarios that
     measure fail-over use 50/500, which a loaded 2-core machine does not mistake for a failure.
-    ``enable_v2`` serves etcd's v2 API too (3.4/3.5 only), for torch's v2 store.
+    ``enable_v2`` serves etcd's v2 API too (3.4/3.5 only), for torch's v2 store.  ``host``: the
+    address the members listen on (client and peer URLs; a host's data-plane address when a
+    world spans hosts).  ``popen``: how to start a member (default: a child of this process
+    that dies with it).
     """
 
     def __init__(
@@ -138,11 +147,14 @@ class EtcdCluster:
         timing: tuple[int, int] = (10, 100),
         enable_v2: bool = False,
         start_timeout: float = 20.0,
+        host: str = _LOOPBACK,
+        popen: Popen | None = None,
     ) -> None:
         binary = etcd_binary()
         if binary is None:
             raise StoreError(etcd_missing() or "no etcd binary")
         self.binary, self.size, self.timing, self.enable_v2 = binary, size, timing, enable_v2
+        self.host, self._popen = host, popen
         self._own_dir = workdir is None
         base = Path(tempfile.mkdtemp(prefix="etcd-")) if workdir is None else Path(workdir)
         base.mkdir(parents=True, exist_ok=True)
@@ -174,7 +186,13 @@ class EtcdCluster:
             self._stop_all(remove=True)
             token = f"storeharness-{os.getpid()}-{time.monotonic_ns()}"
             self.members = [
-                Member(f"m{i}", _free_port(), _free_port(), self.workdir / f"m{i}-{attempt}")
+                Member(
+                    f"m{i}",
+                    _free_port(self.host),
+                    _free_port(self.host),
+                    self.workdir / f"m{i}-{attempt}",
+                    host=self.host,
+                )
                 for i in range(self.size)
             ]
             for member in self.members:
@@ -209,10 +227,13 @@ class EtcdCluster:
             args.append("--enable-v2")
         env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}
         with open(member.log, "ab") as log:
-            member.proc = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, env=env,
-                preexec_fn=_death_signal(),
-            )  # fmt: skip
+            if self._popen is not None:
+                member.proc = self._popen(args, stdout=subprocess.DEVNULL, stderr=log, env=env)
+            else:
+                member.proc = subprocess.Popen(
+                    args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+                    env=env, preexec_fn=_death_signal(),
+                )  # fmt: skip
 
     def _wait_healthy(self, members: list[Member], limit: float) -> None:
         # Probing an external process's health endpoint: there is nothing to wait on instead.

@@ -31,7 +31,7 @@ from ._base import MARK, SETUP_TIMEOUT, Endpoint, Target, TargetSpec
 from ._etcd_server import EtcdCluster, etcd_missing, shared_cluster
 from .torch import torch_missing
 
-__all__ = ["EtcdTarget", "TorchEtcdTarget", "etcd_targets", "torch_etcd_store"]
+__all__ = ["EtcdTarget", "TorchEtcdTarget", "etcd_targets", "gateway", "torch_etcd_store"]
 
 #: How long a run's own handles take to give up on an unavailable cluster in setup/teardown.
 _SETUP = 60.0
@@ -49,7 +49,7 @@ def _destroy(endpoints: str, prefix: str) -> None:
     EtcdStore(endpoints, prefix=prefix, timeout=_SETUP).destroy()
 
 
-def _gateway(endpoints: str, path: str, body: dict[str, str]) -> None:
+def gateway(endpoints: str, path: str, body: dict[str, str]) -> None:
     """One request to etcd's JSON gateway (``/v3/kv/...``), bytes fields in base64.
 
     The controller writes and deletes a run's keys this way, not through gRPC: a process that
@@ -80,6 +80,8 @@ class EtcdTarget(Target):
         ),
         spans_hosts=True,
     )  # fmt: skip
+    #: Whether the store speaks etcd's v2 API (torch's), which the server must enable.
+    v2 = False
 
     def unavailable(self) -> str | None:
         return etcd_missing()
@@ -88,6 +90,18 @@ class EtcdTarget(Target):
         self, workdir: Path, *, timeout: float, proxy: bool = False, prefix: str | None = None
     ) -> Endpoint:
         return EtcdEndpoint(self, workdir, timeout=timeout, proxy=proxy, prefix=prefix)
+
+    def start_on(
+        self, agent: Any, workdir: Path, *, timeout: float, prefix: str | None = None
+    ) -> Endpoint:
+        """An etcd member of the run's own on ``agent``'s host, at its data address."""
+        from .hosted import HostedEtcdEndpoint
+
+        return HostedEtcdEndpoint(self, agent, workdir, timeout=timeout, prefix=prefix)
+
+    def client(self, endpoint: str, root: str, timeout: float) -> Callable[[], Store]:
+        """How a rank opens the store under ``root`` on etcd at ``endpoint`` (picklable)."""
+        return functools.partial(_etcd_store, endpoint, root, timeout)
 
     def backend(self, workdir: Path) -> Backend:
         cluster = shared_cluster()
@@ -132,7 +146,7 @@ class EtcdEndpoint(Endpoint):
         from ...stores.etcd._layout import Layout  # pure Python: no gRPC in this process
 
         key = Layout(self.root).key(f"{self.namespace}/{MARK}").decode("utf-8", "surrogateescape")
-        _gateway(self.cluster.endpoints, "/v3/kv/put", {"key": key, "value": self.token})
+        gateway(self.cluster.endpoints, "/v3/kv/put", {"key": key, "value": self.token})
 
     def _stop(self) -> None:
         cluster, self.cluster = self.cluster, None
@@ -143,7 +157,7 @@ class EtcdEndpoint(Endpoint):
                 from ...stores.etcd._layout import Layout, range_end
 
                 root = Layout(self.root).root
-                _gateway(cluster.endpoints, "/v3/kv/deleterange",
+                gateway(cluster.endpoints, "/v3/kv/deleterange",
                          {"key": root.decode(), "range_end": range_end(root).decode()})  # fmt: skip
             else:  # torch's v2 keys: v2's own HTTP API, recursively
                 host = cluster.endpoints.split(",")[0]
@@ -225,10 +239,15 @@ class TorchEtcdTarget(EtcdTarget):
         ("process", "thread"),
         frozenset({Capability.CROSS_PROCESS}),
         kind="torch",
+        spans_hosts=True,
     )
+    v2 = True
 
     def unavailable(self) -> str | None:
         return _torch_missing()
+
+    def client(self, endpoint: str, root: str, timeout: float) -> Callable[[], Store]:
+        return functools.partial(torch_etcd_store, endpoint, root, timeout)
 
     def start(
         self, workdir: Path, *, timeout: float, proxy: bool = False, prefix: str | None = None

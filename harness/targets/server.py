@@ -89,8 +89,9 @@ class ServerTarget(Target):
         unavailable: Callable[[], str | None] = lambda: None,
         hosted: str | None = None,
     ) -> None:
-        """``hosted``: our standalone server's ``--accelerate`` when a world spans hosts
-        (``None``: the server is not ours, so it cannot be started on a host yet)."""
+        """``hosted``: the server a host's agent runs when a world spans hosts — our
+        standalone server's ``--accelerate`` (``auto``, ``no``), or ``torch`` / ``torch-legacy``
+        for torch's master (``None``: it cannot be started on a host)."""
         self.spec, self.serve, self.client = spec, serve, client
         self.hosted = hosted
         self._conformance = conformance

@@ -24,7 +24,7 @@ from .forkserver import ForkedTorchServer, available, forked_server
 from .local import LocalTarget
 from .server import LOOPBACK, TCP_CAPABILITIES, ServerTarget, loopback_listener, our_tcp_client
 
-__all__ = ["torch_missing", "torch_targets"]
+__all__ = ["TORCH_SERVER", "torch_missing", "torch_targets"]
 
 _C = Capability
 
@@ -36,9 +36,13 @@ def torch_missing() -> str | None:
     return None
 
 
-_TORCH_SERVER = """
+#: torch's TCPStore master as a script: ``PORT FD libuv|legacy [HOST]`` (the address its own
+#: client connects to: the one ``FD`` is bound to).  It prints ``ready``, then serves until its
+#: stdin closes.
+TORCH_SERVER = """
 import sys, datetime, torch.distributed as dist
-store = dist.TCPStore("127.0.0.1", int(sys.argv[1]), None, True,
+host = sys.argv[4] if len(sys.argv) > 4 else "127.0.0.1"
+store = dist.TCPStore(host, int(sys.argv[1]), None, True,
                       datetime.timedelta(seconds=3600), wait_for_workers=False,
                       master_listen_fd=int(sys.argv[2]), use_libuv=sys.argv[3] == "libuv")
 print("ready", flush=True)
@@ -53,7 +57,7 @@ class TorchServer:
         self.port = sock.getsockname()[1]
         backend = "libuv" if use_libuv else "legacy"
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _TORCH_SERVER, str(self.port), str(sock.fileno()), backend],
+            [sys.executable, "-c", TORCH_SERVER, str(self.port), str(sock.fileno()), backend],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             pass_fds=[sock.fileno()],
@@ -161,7 +165,7 @@ def torch_targets() -> list[LocalTarget | ServerTarget]:
             TargetSpec("torch-tcp", "torch's libuv TCPStore server and client (needs torch)",
                        ("process", "thread"), TCP_CAPABILITIES, server=True, network=True,
                        kind="torch", spans_hosts=True),
-            torch_server, _torch_client, unavailable=torch_missing,
+            torch_server, _torch_client, unavailable=torch_missing, hosted="torch",
         ),
         LocalTarget(
             TargetSpec("torch-file", "torch's FileStore (needs torch)", ("process", "thread"),
@@ -178,26 +182,26 @@ def torch_targets() -> list[LocalTarget | ServerTarget]:
         ServerTarget(
             TargetSpec("torch-client", "torch's TCPStore client on our server (needs torch)",
                        ("process", "thread"), TCP_CAPABILITIES, server=True, network=True,
-                       kind="interop"),
+                       kind="interop", spans_hosts=True),
             forked_server, _torch_client, (_torch_client_on_ours, _torch_client_peer),
-            unavailable=torch_missing,
+            unavailable=torch_missing, hosted="auto",
         ),
         ServerTarget(
             TargetSpec("ours-on-torch", "our client on torch's libuv TCPStore server (needs torch)",
                        ("process", "thread"), TCP_CAPABILITIES, server=True, network=True,
-                       kind="interop"),
+                       kind="interop", spans_hosts=True),
             torch_server, our_tcp_client,
             (functools.partial(_ours_on_torch, True, masters), _ours_peer),
-            unavailable=torch_missing,
+            unavailable=torch_missing, hosted="torch",
         ),
         ServerTarget(
             # torch's legacy server has no queues and does not wake waiters on compare_set
             TargetSpec("ours-on-torch-legacy",
                        "our client on torch's legacy TCPStore server (needs torch)",
                        ("process", "thread"), frozenset({_C.CROSS_PROCESS, _C.LIST_KEYS}),
-                       server=True, network=True, kind="interop"),
+                       server=True, network=True, kind="interop", spans_hosts=True),
             functools.partial(torch_server, use_libuv=False), our_tcp_client,
             (functools.partial(_ours_on_torch, False, masters), _ours_peer),
-            unavailable=torch_missing,
+            unavailable=torch_missing, hosted="torch-legacy",
         ),
     ]  # fmt: skip

@@ -1,0 +1,146 @@
+"""torch's TCPStore and etcd served from a namespace host, through its agent.
+
+A world spread over three hosts meets on them; the servers are processes the agent owns (its
+run tag, counted on the host), gone when the endpoint closes and when the agent's lease runs out.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from storeharness.harness import scenario, targets
+from storeharness.harness.hosts import _hostprocs, control, netns
+from storeharness.harness.hosts.inventory import Host, netns_hosts
+from storeharness.harness.launch.session import HostSession
+from storeharness.harness.run import run_case
+
+from ..hosts.test_agent import _exits_within
+from . import remote_ranks
+
+pytest.importorskip("execnet")
+NEEDS = netns.missing()
+pytestmark = [
+    pytest.mark.multihost,
+    pytest.mark.skipif(NEEDS is not None, reason=f"netns hosts: {NEEDS}"),
+]
+ROOT = Path(__file__).parents[3]
+
+_everywhere = scenario(world_size=6, name="everywhere_hosted")(remote_ranks.where_am_i)
+
+
+def _store(name: str) -> str:
+    why = targets.get(name).unavailable()
+    if why is not None:
+        pytest.skip(f"{name}: {why}")
+    return name
+
+
+@pytest.fixture(scope="module")
+def hosts() -> Iterator[HostSession]:
+    with HostSession("netns:3") as session:
+        yield session
+
+
+def _ns_pids(h: Host) -> set[int]:
+    assert h.namespace is not None
+    out = subprocess.run(["ip", "netns", "pids", h.namespace], capture_output=True, text=True)
+    return {int(p) for p in out.stdout.split()}
+
+
+def _environ(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        pairs = [e.split(b"=", 1) for e in f.read().split(b"\0") if b"=" in e]
+    return {k.decode(): v.decode(errors="replace") for k, v in pairs}
+
+
+@pytest.mark.parametrize("store", ["torch-tcp", "etcd"])
+def test_six_ranks_over_three_hosts_meet_on_a_store_served_from_the_store_host(
+    hosts: HostSession, store: str
+) -> None:
+    result = run_case(_everywhere.cases([_store(store)], spanning=True)[0], hosts=hosts)
+    assert result.passed, result.report()
+    assert result.world is not None
+    values = result.world.values()
+    expected = [(f"h{r % 3}", f"198.18.0.{r % 3 + 1}") for r in range(6)]
+    assert [v[:2] for v in values] == expected
+    seen = ",".join(f"{h} {a}" for h, a in expected)
+    assert all(v[2] == seen for v in values)  # everyone saw every rank's key
+    if store == "etcd":  # its handle names the member it reached: h0's data address
+        assert all("198.18.0.1:" in v[3] for v in values)
+
+
+@pytest.mark.parametrize("store", ["torch-tcp", "ours-on-torch-legacy", "etcd", "torch-etcd"])
+def test_a_hosted_server_is_a_process_the_agent_owns_and_goes_with_its_endpoint(
+    hosts: HostSession, store: str, tmp_path: Path
+) -> None:
+    h0 = hosts.hosts()[0]
+    agent = hosts.agent(h0)
+    before = _ns_pids(h0)
+    endpoint = targets.get(_store(store)).start_on(agent, tmp_path, timeout=30)
+    with endpoint:
+        pid = endpoint.pid  # type: ignore[attr-defined]
+        assert _ns_pids(h0) - before == {pid}  # one process more on the host: the server
+        assert pid in agent.request("procs", "list")
+        assert _environ(pid)[_hostprocs.RUN_ENV] == hosts.run
+        data = _hostprocs.workdir(hosts.run, h0.name)
+        etcd_dirs = list(data.glob("etcd-*"))
+        assert bool(etcd_dirs) == store.endswith("etcd")  # etcd keeps its data there
+        port = endpoint.port  # type: ignore[attr-defined]
+        listening = subprocess.run(
+            ["ip", "netns", "exec", str(h0.namespace), "ss", "-Htln", f"sport = :{port}"],
+            capture_output=True, text=True,
+        ).stdout  # fmt: skip
+        assert f"{h0.address}:{port}" in listening  # on the host's data address, not loopback
+    assert _exits_within(pid, 10)
+    assert _ns_pids(h0) == before
+    assert pid not in agent.request("procs", "list")
+    assert not any(d.exists() for d in etcd_dirs)
+
+
+def test_the_lease_ends_hosted_servers_and_removes_their_data(tmp_path: Path) -> None:
+    """A controller gone silent: the agent's lease stops torch's master and etcd, and the
+    run's workdir (etcd's data) goes with them."""
+    names = [_store("torch-tcp"), _store("etcd")]
+    net = netns.build(1)
+    try:
+        host = netns_hosts(1, net.tag)[0]
+        agent = control.connect(host, lease=1.0)
+        try:
+            endpoints = [targets.get(n).start_on(agent, tmp_path / n, timeout=30) for n in names]
+            pids = [e.pid for e in endpoints]  # type: ignore[attr-defined]
+            workdir = _hostprocs.workdir(agent.run, host.name)
+            assert _ns_pids(host) == {agent.info["pid"], *pids}
+            assert list(workdir.glob("etcd-*"))
+            agent.pause_heartbeat()
+            for pid in (agent.info["pid"], *pids):
+                assert _exits_within(pid, agent.lease + 10), f"pid {pid} outlived the lease"
+            assert _ns_pids(host) == set()
+            assert not workdir.exists()
+        finally:
+            agent.close()
+    finally:
+        netns.teardown(net.tag)
+
+
+def test_the_cli_runs_library_scenarios_on_hosted_torch_tcp_and_etcd() -> None:
+    """torch's master killed and restarted on the same port of a host; etcd's timeouts."""
+    before = set(netns.stale_tags())
+    cli = subprocess.run(
+        [sys.executable, "-m", "storeharness", "run", "--hosts", "netns:3", "--store",
+         "torch-tcp", "--store", "etcd", "scenarios/server.py", "scenarios/basics.py",
+         "-k", "server_killed or (wait_timeout and etcd)"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    out = cli.stdout + cli.stderr
+    assert cli.returncode == 0, out[-4000:]
+    passed = [line.split()[1:3] for line in out.splitlines() if line.startswith("PASSED")]
+    assert passed == [["server_killed_mid_wait_then_restarted", "torch-tcp"],
+                      ["wait_timeout_names_the_key", "etcd"],
+                      ["wait_timeout_names_the_key", "etcd"]], out[-4000:]  # fmt: skip
+    assert "3 passed, 1 skipped in" in out  # server_killed on etcd: no server process to kill
+    assert set(netns.stale_tags()) <= before
