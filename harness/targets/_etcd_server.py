@@ -1,8 +1,9 @@
 """etcd servers the harness owns: one member, or a 3-member cluster for fault scenarios.
 
-The recipe is ``../shared/ETCD.md``'s: loopback only, every ``--initial-*`` flag explicit, ports
-taken from sockets bound to port 0 just before the launch (etcd itself must not be given port 0:
-its gateway would dial ``:0``) and a retry with new ports if one was taken meanwhile, data dirs
+The recipe is ``../shared/ETCD.md``'s: loopback only (or the address given: a host's data
+address when a host's agent runs it), every ``--initial-*`` flag explicit, ports taken from
+sockets bound to port 0 just before the launch (etcd itself must not be given port 0: its
+gateway would dial ``:0``) and a retry with new ports if one was taken meanwhile, data dirs
 in the run's temporary directory, ``--unsafe-no-fsync`` (acknowledged writes survive SIGKILL
 of etcd; only a kernel crash could lose them), health probed on ``/health``.  Every member is
 stopped (SIGTERM, then SIGKILL) and its data dir removed on :meth:`EtcdCluster.close`, at exit,

@@ -7,6 +7,9 @@ deletes when the run ends; scenarios that kill or restart etcd start a cluster o
 ``torch.distributed.elastic.rendezvous.etcd_store.EtcdStore`` through python-etcd against the
 same etcd with its v2 API enabled (etcd 3.4/3.5's ``--enable-v2``): torch's store implements five
 operations (set, get, add, wait, check), and the rest report :class:`UnsupportedOperation`.
+
+When a world spans hosts, ``start_on`` has the store host's agent start a single member of the
+run's own on that host's data address instead (:class:`~.hosted.HostedEtcdEndpoint`).
 """
 
 from __future__ import annotations
