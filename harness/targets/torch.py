@@ -24,7 +24,7 @@ from .forkserver import ForkedTorchServer, available, forked_server
 from .local import LocalTarget
 from .server import LOOPBACK, TCP_CAPABILITIES, ServerTarget, loopback_listener, our_tcp_client
 
-__all__ = ["TORCH_SERVER", "torch_missing", "torch_targets"]
+__all__ = ["TORCH_SERVER", "TorchClient", "torch_missing", "torch_targets"]
 
 _C = Capability
 
@@ -81,10 +81,34 @@ def torch_server(sock: socket.socket, use_libuv: bool = True) -> TorchServer | F
     return TorchServer(sock, use_libuv)
 
 
-def _torch_client(host: str, port: int, timeout: float) -> Store:
-    from ...stores.torch_adapter import torch_tcp_client
+class TorchClient:
+    """Opens torch's TCPStore client: ``TorchClient()(host, port, timeout)``.
 
-    return torch_tcp_client(host, port, timeout)
+    Creating one imports nothing (the registry holds one); *unpickling* one imports torch.  A
+    host's agent unpickles each rank's opener before it forks the rank, so torch is imported
+    once per agent and every rank forked after inherits it, instead of each rank paying for
+    the import itself (seconds of CPU per rank on a small machine).  On one machine the runner
+    imported torch already (writing the run's mark), so its forked ranks inherit it likewise.
+    """
+
+    def __call__(self, host: str, port: int, timeout: float) -> Store:
+        from ...stores.torch_adapter import torch_tcp_client
+
+        return torch_tcp_client(host, port, timeout)
+
+    def __reduce__(self) -> tuple[Callable[[], TorchClient], tuple[()]]:
+        return _torch_imported, ()
+
+    def __repr__(self) -> str:
+        return "TorchClient()"
+
+
+def _torch_imported() -> TorchClient:
+    importlib.import_module("torch.distributed")
+    return TorchClient()
+
+
+_torch_client = TorchClient()
 
 
 def _torch_file(path: str, timeout: float) -> Store:

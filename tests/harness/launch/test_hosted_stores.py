@@ -7,7 +7,6 @@ run tag, counted on the host), gone when the endpoint closes and when the agent'
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,8 +27,6 @@ pytestmark = [
     pytest.mark.multihost,
     pytest.mark.skipif(NEEDS is not None, reason=f"netns hosts: {NEEDS}"),
 ]
-ROOT = Path(__file__).parents[3]
-
 _everywhere = scenario(world_size=6, name="everywhere_hosted")(remote_ranks.where_am_i)
 
 
@@ -74,7 +71,7 @@ def test_six_ranks_over_three_hosts_meet_on_a_store_served_from_the_store_host(
         assert all("198.18.0.1:" in v[3] for v in values)
 
 
-@pytest.mark.parametrize("store", ["torch-tcp", "ours-on-torch-legacy", "etcd", "torch-etcd"])
+@pytest.mark.parametrize("store", ["torch-tcp", "etcd", "torch-etcd"])
 def test_a_hosted_server_is_a_process_the_agent_owns_and_goes_with_its_endpoint(
     hosts: HostSession, store: str, tmp_path: Path
 ) -> None:
@@ -127,20 +124,17 @@ def test_the_lease_ends_hosted_servers_and_removes_their_data(tmp_path: Path) ->
         netns.teardown(net.tag)
 
 
-def test_the_cli_runs_library_scenarios_on_hosted_torch_tcp_and_etcd() -> None:
-    """torch's master killed and restarted on the same port of a host; etcd's timeouts."""
-    before = set(netns.stale_tags())
-    cli = subprocess.run(
-        [sys.executable, "-m", "storeharness", "run", "--hosts", "netns:3", "--store",
-         "torch-tcp", "--store", "etcd", "scenarios/server.py", "scenarios/basics.py",
-         "-k", "server_killed or (wait_timeout and etcd)"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    out = cli.stdout + cli.stderr
-    assert cli.returncode == 0, out[-4000:]
-    passed = [line.split()[1:3] for line in out.splitlines() if line.startswith("PASSED")]
-    assert passed == [["server_killed_mid_wait_then_restarted", "torch-tcp"],
-                      ["wait_timeout_names_the_key", "etcd"],
-                      ["wait_timeout_names_the_key", "etcd"]], out[-4000:]  # fmt: skip
-    assert "3 passed, 1 skipped in" in out  # server_killed on etcd: no server process to kill
-    assert set(netns.stale_tags()) <= before
+def test_torchs_master_killed_on_its_host_restarts_on_the_same_port(hosts: HostSession) -> None:
+    """The library's kill-and-restart scenario on torch-tcp across hosts (the server's events
+    name its host); etcd has no server faults, and says so."""
+    from storeharness.scenarios.server import server_killed_mid_wait_then_restarted as sc
+
+    case = next(c for c in sc.cases([_store("torch-tcp")], spanning=True))
+    result = run_case(case, hosts=hosts)
+    assert result.passed, result.report()
+    assert result.world is not None
+    texts = [e.text for e in result.world.events]
+    assert any("killed with SIGKILL" in t and "on host h0" in t for t in texts), texts
+    assert any(t.startswith("server restarted") and "same port" in t for t in texts), texts
+    assert sc.cases(["etcd"], spanning=True) == []
+    assert "etcd has no server process to kill or restart" in sc.why_no_case("etcd", True)
