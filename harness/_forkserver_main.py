@@ -88,9 +88,12 @@ def _serve_torch(listen_fd: int, use_libuv: bool) -> None:
     import importlib
 
     dist: Any = importlib.import_module("torch.distributed")
-    port = _port_of(listen_fd)
+    host, port = _address_of(listen_fd)
+    # the master's own client connects to the address the socket is bound to (a host's data
+    # address when a world spans hosts; loopback otherwise)
     store = dist.TCPStore(
-        "127.0.0.1", port, None, True, datetime.timedelta(seconds=3600),
+        host if host not in ("0.0.0.0", "") else "127.0.0.1", port, None, True,
+        datetime.timedelta(seconds=3600),
         wait_for_workers=False, master_listen_fd=listen_fd, use_libuv=use_libuv,
     )  # fmt: skip
     while os.read(0, 4096):
@@ -107,13 +110,17 @@ def _serve_proxy(listen_fd: int, upstream: str) -> None:
     _proxy_main.main(["--listen-fd", str(listen_fd), "--upstream", upstream])
 
 
-def _port_of(fd: int) -> int:
+def _address_of(fd: int) -> tuple[str, int]:
     sock = socket.socket(fileno=fd)
     try:
-        port: int = sock.getsockname()[1]
-        return port
+        host, port = sock.getsockname()[:2]
+        return str(host), int(port)
     finally:
         sock.detach()
+
+
+def _port_of(fd: int) -> int:
+    return _address_of(fd)[1]
 
 
 def _serve_request(control: socket.socket, children: dict[int, int]) -> bool:

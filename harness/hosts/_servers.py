@@ -5,8 +5,11 @@ the agent and when its lease runs out, by :meth:`ServerHost.close` at teardown):
 
 - **A TCPStore server** (``start``): the agent binds a listening socket on its host's data-plane
   address (port 0) and keeps it, then runs our standalone server on it (``python -m
-  storeharness.stores.tcp --listen-fd``) or torch's TCPStore master (libuv or legacy,
-  :data:`~..targets.torch.TORCH_SERVER`).  The port is bound before the server starts, so no
+  storeharness.stores.tcp --listen-fd``) or torch's TCPStore master (libuv or legacy), forked
+  from a template that imported torch once (:class:`~..targets.forkserver.ForkServer`, itself
+  a process the agent owns; its forks carry the run tag and stop when the agent's end of their
+  stdin closes), or where that cannot run a fresh interpreter
+  (:data:`~..targets.torch.TORCH_SERVER`).  The port is bound before the server starts, so no
   client races the server's start, and a killed server's port stays bound for the restart (as
   :mod:`..targets.server` does on one machine).
 - **An etcd member** (``etcd``): one member whose client and peer URLs are on the data address,
@@ -44,7 +47,7 @@ _TORCH = {"torch": "libuv", "torch-legacy": "legacy"}
 class _Served:
     def __init__(self, sock: Any, server: str) -> None:
         self.sock, self.server = sock, server
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: Any = None  # a subprocess.Popen, or a ForkedProcess of the torch template
 
 
 class ServerHost:
@@ -56,6 +59,7 @@ class ServerHost:
         self.workdir = Path(workdir) if workdir else None
         self.served: dict[int, _Served] = {}
         self.etcds: dict[int, Any] = {}  # id -> EtcdCluster
+        self._torch: Any = None  # the torch template (a ForkServer), once one is asked for
         self._next = 0
 
     # ------------------------------------------------------------------ TCPStore servers
@@ -89,7 +93,29 @@ class ServerHost:
         served.proc = self._spawn(argv, pass_fds=(fd,), stdin=subprocess.PIPE)
 
     def _run_torch(self, served: _Served, fd: int) -> None:
-        """torch's master on the kept socket, in a fresh interpreter; returns once it serves."""
+        """torch's master on the kept socket: forked from the torch template where that works
+        here, else in a fresh interpreter (which pays torch's import every time)."""
+        from ..targets import forkserver
+
+        if not forkserver.available():
+            self._run_torch_fresh(served, fd)
+            return
+        if self._torch is None:
+            self._torch = forkserver.ForkServer("torch", popen=self._spawn)
+        try:
+            served.proc = self._torch.spawn(
+                served.sock.dup(), use_libuv=_TORCH[served.server] == "libuv"
+            )
+        except forkserver.ForkServerError as exc:
+            address, port = served.sock.getsockname()[:2]
+            raise StoreError(
+                f"torch's TCPStore server ({_TORCH[served.server]}) on {address}:{port} did not "
+                f"start: {exc}; is torch installed for {sys.executable}? (its stderr is the "
+                "agent's)"
+            ) from exc
+
+    def _run_torch_fresh(self, served: _Served, fd: int) -> None:
+        """torch's master in a fresh interpreter; returns once it serves."""
         from ..targets.torch import TORCH_SERVER
 
         address, port = served.sock.getsockname()[:2]
@@ -125,7 +151,8 @@ class ServerHost:
         assert served.proc is not None
         served.proc.send_signal(signal.SIGKILL)
         served.proc.wait(_STOP_TIMEOUT)
-        return served.proc.pid
+        _close_stdin(served.proc)
+        return int(served.proc.pid)
 
     def restart(self, server: int) -> int:
         """Start the server again on the same socket; its new pid."""
@@ -134,7 +161,7 @@ class ServerHost:
             self.kill(server)
         self._run(served)
         assert served.proc is not None
-        return served.proc.pid
+        return int(served.proc.pid)
 
     def mark(self, address: str, port: int, key: str, value: str, timeout: float) -> bool:
         """Write the run's mark (``key = value``) through a client on this host (ours: it
@@ -187,18 +214,30 @@ class ServerHost:
             shutil.rmtree(cluster.workdir, ignore_errors=True)
             return True
         served = self.served.pop(server)
-        if served.proc is not None and served.proc.poll() is None:
-            served.proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                served.proc.wait(_STOP_TIMEOUT)
+        if served.proc is not None:
+            if served.proc.poll() is None:
+                served.proc.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    served.proc.wait(_STOP_TIMEOUT)
+            _close_stdin(served.proc)
         served.sock.close()
         return True
 
     def close(self) -> None:
-        """Stop every server (each one, even when stopping another failed)."""
+        """Stop every server (each one, even when stopping another failed), then the template."""
         for server in [*self.served, *self.etcds]:
             try:
                 self.stop(server)
             except Exception as exc:  # the agent's teardown goes on: its pids are killed next
                 print(f"storeharness agent: stopping server {server} failed: {exc!r}",
                       file=sys.stderr)  # fmt: skip
+        if self._torch is not None:
+            self._torch.close()
+            self._torch = None
+
+
+def _close_stdin(proc: Any) -> None:
+    """Close our end of a server's stdin (its "serve until this closes" pipe)."""
+    if proc.stdin is not None:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()

@@ -21,6 +21,7 @@ import struct
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import IO, Any
 
@@ -130,10 +131,15 @@ class ForkServer:
     ``"torch"`` (torch's TCPStore master; the template imports torch).
     """
 
-    def __init__(self, kind: str = "ours") -> None:
+    def __init__(
+        self, kind: str = "ours", popen: Callable[..., subprocess.Popen[bytes]] | None = None
+    ) -> None:
+        """``popen(argv, pass_fds=, stdin=)`` starts the template (default ``subprocess.Popen``;
+        a host's agent passes its own, so the template is a process the agent owns)."""
         if kind not in KINDS:
             raise ValueError(f"kind={kind!r}; use one of {', '.join(KINDS)}")
         self.kind = kind
+        self._popen = popen or subprocess.Popen
         self._lock = threading.Lock()
         self._control: socket.socket | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -141,7 +147,7 @@ class ForkServer:
     def _start(self) -> socket.socket:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self._proc = subprocess.Popen(
+            self._proc = self._popen(
                 [
                     sys.executable,
                     "-m",
@@ -149,7 +155,7 @@ class ForkServer:
                     str(theirs.fileno()),
                     *(["--torch"] if self.kind == "torch" else []),
                 ],
-                pass_fds=[theirs.fileno()],
+                pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
             )
         finally:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from storeharness.harness.hosts._servers import ServerHost
-from storeharness.harness.targets import get
+from storeharness.harness.targets import forkserver, get
 from storeharness.stores import StoreError, TCPStore
 
 from ...stores.etcd_support import require
@@ -50,7 +50,16 @@ def _gone(pid: int) -> bool:
         return f.read().rsplit(")", 1)[1].split()[0] == "Z"
 
 
-def test_torchs_master_restarts_on_the_port_the_agent_keeps(servers: ServerHost) -> None:
+@pytest.fixture(params=["template", "fresh"])
+def how(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """torch's master forked from the agent's template, or (``STOREHARNESS_FORKSERVER=0``, as
+    where pidfds are missing) started as a fresh interpreter."""
+    if request.param == "fresh":
+        monkeypatch.setenv(forkserver.ENV, "0")
+    return str(request.param)
+
+
+def test_torchs_master_restarts_on_the_port_the_agent_keeps(servers: ServerHost, how: str) -> None:
     if (why := get("torch-tcp").unavailable()) is not None:
         pytest.skip(why)
     server, port, pid = servers.start(LOOPBACK, "torch")
@@ -68,12 +77,13 @@ def test_torchs_master_restarts_on_the_port_the_agent_keeps(servers: ServerHost)
         pass
 
 
-def test_a_master_that_cannot_start_is_an_error_naming_it(tmp_path: Path) -> None:
+def test_a_master_that_cannot_start_is_an_error_naming_it(tmp_path: Path, how: str) -> None:
     def no_torch(argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
         return _spawn([argv[0], "-c", "import sys; sys.exit(3)"], **kw)
 
     host = ServerHost(no_torch, tmp_path)
-    with pytest.raises(StoreError, match=r"torch's TCPStore server \(libuv\) on 127\.0\.0\.1:"):
+    expected = r"torch's TCPStore server \(libuv\) on 127\.0\.0\.1:\d+ did not start"
+    with pytest.raises(StoreError, match=expected):
         host.start(LOOPBACK, "torch")
     assert host.served == {}
 
