@@ -5,7 +5,8 @@ A target is named by
 - a built-in name (``hash``, ``file``, ``tcp``, ``tcp-pure``, ``prefix``, ``prefix-hash``,
   ``prefix-file``; torch's ``torch-tcp``, ``torch-file``, ``torch-hash``; the interop pairings
   ``torch-client``, ``ours-on-torch``, ``ours-on-torch-legacy``; ``etcd`` (our EtcdStore) and
-  ``torch-etcd`` (torch's v2 EtcdStore), on an etcd started on loopback);
+  ``torch-etcd`` (torch's v2 EtcdStore), on an etcd started on loopback (with ``--hosts``,
+  on the store host));
 - a name a package registers in the ``storeharness.targets`` entry-point group (the entry point
   loads a :class:`Target`, or a store factory as below);
 - ``module.path:factory``, a user's store factory (see :mod:`.user`);
