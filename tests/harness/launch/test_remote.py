@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import glob
+import json
 import os
 import select
 import signal
@@ -137,10 +138,15 @@ from storeharness.harness.launch.remote import RemoteLauncher
 from storeharness.harness.world import run_world
 from tests.harness.launch import remote_ranks
 
+from storeharness.harness.faults import Loss, Rate, after
+
 tag, workdir, lease = sys.argv[1], pathlib.Path(sys.argv[2]), float(sys.argv[3])
-agents = [control.connect(h, lease=lease) for h in netns_hosts(3, tag)]
+agents = [control.connect(h, lease=lease, run=tag) for h in netns_hosts(3, tag)]
 endpoint = targets.get("tcp").start_on(agents[0], workdir, timeout=30)  # a server on h0
-launcher = RemoteLauncher(agents, own_agents=True)
+launcher = RemoteLauncher(agents, own_agents=True, ports=[endpoint.port])
+# rules and shaping between h1 and h2 (the store's traffic, on h0, is untouched by them)
+launcher.host_fault(Loss(0.01, after(0, "x"), between=("h1", "h2")))
+launcher.host_fault(Rate(10**9, after(0, "x"), between=("h1", "h2")))
 print(launcher.token, endpoint.pid, *(a.info["pid"] for a in agents), flush=True)
 run_world(remote_ranks.announce_and_block, 6, endpoint.opener(), time_limit=60,
           launcher=launcher)
@@ -179,12 +185,15 @@ def test_a_killed_or_silent_controller_leaves_nothing_after_the_lease(
         hosted = [int(server), *map(int, agent_pids), *ranks]
         assert set(tagged(run_tag)) >= {ctl.pid, *hosted}
         assert len(glob.glob(f"/tmp/storeharness-{token}-*")) == 3  # each host's work dir
+        assert _our_rules(net3) == {"tables": 2, "qdiscs": 2}  # nft on h1, h2; tc on h1, h2
         os.kill(ctl.pid, how)
         for pid in hosted:
             assert _exits_within(pid, lease + 10), f"pid {pid} outlived the lease"
         assert set(tagged(run_tag)) <= {ctl.pid}
         assert all(_ns_pids(ns) == [] for ns in net3.namespaces())
         assert glob.glob(f"/tmp/storeharness-{token}-*") == []
+        assert _our_rules(net3) == {"tables": 0, "qdiscs": 0}
+        assert sorted(netns.namespaces(net3.tag)) == sorted(net3.namespaces())  # ours, intact
     finally:
         os.close(keep)
         os.close(reader)
@@ -203,6 +212,22 @@ def _ranks_announced(reader: int, n: int, timeout: float) -> list[int]:
         if select.select([reader], [], [], left)[0]:
             data += os.read(reader, 4096)
     return [int(line) for line in data.split()]
+
+
+def _our_rules(net: netns.NetnsNetwork) -> dict[str, int]:
+    """How many of our nft tables and root qdiscs the namespace hosts hold, in total."""
+    found = {"tables": 0, "qdiscs": 0}
+    for ns in net.namespaces():
+        out = subprocess.run(
+            ["ip", "netns", "exec", ns, sys.executable, "-c",
+             "import json; from storeharness.harness.hosts._hostnet import counts; "
+             "print(json.dumps(counts()))"],
+            capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+        counted = json.loads(out.stdout)
+        found["tables"] += len(counted["tables"])
+        found["qdiscs"] += len(counted["qdiscs"])
+    return found
 
 
 def _ns_pids(namespace: str) -> list[int]:
