@@ -60,11 +60,9 @@ def _environ(pid: int) -> dict[str, str]:
     return {k.decode(): v.decode(errors="replace") for k, v in pairs}
 
 
-@pytest.mark.parametrize("store", ["torch-tcp", "etcd"])
-def test_six_ranks_over_three_hosts_meet_on_a_store_served_from_the_store_host(
-    hosts: HostSession, store: str
-) -> None:
-    result = run_case(_everywhere.cases([_store(store)], spanning=True)[0], hosts=hosts)
+def _meet(hosts: HostSession, store: str) -> None:
+    """Six ranks spread over the three hosts meet on ``store``, served from h0."""
+    result = run_case(_everywhere.cases([store], spanning=True)[0], hosts=hosts)
     assert result.passed, result.report()
     assert result.world is not None
     values = result.world.values()
@@ -76,18 +74,17 @@ def test_six_ranks_over_three_hosts_meet_on_a_store_served_from_the_store_host(
         assert all("198.18.0.1:" in v[3] for v in values)
 
 
-@pytest.mark.parametrize("store", ["torch-tcp", "etcd", "torch-etcd"])
-def test_a_hosted_server_is_a_process_the_agent_owns_and_goes_with_its_endpoint(
-    hosts: HostSession, store: str, tmp_path: Path
-) -> None:
+def _owned(hosts: HostSession, store: str, workdir: Path) -> None:
+    """``store``'s server on h0 is one more process there, the agent's (its run tag), on h0's
+    data address; closing the endpoint ends it and removes etcd's data."""
     h0 = hosts.hosts()[0]
     agent = hosts.agent(h0)
     before = _ns_pids(h0)
-    endpoint = targets.get(_store(store)).start_on(agent, tmp_path, timeout=30)
+    endpoint = targets.get(store).start_on(agent, workdir, timeout=30)
     with endpoint:
         pid = endpoint.pid  # type: ignore[attr-defined]
         # one process more on the host: the server, and for torch's the template it was forked
-        # from, unless an earlier test started it (once per agent, it lives as long as the agent)
+        # from, unless an earlier call started it (once per agent, it lives as long as the agent)
         template = {_parent(pid)} - {agent.info["pid"]}
         assert _ns_pids(h0) - before == {pid, *template} - before
         before |= template
@@ -108,6 +105,43 @@ def test_a_hosted_server_is_a_process_the_agent_owns_and_goes_with_its_endpoint(
     assert _ns_pids(h0) == before
     assert pid not in agent.request("procs", "list")
     assert not any(d.exists() for d in etcd_dirs)
+
+
+# One test per store, each doing several things on the module's hosts: under xdist, tests of a
+# module spread over the workers, and each worker's agents would import torch again.
+
+
+def test_torch_tcp_across_hosts(hosts: HostSession, tmp_path: Path) -> None:
+    """Six ranks meet on torch's master on h0; it is the agent's and goes with its endpoint;
+    killed on its host, it restarts on the same port (the library's scenario)."""
+    _meet(hosts, _store("torch-tcp"))
+    _owned(hosts, "torch-tcp", tmp_path)
+    from storeharness.scenarios.server import server_killed_mid_wait_then_restarted as sc
+
+    case = next(c for c in sc.cases(["torch-tcp"], spanning=True))
+    result = run_case(case, hosts=hosts)
+    assert result.passed, result.report()
+    assert result.world is not None
+    texts = [e.text for e in result.world.events]
+    assert any("killed with SIGKILL" in t and "on host h0" in t for t in texts), texts
+    assert any(t.startswith("server restarted") and "same port" in t for t in texts), texts
+
+
+def test_etcd_across_hosts(hosts: HostSession, tmp_path: Path) -> None:
+    """Six ranks meet on an etcd member on h0; it is the agent's, keeps its data in the agent's
+    workdir, and both go with the endpoint; it has no server faults, and says so."""
+    _meet(hosts, _store("etcd"))
+    _owned(hosts, "etcd", tmp_path)
+    from storeharness.scenarios.server import server_killed_mid_wait_then_restarted as sc
+
+    assert sc.cases(["etcd"], spanning=True) == []
+    assert "etcd has no server process to kill or restart" in sc.why_no_case("etcd", True)
+
+
+def test_torch_etcd_is_served_from_the_store_host_with_v2(
+    hosts: HostSession, tmp_path: Path
+) -> None:
+    _owned(hosts, _store("torch-etcd"), tmp_path)
 
 
 def test_the_lease_ends_hosted_servers_and_removes_their_data(tmp_path: Path) -> None:
@@ -134,19 +168,3 @@ def test_the_lease_ends_hosted_servers_and_removes_their_data(tmp_path: Path) ->
             agent.close()
     finally:
         netns.teardown(net.tag)
-
-
-def test_torchs_master_killed_on_its_host_restarts_on_the_same_port(hosts: HostSession) -> None:
-    """The library's kill-and-restart scenario on torch-tcp across hosts (the server's events
-    name its host); etcd has no server faults, and says so."""
-    from storeharness.scenarios.server import server_killed_mid_wait_then_restarted as sc
-
-    case = next(c for c in sc.cases([_store("torch-tcp")], spanning=True))
-    result = run_case(case, hosts=hosts)
-    assert result.passed, result.report()
-    assert result.world is not None
-    texts = [e.text for e in result.world.events]
-    assert any("killed with SIGKILL" in t and "on host h0" in t for t in texts), texts
-    assert any(t.startswith("server restarted") and "same port" in t for t in texts), texts
-    assert sc.cases(["etcd"], spanning=True) == []
-    assert "etcd has no server process to kill or restart" in sc.why_no_case("etcd", True)
