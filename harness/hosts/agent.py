@@ -84,6 +84,11 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
+def _which(name: str) -> str | None:
+    """``name``'s path, also in the sbin directories an unprivileged user's PATH lacks."""
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+
+
 def _capabilities() -> int:
     with open("/proc/self/status") as f:
         for line in f:
@@ -98,7 +103,7 @@ def _netem_works() -> tuple[bool | None, str]:
     Never on this host's own interfaces: ``unshare -n`` gives the ``tc`` command a namespace of
     its own (``-rn`` through a user namespace when not root), gone when it exits.
     """
-    tc, unshare = shutil.which("tc"), shutil.which("unshare")
+    tc, unshare = _which("tc"), _which("unshare")
     if tc is None or unshare is None:
         return None, "cannot try: needs tc and unshare"
     flags = "-n" if os.geteuid() == 0 else "-rn"
@@ -119,9 +124,9 @@ def probe() -> dict[str, Any]:
     return {
         "euid": os.geteuid(),
         "net_admin": net_admin,
-        "nft": shutil.which("nft"),
-        "iptables": shutil.which("iptables"),
-        "tc": shutil.which("tc"),
+        "nft": _which("nft"),
+        "iptables": _which("iptables"),
+        "tc": _which("tc"),
         "netem": netem,
         "netem_detail": why,
     }
