@@ -245,3 +245,28 @@ def test_an_unprivileged_user_runs_worlds_and_host_faults_and_leaves_nothing() -
         assert not runs.exists() or list(runs.iterdir()) == []
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="starting a process as uid 65534 needs root")
+def test_cleaning_leaves_another_users_run_alone() -> None:
+    """Its live-run records are under its own temporary directory, so from here its run would
+    look stale: a root ``hosts clean`` running beside an unprivileged run must not kill it."""
+    from storeharness.harness.hosts import _hostprocs
+
+    run = uuid.uuid4().hex[:12]
+    env = {**os.environ, **_hostprocs.tagged(run, "h0")}
+    theirs = subprocess.Popen(
+        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", sys.executable,
+         "-c", STRAY], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/",
+    )  # fmt: skip
+    ours = subprocess.Popen([sys.executable, "-c", STRAY], env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert _first_line(theirs, 10) == _first_line(ours, 10) == "inside\n"
+        stale = _hostprocs.stale_pids()
+        assert stale.get(ours.pid) == run  # ours, with no live agent: stale
+        assert theirs.pid not in stale
+    finally:
+        for proc in (theirs, ours):
+            proc.kill()
+            proc.wait(10)
