@@ -117,12 +117,31 @@ def _netem_works() -> tuple[bool | None, str]:
     return False, (done.stderr.strip() or f"exit {done.returncode}").splitlines()[-1]
 
 
+def _outer_uid() -> int | None:
+    """This process's uid outside its user namespace, or None in the machine's own (whose
+    ``uid_map`` maps every uid to itself): a ``netns:N`` host built without root is root of
+    a user namespace that is an ordinary user outside."""
+    try:
+        with open("/proc/self/uid_map") as f:
+            rows = [line.split() for line in f]
+    except OSError:
+        return None
+    if rows == [["0", "0", "4294967295"]]:
+        return None
+    uid = os.getuid()
+    for inside, outside, count in ((int(a), int(b), int(c)) for a, b, c in rows):
+        if inside <= uid < inside + count:
+            return outside + uid - inside
+    return None
+
+
 def probe() -> dict[str, Any]:
     """Tools and privileges of this host, as builtins (they travel over an execnet channel)."""
     netem, why = _netem_works()
     net_admin = bool(_capabilities() & (1 << 12))  # CAP_NET_ADMIN
     return {
         "euid": os.geteuid(),
+        "outer_uid": _outer_uid(),
         "net_admin": net_admin,
         "nft": _which("nft"),
         "iptables": _which("iptables"),

@@ -270,3 +270,18 @@ def test_cleaning_leaves_another_users_run_alone() -> None:
         for proc in (theirs, ours):
             proc.kill()
             proc.wait(10)
+
+
+@needs_userns
+def test_hosts_check_says_an_agent_is_root_of_a_user_namespace(unet: netns.NetnsNetwork) -> None:
+    pytest.importorskip("execnet")
+    from storeharness.harness.hosts import control
+    from storeharness.harness.hosts.inventory import netns_hosts
+
+    host = netns_hosts(2, unet.tag)[1]
+    assert host.gateway.startswith("popen//python=") and "/nsenter -t " in host.gateway
+    found = control.check(host)
+    assert (found.euid, found.net_admin, found.outer_uid) == (0, True, os.getuid())
+    assert f"uid 0 (of a user namespace; uid {os.getuid()} outside) with CAP_NET_ADMIN" in (
+        found.line()
+    )
