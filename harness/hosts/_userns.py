@@ -11,10 +11,13 @@ that build the switch and hosts inside it, and the execnet gateways that start h
 work there on the namespaces' own interfaces, and nothing of the machine is reachable.
 
 Lifetime: the keeper's stdin is a pipe whose only writer is the building process (Python opens
-pipes non-inheritable, so later children do not hold it), so the keeper ends when its builder
-ends, however that happens.  Its mount namespace, and with it the ``/run/netns`` names, goes with
-it; namespaces held by processes still inside (an agent waiting out its lease, the ranks it
-started) go when those end.  Those processes are found by their user namespace (the inode of
+pipes non-inheritable, so children it *executes* do not hold it), so the keeper ends when its
+builder ends, however that happens — a process merely *forked* from the builder holds the pipe
+too and keeps the keeper until it ends (the harness's forked ranks die with their controller).
+Not ``PR_SET_PDEATHSIG``: it fires when the building *thread* ends, not the process.  The
+keeper's mount namespace, and with it the ``/run/netns`` names, goes with it; namespaces held
+by processes still inside (an agent waiting out its lease, the ranks it started) go when those
+end.  Those processes are found by their user namespace (the inode of
 ``/proc/PID/ns/user``, the keeper's) and the run's tag in their environment (:data:`ENV`, which
 the command prefix of :func:`enter_argv` sets) — by pid, never by name.
 """
