@@ -340,7 +340,7 @@ def teardown(tag: str) -> list[str]:
     if not tag:
         raise ValueError("netns: teardown needs the run tag (an empty tag would match every run)")
     record = _read_owner(tag) or {}
-    if record.get("keeper"):
+    if record.get("keeper") or tag in _keepers:  # ours even if its record was never written
         return _teardown_keeper(tag, record)
     names = namespaces(tag)
     for ns in names:
@@ -368,8 +368,11 @@ def _teardown_keeper(tag: str, record: dict[str, Any]) -> list[str]:
     keeper, or a process inside), else an empty list.
     """
     deadline = time.monotonic() + _KILL_TIMEOUT
-    keeper = record["keeper"]
     own = _keepers.pop(tag, None)
+    keeper = record.get("keeper")
+    if keeper is None:
+        assert own is not None  # teardown comes here only with one or the other
+        keeper = {"pid": own.pid, "start": own.started, "userns": own.userns}
     keeper_pid = int(keeper["pid"])
     alive = _userns.start_time(keeper_pid) == keeper["start"]
     pids = [pid for pid in _userns.members(int(keeper["userns"]), tag) if pid != keeper_pid]

@@ -14,8 +14,9 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -285,3 +286,34 @@ def test_hosts_check_says_an_agent_is_root_of_a_user_namespace(unet: netns.Netns
     assert f"uid 0 (of a user namespace; uid {os.getuid()} outside) with CAP_NET_ADMIN" in (
         found.line()
     )
+
+
+@needs_userns
+@pytest.mark.parametrize("fails", ["bridge", "record"])
+def test_a_build_failing_after_its_keeper_started_stops_it(
+    monkeypatch: pytest.MonkeyPatch, fails: str
+) -> None:
+    """A kernel without the bridge module fails the build inside the keeper; a full disk fails
+    recording the keeper: either way the failure is raised, and the keeper and the run's
+    record are gone."""
+    real_run, real_write, keepers = netns._run, netns._write_owner, []
+
+    def run(*args: str, check: bool = True, enter: Sequence[str] = ()) -> str:
+        if fails == "bridge" and "bridge" in args:
+            keepers.append(int(enter[list(enter).index("-t") + 1]))
+            raise netns.NetnsError("`ip link add br0 type bridge` failed: Unknown device type.")
+        return real_run(*args, check=check, enter=enter)
+
+    def write(tag: str, names: Sequence[str] = (), keeper: dict[str, Any] | None = None) -> None:
+        if fails == "record" and keeper is not None:
+            keepers.append(int(keeper["pid"]))
+            raise OSError(28, "No space left on device")
+        real_write(tag, names, keeper)
+
+    monkeypatch.setattr(netns, "_run", run)
+    monkeypatch.setattr(netns, "_write_owner", write)
+    tag = netns.new_tag()
+    with pytest.raises((netns.NetnsError, OSError), match=r"Unknown device type|No space left"):
+        netns.build(2, tag=tag, user_namespace=True)
+    assert len(keepers) == 1 and _userns.start_time(keepers[0]) is None
+    assert not (netns.owners_dir() / tag).exists() and tag not in netns._keepers
