@@ -88,6 +88,7 @@ class _Slot:
     log_path: str = ""
     control_fd: int = -1  # the rank's end of its pipe, numbered as in the rank's process
     asking: bool = False  # it sent a point or an await and reads its pipe for the answer
+    abandoned: bool = False  # a thread rank still blocked after its stop: not joined again
 
 
 def run_world(
@@ -519,6 +520,7 @@ class _World:
                 slot.thread.join(_STOP_TIMEOUT)
                 if slot.thread.is_alive():
                     slot.timed_out += "; the thread is still blocked (threads cannot be killed)"
+                    slot.abandoned = True
                 self.selector.unregister(slot.conn)
                 slot.conn.close()
                 slot.state = "done"
@@ -541,7 +543,9 @@ class _World:
                     I.kill(slot.proc.pid, signal.SIGKILL)
         joins_deadline = time.monotonic() + 2.0  # one bound for all threads, however many
         for slot in self.slots:
-            if slot.thread is not None:  # past its pipe's end it only releases its logger
+            # Past its pipe's end a thread only releases its logger; one still blocked after
+            # its stop had its chance (it ends once its endpoint closes, after the world).
+            if slot.thread is not None and not slot.abandoned:
                 slot.thread.join(max(0.0, joins_deadline - time.monotonic()))
             if slot.proc is not None:
                 slot.proc.join(2)
