@@ -86,6 +86,9 @@ def black_hole_times_out_then_heals(ctx: RankContext) -> str:
     again (reconnecting if they must) and the data set before is intact."""
     if ctx.rank == 0:
         ctx.store.set("kept", "from before")
+        # A set has no reply on the wire: a round trip on the same connection proves the server
+        # holds the key before the lights go out (the black hole could swallow the set itself).
+        assert ctx.store.get("kept") == b"from before"
         ctx.wait_for(1, "connected")  # rank 1's connection is up before the lights go out
         ctx.point(DARK)
         start = time.monotonic()
