@@ -99,7 +99,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--workers", choices=["process", "thread"], help="only this worker kind")
         p.add_argument(
             "--hosts", metavar="HOSTS",
-            help="run worlds across hosts: netns:N (namespaces built for the run; needs root), "
+            help="run worlds across hosts: netns:N (namespaces built for the run; as root, else "
+            "in a user namespace), "
             "local, ssh:h1,h2 or a hosts.toml (as pytest --hosts)",
         )  # fmt: skip
         p.add_argument("-k", metavar="EXPR", help="only cases whose id matches (as pytest -k)")

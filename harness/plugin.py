@@ -78,7 +78,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         metavar="HOSTS",
         help="run scenario worlds across hosts: netns:N (network namespaces built for the "
-        "session; needs root), local, ssh:h1,h2 or a hosts.toml",
+        "session; as root, else in a user namespace), local, ssh:h1,h2 or a hosts.toml",
     )
     parser.addini(INI["hosts"], "hosts for scenario worlds (as --hosts)")
     parser.addini(INI["stores"], "stores to test against (as --store)", type="args")

@@ -72,9 +72,10 @@ def rank_killed_mid_queue_pop(ctx: RankContext) -> bytes | None:
 
 
 FROZEN = Point("frozen")
-#: The frozen rank's own wait; everyone else's lasts longer, so it has run out by their end.
-OWN_TIMEOUT = 0.5
-OTHERS_TIMEOUT = 1.0
+#: The frozen rank's own wait; everyone else's lasts twice as long, so it has run out by their
+#: end (rank 1 starts its wait as the others start theirs, when it passes FROZEN).
+OWN_TIMEOUT = 0.25
+OTHERS_TIMEOUT = 0.5
 
 
 @scenario(

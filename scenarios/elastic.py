@@ -70,6 +70,10 @@ VICTIM = AnyRank("victim", exclude=(0,))
 WORKING = Point("working")
 #: How long a step's barrier waits for a missing member: the failure detector.
 DETECT = 1.0
+#: How much longer a survivor then waits for each heartbeat.  A live member sets its heartbeat
+#: before it enters the barrier, so by now it has had DETECT + GRACE to do so; the dead one's
+#: never comes, and waiting for it is what reading the members costs.
+GRACE = 0.5
 
 
 def _live_members(ctx: RankContext, round_: int, n: int) -> list[int]:
@@ -77,7 +81,7 @@ def _live_members(ctx: RankContext, round_: int, n: int) -> list[int]:
     alive = []
     for r in range(n):
         try:
-            ctx.store.wait([f"round/{round_}/alive/{r}"], DETECT)
+            ctx.store.wait([f"round/{round_}/alive/{r}"], GRACE)
             alive.append(r)
         except StoreTimeout:
             pass

@@ -140,13 +140,25 @@ def _environ(pid: int) -> dict[str, str]:
     return env
 
 
+def _uid(pid: int) -> int | None:
+    """Process ``pid``'s real uid (as this user namespace sees it), None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("Uid:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
 def _tagged_pids() -> list[tuple[int, dict[str, str]]]:
-    me = os.getpid()
+    """Tagged processes of this user: another user's runs keep their workdirs (the records
+    of which runs are live) under their own temporary directory, so a run of theirs would
+    look stale from here; they are theirs to clean (root included)."""
+    me, uid = os.getpid(), os.getuid()
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit() and int(entry) != me:
             env = _environ(int(entry))
-            if RUN_ENV in env:
+            if RUN_ENV in env and _uid(int(entry)) == uid:
                 found.append((int(entry), env))
     return found
 

@@ -87,6 +87,11 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
+def _which(name: str) -> str | None:
+    """``name``'s path, also in the sbin directories an unprivileged user's PATH lacks."""
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+
+
 def _capabilities() -> int:
     with open("/proc/self/status") as f:
         for line in f:
@@ -101,7 +106,7 @@ def _netem_works() -> tuple[bool | None, str]:
     Never on this host's own interfaces: ``unshare -n`` gives the ``tc`` command a namespace of
     its own (``-rn`` through a user namespace when not root), gone when it exits.
     """
-    tc, unshare = shutil.which("tc"), shutil.which("unshare")
+    tc, unshare = _which("tc"), _which("unshare")
     if tc is None or unshare is None:
         return None, "cannot try: needs tc and unshare"
     flags = "-n" if os.geteuid() == 0 else "-rn"
@@ -115,16 +120,35 @@ def _netem_works() -> tuple[bool | None, str]:
     return False, (done.stderr.strip() or f"exit {done.returncode}").splitlines()[-1]
 
 
+def _outer_uid() -> int | None:
+    """This process's uid outside its user namespace, or None in the machine's own (whose
+    ``uid_map`` maps every uid to itself): a ``netns:N`` host built without root is root of
+    a user namespace that is an ordinary user outside."""
+    try:
+        with open("/proc/self/uid_map") as f:
+            rows = [line.split() for line in f]
+    except OSError:
+        return None
+    if rows == [["0", "0", "4294967295"]]:
+        return None
+    uid = os.getuid()
+    for inside, outside, count in ((int(a), int(b), int(c)) for a, b, c in rows):
+        if inside <= uid < inside + count:
+            return outside + uid - inside
+    return None
+
+
 def probe() -> dict[str, Any]:
     """Tools and privileges of this host, as builtins (they travel over an execnet channel)."""
     netem, why = _netem_works()
     net_admin = bool(_capabilities() & (1 << 12))  # CAP_NET_ADMIN
     return {
         "euid": os.geteuid(),
+        "outer_uid": _outer_uid(),
         "net_admin": net_admin,
-        "nft": shutil.which("nft"),
-        "iptables": shutil.which("iptables"),
-        "tc": shutil.which("tc"),
+        "nft": _which("nft"),
+        "iptables": _which("iptables"),
+        "tc": _which("tc"),
         "netem": netem,
         "netem_detail": why,
     }

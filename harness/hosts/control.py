@@ -63,6 +63,14 @@ class HostCheck:
     netem_detail: str
     clock_offset: float
     rtt: float
+    #: The uid outside the host's user namespace when it is not the machine's own (a
+    #: ``netns:N`` host built without root), else None.
+    outer_uid: int | None = None
+
+    def _outside(self) -> str:
+        if self.outer_uid is None:
+            return ""
+        return f" (of a user namespace; uid {self.outer_uid} outside)"
 
     def line(self) -> str:
         """One line for a person: versions, tools, netem, clock."""
@@ -71,7 +79,8 @@ class HostCheck:
         netem = {True: "yes", False: "no", None: "unknown"}[self.netem]
         return (
             f"{self.host}: python {self.python}, storeharness {self.storeharness}, "
-            f"uid {self.euid}{' with' if self.net_admin else ' without'} CAP_NET_ADMIN, {tools}, "
+            f"uid {self.euid}{self._outside()}{' with' if self.net_admin else ' without'} "
+            f"CAP_NET_ADMIN, {tools}, "
             f"netem {netem} ({self.netem_detail}), clock offset {self.clock_offset * 1e3:+.2f} ms "
             f"(± {self.rtt / 2 * 1e3:.2f}), rtt {self.rtt * 1e3:.2f} ms"
         )

@@ -11,7 +11,8 @@ A ``hosts.toml`` has one table per host, named by the host::
 Shortcuts give the same records: ``local`` (this machine, loopback), ``ssh:h1,h2`` (each name
 is also its data address; the remote ``python3`` must have storeharness installed) and
 ``netns:N`` (the namespaces :func:`.netns.build` creates for a run tag; gateways are
-``popen//python=ip netns exec NS <this interpreter>``).  The first host of a shortcut has the
+``popen//python=ip netns exec NS <this interpreter>``, preceded by ``nsenter`` into the run's
+keeper when it was built without root).  The first host of a shortcut has the
 ``store`` role.  Every bad field is refused with :class:`InventoryError` naming the file, the
 host, the field and what is allowed.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import shlex
 import sys
 import tomllib
 from collections.abc import Mapping
@@ -175,12 +177,14 @@ def load(path: str | os.PathLike[str]) -> list[Host]:
 
 
 def netns_hosts(n: int, tag: str, python: str | None = None) -> list[Host]:
-    """The hosts :func:`.netns.build` ``(n, tag)`` creates, reached with ``ip netns exec``."""
+    """The hosts :func:`.netns.build` ``(n, tag)`` creates, reached with ``ip netns exec``
+    (after ``nsenter`` into the run's keeper when it was built in a user namespace)."""
     exe = python or sys.executable
+    enter = netns.enter_argv(tag)
     return [
         Host(
             name=f"h{i}",
-            gateway=f"popen//python=ip netns exec {ns} {exe}",
+            gateway="popen//python=" + shlex.join([*enter, "ip", "netns", "exec", ns, exe]),
             address=netns.host_address(i),
             slots=SHORTCUT_SLOTS,
             roles=frozenset({"store"}) if i == 0 else frozenset(),

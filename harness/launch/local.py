@@ -45,6 +45,7 @@ class LocalHandle:
         self.thread: threading.Thread | None = None
         self.store: Any = None
         self.control_fd = -1  # the rank's end of its pipe, numbered as in the rank's process
+        self.abandoned = False  # a thread still blocked after its stop: not joined again
         self.armed: list[Signals] = []
         self._unregister: Callable[[Any], object] = lambda conn: None
 
@@ -100,7 +101,8 @@ class LocalHandle:
         if self.thread is None:
             return False
         self.thread.join(timeout)
-        return self.thread.is_alive()
+        self.abandoned = self.thread.is_alive()  # it had its chance: teardown does not wait
+        return self.abandoned
 
     def close(self) -> None:
         self.armed.clear()
@@ -237,7 +239,9 @@ class LocalLauncher:
         ours = [h for h in self.handles if h in handles]
         joins_deadline = time.monotonic() + _REAP_TIMEOUT  # one bound for all threads, however many
         for h in ours:
-            if h.thread is not None:  # past its pipe's end it only releases its logger
+            # Past its pipe's end a thread only releases its logger; one still blocked after its
+            # stop had its chance (it ends once its endpoint closes, after the world).
+            if h.thread is not None and not h.abandoned:
                 h.thread.join(max(0.0, joins_deadline - time.monotonic()))
             if h.proc is not None:
                 h.proc.join(_REAP_TIMEOUT)

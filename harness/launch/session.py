@@ -4,7 +4,8 @@
 :meth:`HostSession.close`; any other value (``local``, ``ssh:h1,h2``, a ``hosts.toml``) names
 hosts that exist already.  Agents are connected on first use and kept for the session, so each
 world only pays for its ranks.  :attr:`HostSession.unavailable` says why the hosts cannot be had
-here (no root for namespaces, no iproute2, a host refused), so callers can skip with it.
+here (neither root nor unprivileged user namespaces for ``netns:N``, no iproute2, a host
+refused), so callers can skip with it.
 """
 
 from __future__ import annotations

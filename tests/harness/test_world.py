@@ -207,6 +207,24 @@ def test_thread_ranks_past_the_deadline_lose_their_store() -> None:
     assert not [t for t in threading.enumerate() if t.name.startswith("rank-")]
 
 
+def _deaf_forever(release: threading.Event, ctx: RankContext) -> None:
+    release.wait(30)  # blocked where neither the stop message nor a closed store reaches
+
+
+def test_a_thread_that_outlives_its_stop_is_abandoned_once_not_joined_again() -> None:
+    release = threading.Event()
+    try:
+        result = run_world(functools.partial(_deaf_forever, release), 1, HashStore, "thread",
+                           time_limit=0.3)  # fmt: skip
+        assert result[0].fate is Fate.TIMED_OUT
+        assert "the thread is still blocked" in result[0].error
+        # the time limit, the stop message's wait and one last join (0.5 s each); joining it
+        # again at teardown cost 2 s more
+        assert result.elapsed < 2.0, result.elapsed
+    finally:
+        release.set()
+
+
 def _times_out(ctx: RankContext) -> None:
     ctx.store.wait(["absent"], 0.2)
 

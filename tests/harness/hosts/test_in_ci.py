@@ -18,3 +18,6 @@ def test_ci_can_build_namespace_hosts_and_apply_host_faults() -> None:
     assert netns.missing() is None, f"CI must run the multihost tests, but: {netns.missing()}"
     assert shutil.which("nft"), "CI must run the host-fault tests: .ci/run installs nftables"
     assert shutil.which("tc"), "CI must run the rate-limit tests: tc (iproute2) is missing"
+    assert shutil.which("sshd") or shutil.which("sshd", path="/usr/sbin"), (
+        "CI must run the ssh smoke test: .ci/run installs openssh-server"
+    )
