@@ -71,11 +71,16 @@ def _within(store: Store, key: str, timeout: float) -> float:
     placement="spread",
     faults=[Partition([["h0", "h2"], ["h1"]], after(0, CUT)), HealNetwork(after(0, HEALED))],
     time_limit=40.0,
-    xfail=dict.fromkeys(
-        ["torch-tcp", "torch-client"],
-        "torch's TCP client, cut off, does not return from wait(keys, timeout=1.0): still "
-        "blocked in its C++ wait at the world's limit (docs/production-scenarios.md)",
-    ),
+    xfail={
+        **dict.fromkeys(
+            ["torch-tcp", "torch-client"],
+            "torch's TCP client, cut off, does not return from wait(keys, timeout=1.0): still "
+            "blocked in its C++ wait at the world's limit (docs/production-scenarios.md)",
+        ),
+        "torch-etcd": "torch's v2 EtcdStore, cut off, raises python-etcd's EtcdConnectionFailed "
+        "after its own 5 s connect timeout, not a timeout of the 1 s wait, and its ranks on the "
+        "other hosts time out in the barrier after it (docs/production-scenarios.md)",
+    },
 )
 def partition_cuts_a_host_off_then_heals(ctx: RankContext) -> str:
     """h1 is cut off from h0 (the store's host) and h2: h1's ranks time out within their
@@ -182,11 +187,6 @@ def _fetch(store: Store) -> float:
     ],
     op_timeout=20.0,
     time_limit=40.0,
-    xfail={
-        "etcd": "EtcdStore cuts each RPC at rpc_timeout (1 s), shorter than 1 MiB takes over "
-        "8 Mbit/s, and retries it from the start until the op times out "
-        "(docs/production-scenarios.md)"
-    },
 )
 def rate_limited_link(ctx: RankContext) -> float:
     """h0 → h2 is limited to 8 Mbit/s: 1 MiB takes h2 at least ~1 s to read while h1, on an

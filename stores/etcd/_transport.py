@@ -143,24 +143,35 @@ class Transport:
         self._failed(index)
         return Transient(where)
 
-    def time_limit(self, deadline: float | None) -> tuple[float, bool]:
-        """One RPC's time limit before ``deadline``, and whether the deadline (not the
-        ``rpc_timeout`` cap) set it.  Raises :class:`OutOfTime` once the deadline passed."""
+    def time_limit(self, deadline: float | None, patience: float = 1.0) -> tuple[float, bool]:
+        """One RPC's time limit before ``deadline``, and whether the deadline (not the cap,
+        ``rpc_timeout`` times ``patience``) set it.  Raises :class:`OutOfTime` once the
+        deadline passed."""
+        cap = self.rpc_timeout * patience
         if deadline is None:
-            return self.rpc_timeout, False
+            return cap, False
         left = deadline - time.monotonic()
         if left <= 0:
             raise OutOfTime("the operation's time ran out before etcd was asked")
-        if left < self.rpc_timeout:
+        if left < cap:
             return left, True
-        return self.rpc_timeout, False
+        return cap, False
 
-    def call(self, service: str, method: str, request: Any, deadline: float | None) -> Any:
-        """One unary RPC (``KV.Range``, ``KV.Txn``, ``Lease.LeaseGrant``...) before ``deadline``.
+    def call(
+        self,
+        service: str,
+        method: str,
+        request: Any,
+        deadline: float | None,
+        patience: float = 1.0,
+    ) -> Any:
+        """One unary RPC (``KV.Range``, ``KV.Txn``, ``Lease.LeaseGrant``...) before ``deadline``,
+        given at most ``rpc_timeout * patience`` seconds (a retry after an attempt that got no
+        answer in time is given longer: a slow link's large reply must be able to arrive).
 
         Raises :class:`OutOfTime`, :class:`Transient`, :class:`LeaseGone` or :class:`Rejected`.
         """
-        limit, by_deadline = self.time_limit(deadline)
+        limit, by_deadline = self.time_limit(deadline, patience)
         index, channel = self._channel()
         rpc = self._methods.get((index, service, method))
         if rpc is None:  # a stub builds a callable per method: build each once per channel

@@ -43,6 +43,9 @@ from .writes import Writes
 
 __all__ = ["EtcdStore"]
 
+#: The longest one retried RPC may wait, in ``rpc_timeout``s (doubling from 1 per attempt).
+_MAX_PATIENCE = 32.0
+
 
 class EtcdStore(Writes, Queues, Reads, Store):
     """A store in an etcd (v3) cluster, shared by every process that names the same prefix.
@@ -162,14 +165,19 @@ class EtcdStore(Writes, Queues, Reads, Store):
         attempt, so a re-granted lease is named by the retry.
         """
         attempt = 0
+        patience = 1.0  # each attempt's cap, in rpc_timeouts
         while True:
             self._check_open(op.name)
             try:
-                return self._t.call(service, method, build(), op.deadline)
+                return self._t.call(service, method, build(), op.deadline, patience)
             except OutOfTime:
                 raise op.out_of_time(repr(self), self._t.label) from None
             except Transient as exc:  # refused, no leader, no answer within rpc_timeout
                 op.failing = exc
+                # The next attempt may wait twice as long: a member that hung costs little
+                # more, and a reply that needs longer than rpc_timeout to cross a slow link
+                # (1 MiB at 8 Mbit/s: ~1.05 s) is not cut and resent until the op times out.
+                patience = min(patience * 2, _MAX_PATIENCE)
             except LeaseGone:
                 self._join_lease(op)
                 continue

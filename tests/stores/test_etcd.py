@@ -155,8 +155,8 @@ class LostReplies:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    def call(self, service: str, method: str, request: Any, deadline: Any) -> Any:
-        reply = self._inner.call(service, method, request, deadline)
+    def call(self, service: str, method: str, request: Any, deadline: Any, *more: Any) -> Any:
+        reply = self._inner.call(service, method, request, deadline, *more)
         if method in self._methods and self.lose > 0:
             self.lose -= 1
             self.meanwhile()
@@ -423,3 +423,42 @@ def test_the_controller_never_loads_grpc_so_forking_ranks_is_safe(cluster: EtcdC
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False", out.stdout
+
+
+class NoAnswerInTime:
+    """A transport whose next ``fail`` RPCs get no answer within their cap (as a reply too
+    large for a slow link would): each records the limit it was given, then fails."""
+
+    def __init__(self, inner: Any, fail: int) -> None:
+        self._inner, self.fail = inner, fail
+        self.limits: list[float] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def call(self, service: str, method: str, request: Any, deadline: Any, *more: Any) -> Any:
+        if self.fail > 0:
+            self.fail -= 1
+            self.limits.append(self._inner.time_limit(deadline, *more)[0])
+            raise Transient(f"{self._inner.label}: no answer within the cap (test)")
+        return self._inner.call(service, method, request, deadline, *more)
+
+
+def test_each_retry_of_an_rpc_without_an_answer_in_time_waits_twice_as_long(
+    cluster: EtcdCluster,
+) -> None:
+    # rpc_timeout 0.05 s: the caps of four attempts are 0.05, 0.1, 0.2, 0.4 s, then it answers
+    store = EtcdStore(cluster.endpoints, prefix=f"test/{uuid.uuid4().hex}", timeout=10,
+                      rpc_timeout=0.05)  # fmt: skip
+    try:
+        store.set("k", "v")
+        inner = store._t
+        slow = NoAnswerInTime(inner, fail=4)
+        store._t = slow  # type: ignore[assignment]
+        try:
+            assert store.get("k") == b"v"
+        finally:
+            store._t = inner
+        assert [round(x / 0.05) for x in slow.limits] == [1, 2, 4, 8], slow.limits
+    finally:
+        store.destroy()
