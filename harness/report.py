@@ -118,7 +118,8 @@ def _size(case: Case) -> str:
 
 
 def case_line(result: CaseResult, cases: Sequence[Case], style: Style) -> str:
-    """``FAILED  name  store  workers  size  time``, aligned over every case of the run."""
+    """``FAILED  name  store  workers  size  time``, aligned over every case of the run; a
+    skipped case adds why (as pytest's ``-rs`` does)."""
     case = result.case
     name_w = max(len(c.scenario.name) for c in cases)
     store_w = max(len(c.target) for c in cases)
@@ -128,6 +129,7 @@ def case_line(result: CaseResult, cases: Sequence[Case], style: Style) -> str:
         f"{style.outcome(result, f'{label:<6}')}  {case.scenario.name:<{name_w}}  "
         f"{case.target:<{store_w}}  {case.workers:<7}  {_size(case):>{size_w}}  "
         f"{result.elapsed:6.2f} s"
+        + (f"  ({result.unsupported})" if status(result) == "skipped" else "")
     )
 
 

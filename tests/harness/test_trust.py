@@ -302,3 +302,6 @@ def test_a_gap_is_unsupported_only_in_a_store_not_ours() -> None:
     assert (theirs.outcome, theirs.ok) == ("skip", True)
     assert report.status(theirs) == "skipped"
     assert "1 skipped" in report.summary([theirs], 0.1, Style(False))
+    line = report.case_line(theirs, [theirs.case], Style(False))
+    assert line.startswith("SKIP") and line.endswith("(rank 0: SomeStore does not support "
+                                                     "compare_set())"), line  # fmt: skip
