@@ -77,8 +77,9 @@ class CaseResult:
     @property
     def outcome(self) -> str:
         """``pass``, ``FAIL``, ``ERROR``, ``skip`` (a store not ours lacks an operation the
-        case needs: :attr:`unsupported`), or for an expected failure ``xfail`` / ``XPASS``."""
-        if self.cannot_run:
+        case needs, or the hosts lack what a fault needs: :attr:`unsupported`), or for an
+        expected failure ``xfail`` / ``XPASS``."""
+        if self.cannot_run:  # the case never ran: an xfail= for it says nothing
             return "skip"
         if self.xfail:
             return "XPASS" if self.passed else "xfail"
@@ -90,9 +91,7 @@ class CaseResult:
     def ok(self) -> bool:
         """Whether this result lets the run succeed: it passed, or failed as expected (xfail);
         an expected failure that passes fails the run when :attr:`xfail_strict` is set."""
-        if self.cannot_run:
-            return True
-        if self.xfail:
+        if self.xfail and not self.cannot_run:
             return not (self.passed and self.xfail_strict)
         return self.passed or self.outcome == "skip"
 

@@ -305,3 +305,17 @@ def test_a_gap_is_unsupported_only_in_a_store_not_ours() -> None:
     line = report.case_line(theirs, [theirs.case], Style(False))
     assert line.startswith("SKIP") and line.endswith("(rank 0: SomeStore does not support "
                                                      "compare_set())"), line  # fmt: skip
+
+
+def test_a_case_the_hosts_cannot_run_is_a_skip_naming_why_even_when_expected_to_fail() -> None:
+    from storeharness.harness.run import CaseResult
+
+    gap = scenario(world_size=2, workers="thread", name="gap", xfail="known")(_hits_a_gap)
+    case = _case(gap, "hash")
+    why = "Latency(...) cannot run on host h0: no netem"
+    result = CaseResult(case, False, 0, 0.0, cannot_run=why, xfail="known")  # type: ignore[arg-type]
+    assert (result.outcome, result.ok, result.unsupported) == ("skip", True, why)
+    assert report.status(result) == "skipped" and "1 skipped" in report.summary(
+        [result], 0.1, Style(False)
+    )
+    assert report.case_line(result, [case], Style(False)).endswith(f"({why})")  # type: ignore[list-item]
