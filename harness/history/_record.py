@@ -16,7 +16,7 @@ import os
 import pickle
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -78,18 +78,23 @@ class Recorder:
             os.close(self._fd)
 
 
+def _records(data: bytes) -> Iterator[tuple[Any, ...]]:
+    """The records of a history file's bytes, in order, up to its end mark (or a torn tail)."""
+    pos = 0
+    while pos + 4 <= len(data):
+        (size,) = _LEN.unpack_from(data, pos)
+        if size == 0 or pos + 4 + size > len(data):
+            return
+        yield pickle.loads(data[pos + 4 : pos + 4 + size])
+        pos += 4 + size
+
+
 def read_file(path: str | os.PathLike[str], rank: int) -> list[Op]:
     """The operations in one rank's history file (those never completed as unknown)."""
     data = Path(path).read_bytes()
     calls: dict[int, tuple[Any, ...]] = {}
     done: dict[int, tuple[int, Any, str]] = {}
-    pos = 0
-    while pos + 4 <= len(data):
-        (size,) = _LEN.unpack_from(data, pos)
-        if size == 0 or pos + 4 + size > len(data):
-            break
-        record = pickle.loads(data[pos + 4 : pos + 4 + size])
-        pos += 4 + size
+    for record in _records(data):
         if len(record) == 6:
             calls[record[0]] = record
         else:
@@ -108,13 +113,7 @@ def rebase(data: bytes, shift_ns: int, widen_ns: int = 0) -> bytes:
     recording host's clock minus ours), each operation widened by ``widen_ns`` on both sides
     (the clocks' uncertainty), so no order the clocks cannot tell is taken as known."""
     out = bytearray()
-    pos = 0
-    while pos + 4 <= len(data):
-        (size,) = _LEN.unpack_from(data, pos)
-        if size == 0 or pos + 4 + size > len(data):
-            break
-        record = pickle.loads(data[pos + 4 : pos + 4 + size])
-        pos += 4 + size
+    for record in _records(data):
         if len(record) == 6:  # an invocation: (seq, client, name, keys, args, at)
             record = (*record[:5], record[5] - shift_ns - widen_ns)
         else:  # a completion: (seq, at, result, error)
