@@ -39,10 +39,7 @@ def cluster() -> EtcdCluster:
 
 @pytest.fixture
 def store(cluster: EtcdCluster) -> Iterator[EtcdStore]:
-    s = EtcdStore(cluster.endpoints, prefix=f"test/{uuid.uuid4().hex}", timeout=10)
-    yield s
-    if not s.closed:
-        s.destroy()
+    yield from etcd_support.store(cluster)
 
 
 def _peer(store: EtcdStore, **kw: Any) -> EtcdStore:
