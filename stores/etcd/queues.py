@@ -10,48 +10,20 @@ consumer took the item), a pop resent after a lost reply returns the item it too
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
 
 from .._errors import QueueEmpty, StoreClosed, StoreTimeout
 from .._types import KeyLike, ValueLike, as_key, as_value
 from ._layout import range_end
+from ._requests import Requests
 from ._watch import CLOSED, Watch, is_restart
-
-if TYPE_CHECKING:
-    import queue
-
-    from ._layout import Layout
-    from ._op import Op
-    from ._transport import Transport
 
 __all__ = ["Queues"]
 
 
-class Queues:
+class Queues(Requests):
     """The queue operations of :class:`EtcdStore` (a mixin over its request helpers)."""
-
-    if TYPE_CHECKING:
-        _layout: Layout
-        _t: Transport
-        _sleepers: set[queue.SimpleQueue[Any]]
-        _sleepers_lock: threading.Lock
-        rpc: Any
-
-        def _op(self, name: str, keys: Sequence[str], time_limit: float | None = None) -> Op: ...
-        def _call(
-            self, op: Op, method: str, build: Callable[[], Any], service: str = "KV"
-        ) -> Any: ...
-        def _once(self, op: Op, body: Callable[[bytes], Any]) -> Any | None: ...
-        def _mark(self, seq: bytes) -> Any: ...
-        def _put(self, key: bytes, value: bytes) -> Any: ...
-        def _compare(self, key: bytes, target: str, result: str = "EQUAL", **value: Any) -> Any: ...
-        def _start_watch(
-            self, watch: Watch, op: Op, targets: list[tuple[bytes, bytes | None]], revision: int
-        ) -> bool: ...
 
     def queue_push(self, key: KeyLike, value: ValueLike) -> None:
         k = as_key(key)

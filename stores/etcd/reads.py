@@ -9,21 +9,18 @@ event on it is enough, and a ``get`` returns the value that event carried.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .._errors import StoreClosed, StoreTimeout
 from .._types import KeyLike, TimeoutLike, as_key, as_keys, as_seconds
-from ._layout import Layout, range_end
+from ._layout import range_end
+from ._requests import Requests
 from ._watch import CLOSED, Watch, is_restart
 
 if TYPE_CHECKING:
-    import queue
-
     from ._op import Op
-    from ._transport import Transport
 
 __all__ = ["Reads"]
 
@@ -33,25 +30,8 @@ PER_KEY_WATCHES = 8
 MAX_TXN_OPS = 128
 
 
-class Reads:
+class Reads(Requests):
     """The read operations of :class:`EtcdStore` (a mixin over its request helpers)."""
-
-    if TYPE_CHECKING:
-        _layout: Layout
-        _t: Transport
-        _timeout: float
-        _sleepers: set[queue.SimpleQueue[Any]]
-        _sleepers_lock: threading.Lock
-        rpc: Any
-
-        def _op(self, name: str, keys: Sequence[str], time_limit: float | None = None) -> Op: ...
-        def _range(self, key: bytes, end: bytes | None = None, **kw: Any) -> Any: ...
-        def _call(
-            self, op: Op, method: str, build: Callable[[], Any], service: str = "KV"
-        ) -> Any: ...
-        def _start_watch(
-            self, watch: Watch, op: Op, targets: list[tuple[bytes, bytes | None]], revision: int
-        ) -> bool: ...
 
     # ------------------------------------------------------------------ snapshots
 

@@ -12,13 +12,10 @@ then answers what its first attempt did.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .._types import KeyLike, ValueLike, as_key, as_value, check_amount, next_counter
-
-if TYPE_CHECKING:
-    from ._layout import Layout
-    from ._op import Op
+from ._requests import Requests
 
 __all__ = ["Writes"]
 
@@ -26,25 +23,8 @@ __all__ = ["Writes"]
 MAX_PUTS = 128 - 1
 
 
-class Writes:
+class Writes(Requests):
     """The write operations of :class:`EtcdStore` (a mixin over its request helpers)."""
-
-    if TYPE_CHECKING:
-        _layout: Layout
-        rpc: Any
-
-        def _op(self, name: str, keys: Sequence[str], time_limit: float | None = None) -> Op: ...
-        def _call(
-            self, op: Op, method: str, build: Callable[[], Any], service: str = "KV"
-        ) -> Any: ...
-        def _once(self, op: Op, body: Callable[[bytes], Any]) -> Any | None: ...
-        def _mark(self, seq: bytes) -> Any: ...
-        def _put(self, key: bytes, value: bytes) -> Any: ...
-        def _range(self, key: bytes, end: bytes | None = None, **kw: Any) -> Any: ...
-        def _compare(self, key: bytes, target: str, result: str = "EQUAL", **value: Any) -> Any: ...
-        def _pairs(
-            self, keys: Sequence[KeyLike], values: Sequence[ValueLike]
-        ) -> tuple[list[str], list[bytes]]: ...
 
     def set(self, key: KeyLike, value: ValueLike) -> None:
         k = key if type(key) is str else as_key(key)

@@ -39,10 +39,7 @@ def cluster() -> EtcdCluster:
 
 @pytest.fixture
 def store(cluster: EtcdCluster) -> Iterator[EtcdStore]:
-    s = EtcdStore(cluster.endpoints, prefix=f"test/{uuid.uuid4().hex}", timeout=10)
-    yield s
-    if not s.closed:
-        s.destroy()
+    yield from etcd_support.store(cluster)
 
 
 def _peer(store: EtcdStore, **kw: Any) -> EtcdStore:
@@ -252,6 +249,7 @@ def test_a_retried_delete_says_it_deleted_and_spares_a_key_set_again(store: Etcd
     with _peer(store) as peer, losing_replies(store) as lossy:
         lossy.meanwhile = lambda: peer.set("k", "set again after the delete")
         assert store.delete_key("k") is True
+    assert store.check(["k"]), "the resent delete removed the key set again"
     assert store.get("k") == b"set again after the delete"
     with losing_replies(store):
         assert store.delete_key("k") is True

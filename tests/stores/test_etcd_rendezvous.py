@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -25,10 +24,7 @@ def cluster() -> EtcdCluster:
 
 @pytest.fixture
 def store(cluster: EtcdCluster) -> Iterator[EtcdStore]:
-    s = EtcdStore(cluster.endpoints, prefix=f"test/{uuid.uuid4().hex}", timeout=10)
-    yield s
-    if not s.closed:
-        s.destroy()
+    yield from etcd_support.store(cluster)
 
 
 def _url(store: EtcdStore, rank: int, world_size: int) -> str:
