@@ -174,9 +174,11 @@ class EtcdStore(Writes, Queues, Reads, Store):
                 raise op.out_of_time(repr(self), self._t.label) from None
             except Transient as exc:  # refused, no leader, no answer within rpc_timeout
                 op.failing = exc
-                # The next attempt may wait twice as long: a member that hung costs little
-                # more, and a reply that needs longer than rpc_timeout to cross a slow link
-                # (1 MiB at 8 Mbit/s: ~1.05 s) is not cut and resent until the op times out.
+                # The next attempt may wait twice as long, whatever this one's failure was (a
+                # refusal ends at once, so a longer cap costs it nothing): a member that hung
+                # costs little more, and a reply that needs longer than rpc_timeout to cross a
+                # slow link (1 MiB at 8 Mbit/s: ~1.05 s) is not cut and resent until the op
+                # times out.  The op's deadline bounds every attempt either way.
                 patience = min(patience * 2, _MAX_PATIENCE)
             except LeaseGone:
                 self._join_lease(op)
@@ -211,7 +213,8 @@ class EtcdStore(Writes, Queues, Reads, Store):
         def build() -> Any:
             txn = body(seq)
             # A body without compares of its own (set, multi_set, queue_push) is inlined: a
-            # nested txn costs etcd more (measured: a set 15-20 % slower).
+            # nested txn costs etcd more (a set 15-20 % slower, as measured once while this was
+            # written; benchmarks/etcd_store.py measures only whole set+get).
             run = list(txn.success) if not txn.compare else [r.RequestOp(request_txn=txn)]
             return r.TxnRequest(compare=[self._compare(marker, "VALUE", "LESS", value=seq)],
                                 success=run, failure=[self._range(marker)])  # fmt: skip
