@@ -107,6 +107,7 @@ def test_a_partition_cuts_two_named_hosts_and_heal_restores(w: World) -> None:
 def test_rules_match_only_the_stores_ports(w: World) -> None:
     store, other = w.listener("h1"), w.listener("h1")
     with store, other:
+        assert connects(w.ns["h0"], store, CUT)  # reachable before: the rule is what cuts it
         w.apply(F.Partition([["h0"], ["h1"]], AT), [store.getsockname()[1]])
         assert not connects(w.ns["h0"], store, CUT)
         assert connects(w.ns["h0"], other, CUT)  # e.g. the control path: never matched
@@ -116,6 +117,7 @@ def test_isolate_cuts_one_host_from_all_others(w: World) -> None:
     socks = {h: w.listener(h) for h in ("h0", "h1", "h2")}
     ports = [s.getsockname()[1] for s in socks.values()]
     try:
+        assert connects(w.ns["h0"], socks["h2"], CUT) and connects(w.ns["h2"], socks["h0"], CUT)
         w.apply(F.Isolate("h2", AT), ports)
         assert not connects(w.ns["h0"], socks["h2"], CUT)
         assert not connects(w.ns["h1"], socks["h2"], CUT)
@@ -348,6 +350,7 @@ def test_an_agent_whose_lease_ends_removes_its_rules_and_processes() -> None:
             netfaults.apply(agents, F.Rate(1_000_000, AT), run, [5000])
             netfaults.apply(agents, F.Isolate("h1", AT), run, [5000])
             assert f"storeharness_{run}" in _ns_tables(hosts[0].namespace or "")
+            assert "5348:" in _ns_qdiscs(hosts[0].namespace or "")  # so its absence below counts
             agents["h0"].pause_heartbeat()
             assert exits_within(agents["h0"].info["pid"], 10)
             assert exits_within(pid, 1)
@@ -384,6 +387,7 @@ def test_hosts_clean_removes_what_a_killed_run_left_and_spares_a_live_one(
             netfaults.apply(gone, F.Rate(1_000_000, AT), dead, [5000])
             ours = int(alive["h0"].request("spawn", SLEEPER))
             netfaults.apply(alive, F.Loss(0.1, AT), live, [5002])
+            assert "5348:" in _ns_qdiscs(hosts[1].namespace or "")  # so its absence below counts
             # the interrupted run: its agents SIGKILLed, so nothing of theirs tears down
             for agent in gone.values():
                 os.kill(agent.info["pid"], signal.SIGKILL)
