@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, ClassVar, TypeAlias
 
 if TYPE_CHECKING:  # .faults re-exports this module: a runtime import would be circular
     from .faults import Trigger
@@ -66,15 +66,24 @@ class Partition:
 
 
 @dataclass(frozen=True)
-class Isolate:
-    """From ``at`` on, ``host`` exchanges no store traffic with any other host."""
+class _OneHost:
+    """The shape of a fault on one ``host``, fired when ``at`` happens."""
 
     host: str
     at: Trigger
     optional: bool = field(default=False, kw_only=True)
+    #: What the fault does, as a report says it (``kill host``).
+    _verb: ClassVar[str]
 
     def __str__(self) -> str:
-        return f"isolate {self.host} when {self.at}"
+        return f"{self._verb} {self.host} when {self.at}"
+
+
+@dataclass(frozen=True)
+class Isolate(_OneHost):
+    """From ``at`` on, ``host`` exchanges no store traffic with any other host."""
+
+    _verb = "isolate"
 
 
 def _pair(between: object) -> object:
@@ -147,41 +156,26 @@ class HealNetwork:
 
 
 @dataclass(frozen=True)
-class KillHost:
+class KillHost(_OneHost):
     """When ``at`` happens, SIGKILL every process of the run on ``host`` and cut its store
     traffic with every other host (as if its link went down; :class:`HealNetwork` restores the
     link, not the processes)."""
 
-    host: str
-    at: Trigger
-    optional: bool = field(default=False, kw_only=True)
-
-    def __str__(self) -> str:
-        return f"kill host {self.host} when {self.at}"
+    _verb = "kill host"
 
 
 @dataclass(frozen=True)
-class PauseHost:
+class PauseHost(_OneHost):
     """When ``at`` happens, SIGSTOP every process of the run on ``host``."""
 
-    host: str
-    at: Trigger
-    optional: bool = field(default=False, kw_only=True)
-
-    def __str__(self) -> str:
-        return f"pause host {self.host} when {self.at}"
+    _verb = "pause host"
 
 
 @dataclass(frozen=True)
-class ResumeHost:
+class ResumeHost(_OneHost):
     """When ``at`` happens, SIGCONT every process of the run on ``host``."""
 
-    host: str
-    at: Trigger
-    optional: bool = field(default=False, kw_only=True)
-
-    def __str__(self) -> str:
-        return f"resume host {self.host} when {self.at}"
+    _verb = "resume host"
 
 
 HostFault: TypeAlias = (
@@ -240,7 +234,7 @@ def check_host_fault(fault: HostFault) -> list[str]:
                             "a host belongs to one side of a partition"]  # fmt: skip
                 seen[name] = index
         return []
-    if isinstance(fault, Isolate | KillHost | PauseHost | ResumeHost):
+    if isinstance(fault, _OneHost):
         if not _is_name(fault.host):
             return [f"{fault!r}: host must be a host name such as 'h1', got {fault.host!r}"]
         return []
@@ -269,7 +263,7 @@ def hosts_named(fault: HostFault) -> tuple[str, ...]:
     """The host names ``fault`` mentions, in order."""
     if isinstance(fault, Partition):
         return tuple(name for group in fault.groups for name in group)
-    if isinstance(fault, Isolate | KillHost | PauseHost | ResumeHost):
+    if isinstance(fault, _OneHost):
         return (fault.host,)
     if isinstance(fault, Loss | Rate | Latency) and fault.between is not None:
         return tuple(fault.between)
@@ -292,7 +286,7 @@ def describe_host_fault(fault: HostFault) -> str:
     pair = f", {between[0]}↔{between[1]}" if between else ""
     if isinstance(fault, Partition):
         what = " | ".join(",".join(g) for g in fault.groups)
-    elif isinstance(fault, Isolate | KillHost | PauseHost | ResumeHost):
+    elif isinstance(fault, _OneHost):
         what = fault.host
     elif isinstance(fault, Loss):
         what = f"{fault.p:g}{pair}"

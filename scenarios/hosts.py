@@ -89,6 +89,7 @@ def partition_cuts_a_host_off_then_heals(ctx: RankContext) -> str:
     assert n is not None
     where = _hosts(ctx, ctx.store)
     cut = [r for r, host in where.items() if host == "h1"]
+    assert cut, f"no rank runs on h1 ({where}): nobody would be cut off"
     ctx.store.barrier("before", n)
     if ctx.rank == 0:
         ctx.point(CUT)  # returns once the rules are in place on every host

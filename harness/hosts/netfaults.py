@@ -148,15 +148,23 @@ def _ask(agents: Mapping[str, AgentLike], name: str, *msg: Any) -> Any:
     return agents[name].request(*msg, timeout=_TIMEOUT)
 
 
-def _cut(
-    agents: Mapping[str, AgentLike], pairs: list[tuple[str, str]], port_list: list[int]
+def _on_arrival(
+    agents: Mapping[str, AgentLike], pairs: list[tuple[str, str]], op: str, params: dict[str, Any]
 ) -> str:
+    """Ask each receiver of ``pairs`` to apply net ``op`` to what its senders send; which
+    links, as ``h0,h2→h1 ...``."""
     done = []
     for receiver, senders in _by_receiver(pairs).items():
         peers = [agents[s].host.address for s in senders]
-        _ask(agents, receiver, "net", "drop", {"peers": peers, "ports": port_list})
+        _ask(agents, receiver, "net", op, {"peers": peers, **params})
         done.append(f"{','.join(senders)}→{receiver}")
-    return f"dropped {' '.join(done)} (ports {port_list})"
+    return " ".join(done)
+
+
+def _cut(
+    agents: Mapping[str, AgentLike], pairs: list[tuple[str, str]], port_list: list[int]
+) -> str:
+    return f"dropped {_on_arrival(agents, pairs, 'drop', {'ports': port_list})} (ports {port_list})"
 
 
 def apply(
@@ -190,15 +198,11 @@ def apply(
         return f"{what}: {sig} to {len(reached)} process(es) {reached} on {fault.host}"
     if isinstance(fault, HealNetwork):
         return f"{what}: {heal(agents, token)}"
-    done = []
     pairs = _pairs(fault, names)
     if isinstance(fault, Loss):  # on arrival, as drops are
-        for receiver, senders in _by_receiver(pairs).items():
-            peers = [agents[s].host.address for s in senders]
-            loss = {"peers": peers, "ports": port_list, "p": fault.p}
-            _ask(agents, receiver, "net", "loss", loss)
-            done.append(f"{','.join(senders)}→{receiver}")
-        return f"{what}: on {' '.join(done)} (ports {port_list})"
+        links = _on_arrival(agents, pairs, "loss", {"ports": port_list, "p": fault.p})
+        return f"{what}: on {links} (ports {port_list})"
+    done = []
     for sender, receivers in _by_sender(pairs).items():  # tc shapes what a host sends
         params: dict[str, Any] = {
             "peers": [agents[r].host.address for r in receivers],

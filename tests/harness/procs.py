@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 
 TAG = "STOREHARNESS_RUN_TAG"
 
@@ -69,3 +70,16 @@ def _address(hex_address: str, v6: bool) -> str:
     raw = b"".join(struct.pack("=I", w) for w in words)
     family = socket.AF_INET6 if v6 else socket.AF_INET
     return str(ipaddress.ip_address(socket.inet_ntop(family, raw)))
+
+
+def exits_within(pid: int, timeout: float) -> bool:
+    """Whether process ``pid`` (ours or not) ends within ``timeout`` s, waited on a pidfd: no
+    polling."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], timeout)[0])
+    finally:
+        os.close(fd)

@@ -34,6 +34,14 @@ def test_good_host_faults_pass_the_check_and_describe_themselves() -> None:
         "PauseHost(h1 when rank 1 at 'ready')",
         "ResumeHost(h1 when rank 1 at 'ready')",
     ]
+    assert [str(f) for f in good[1:2] + good[6:]] == [
+        "isolate h1 when rank 1 at 'ready'",
+        "kill host h2 when rank 1 at 'ready'",
+        "pause host h1 when rank 1 at 'ready'",
+        "resume host h1 when rank 1 at 'ready'",
+    ]
+    # one host, one trigger, yet different faults: they never compare equal
+    assert len({F.Isolate("h1", AT), F.PauseHost("h1", AT), F.ResumeHost("h1", AT)}) == 3
     # lists become tuples: records stay hashable and compare equal however they were written
     assert good[0] == F.Partition((("h0",), ("h1", "h2")), AT)
     assert len(set(good)) == len(good)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import select
 import shutil
 import signal
 import subprocess
@@ -21,6 +20,7 @@ from storeharness.harness.hosts import control, netns
 from storeharness.harness.hosts._cli import check_command
 from storeharness.harness.hosts.inventory import Host, netns_hosts
 
+from ..procs import exits_within
 from .test_netns import _first_line
 
 pytest.importorskip("execnet")
@@ -45,18 +45,6 @@ def _ns_pids(h: Host) -> list[int]:
     assert h.namespace is not None
     out = subprocess.run(["ip", "netns", "pids", h.namespace], capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]
-
-
-def _exits_within(pid: int, timeout: float) -> bool:
-    """Whether process ``pid`` ends within ``timeout`` s (waited on a pidfd: no polling)."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        return bool(select.select([fd], [], [], timeout)[0])
-    finally:
-        os.close(fd)
 
 
 def test_check_reports_versions_tools_and_one_clock(host: Host) -> None:
@@ -104,13 +92,13 @@ def test_heartbeats_hold_the_lease_and_silence_ends_it(host: Host) -> None:
     try:
         rank = agent.request("spawn", [sys.executable, "-c", "import signal; signal.pause()"])
         # The property is "alive after several lease periods with heartbeats": a duration.
-        assert not _exits_within(rank, 3 * lease)
+        assert not exits_within(rank, 3 * lease)
         assert agent.request("time") > 0  # the agent still answers
         agent.pause_heartbeat()
         started = time.monotonic()
-        assert _exits_within(rank, lease + 10)
+        assert exits_within(rank, lease + 10)
         assert time.monotonic() - started >= lease / 2  # ended by the lease, not at once
-        assert _exits_within(agent.info["pid"], 10)
+        assert exits_within(agent.info["pid"], 10)
     finally:
         agent.close()
     assert _ns_pids(host) == []
@@ -139,8 +127,8 @@ def test_a_stopped_controller_leaves_nothing_after_the_lease(host: Host) -> None
         agent_pid, rank = map(int, _first_line(ctl, 30).split())
         assert set(_ns_pids(host)) >= {agent_pid, rank}
         os.kill(ctl.pid, signal.SIGSTOP)
-        assert _exits_within(rank, lease + 10)
-        assert _exits_within(agent_pid, 10)
+        assert exits_within(rank, lease + 10)
+        assert exits_within(agent_pid, 10)
         assert _ns_pids(host) == []
     finally:
         ctl.kill()

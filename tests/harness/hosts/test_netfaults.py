@@ -23,8 +23,8 @@ from storeharness.harness import faults as F
 from storeharness.harness.hosts import _hostprocs, control, netfaults, netns
 from storeharness.harness.hosts.inventory import netns_hosts
 
+from ..procs import exits_within
 from ._netns_io import connects, listener, transfer_seconds, udp_delivered, udp_socket
-from .test_agent import _exits_within
 
 pytest.importorskip("execnet")
 NEEDS = netns.missing() or (
@@ -107,6 +107,7 @@ def test_a_partition_cuts_two_named_hosts_and_heal_restores(w: World) -> None:
 def test_rules_match_only_the_stores_ports(w: World) -> None:
     store, other = w.listener("h1"), w.listener("h1")
     with store, other:
+        assert connects(w.ns["h0"], store, CUT)  # reachable before: the rule is what cuts it
         w.apply(F.Partition([["h0"], ["h1"]], AT), [store.getsockname()[1]])
         assert not connects(w.ns["h0"], store, CUT)
         assert connects(w.ns["h0"], other, CUT)  # e.g. the control path: never matched
@@ -116,6 +117,7 @@ def test_isolate_cuts_one_host_from_all_others(w: World) -> None:
     socks = {h: w.listener(h) for h in ("h0", "h1", "h2")}
     ports = [s.getsockname()[1] for s in socks.values()]
     try:
+        assert connects(w.ns["h0"], socks["h2"], CUT) and connects(w.ns["h2"], socks["h0"], CUT)
         w.apply(F.Isolate("h2", AT), ports)
         assert not connects(w.ns["h0"], socks["h2"], CUT)
         assert not connects(w.ns["h1"], socks["h2"], CUT)
@@ -274,7 +276,7 @@ def test_pause_and_kill_host_act_on_exactly_the_runs_processes_there(w: World) -
         assert connects(w.ns["h0"], to_h1, CUT)
         event = w.apply(F.KillHost("h1", AT), [to_h1.getsockname()[1]])
         assert "SIGKILL to 3 process(es)" in event and "link dropped" in event
-        assert all(_exits_within(pid, 10) for pid in run)
+        assert all(exits_within(pid, 10) for pid in run)
         assert not connects(w.ns["h0"], to_h1, CUT)  # its data link is down too
         assert _state(elsewhere) not in "T-Z" and stray.poll() is None
         assert w.agents["h1"].request("procs", "list") == []
@@ -348,9 +350,10 @@ def test_an_agent_whose_lease_ends_removes_its_rules_and_processes() -> None:
             netfaults.apply(agents, F.Rate(1_000_000, AT), run, [5000])
             netfaults.apply(agents, F.Isolate("h1", AT), run, [5000])
             assert f"storeharness_{run}" in _ns_tables(hosts[0].namespace or "")
+            assert "5348:" in _ns_qdiscs(hosts[0].namespace or "")  # so its absence below counts
             agents["h0"].pause_heartbeat()
-            assert _exits_within(agents["h0"].info["pid"], 10)
-            assert _exits_within(pid, 1)
+            assert exits_within(agents["h0"].info["pid"], 10)
+            assert exits_within(pid, 1)
             assert f"storeharness_{run}" not in _ns_tables(hosts[0].namespace or "")
             assert "5348:" not in _ns_qdiscs(hosts[0].namespace or "")
             assert not _hostprocs.workdir(run, "h0").exists()
@@ -384,11 +387,12 @@ def test_hosts_clean_removes_what_a_killed_run_left_and_spares_a_live_one(
             netfaults.apply(gone, F.Rate(1_000_000, AT), dead, [5000])
             ours = int(alive["h0"].request("spawn", SLEEPER))
             netfaults.apply(alive, F.Loss(0.1, AT), live, [5002])
+            assert "5348:" in _ns_qdiscs(hosts[1].namespace or "")  # so its absence below counts
             # the interrupted run: its agents SIGKILLed, so nothing of theirs tears down
             for agent in gone.values():
                 os.kill(agent.info["pid"], signal.SIGKILL)
-                assert _exits_within(agent.info["pid"], 10)
-            assert _exits_within(parent, 10)  # died with its agent (PR_SET_PDEATHSIG) ...
+                assert exits_within(agent.info["pid"], 10)
+            assert exits_within(parent, 10)  # died with its agent (PR_SET_PDEATHSIG) ...
             assert len(orphan) == 1 and _state(next(iter(orphan))) == "S"  # ... its child did not
             said: list[str] = []
             from storeharness.harness.hosts._cli import clean_command
@@ -398,7 +402,7 @@ def test_hosts_clean_removes_what_a_killed_run_left_and_spares_a_live_one(
             # orphan first: namespaces share one /proc; the tables are h0's alone)
             assert said[0].startswith("h0: killed ")
             assert f"removed nft tables ['storeharness_{dead}'], qdiscs on ['eth0']" in said[0]
-            assert all(_exits_within(p, 10) for p in orphan)
+            assert all(exits_within(p, 10) for p in orphan)
             assert _tagged(dead) == []
             assert not (_hostprocs.RUNS / dead).exists()
             assert f"storeharness_{dead}" not in _ns_tables(hosts[1].namespace or "")

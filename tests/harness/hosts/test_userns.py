@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import shutil
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from storeharness.harness.cli import main
 from storeharness.harness.hosts import _userns, netns
 
 from ...stores.etcd_support import in_ci
-from ..procs import TAG, tagged
+from ..procs import TAG, exits_within, tagged
 from .test_netns import _first_line
 
 NEEDS = netns.missing() or _userns.missing()
@@ -38,18 +37,6 @@ def _machine_namespaces(tag: str) -> list[str]:
     """The run's namespaces as the machine's own ``ip netns`` lists them (not the keeper's)."""
     out = subprocess.run(["ip", "-j", "netns", "list"], capture_output=True, text=True, check=True)
     return [ns["name"] for ns in json.loads(out.stdout or "[]") if tag in ns["name"]]
-
-
-def _wait_gone(pid: int, timeout: float) -> bool:
-    """Whether ``pid`` (not our child) ends within ``timeout`` s, waited on through a pidfd."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        return bool(select.select([fd], [], [], timeout)[0])
-    finally:
-        os.close(fd)
 
 
 @pytest.fixture
@@ -144,7 +131,7 @@ def test_a_killed_builders_keeper_ends_and_clean_removes_what_was_inside(
     finally:
         builder.kill()  # as a SIGKILLed test run: no teardown
         builder.wait(10)
-    assert _wait_gone(int(keeper), 10)  # its lifeline closed with the builder
+    assert exits_within(int(keeper), 10)  # its lifeline closed with the builder
     assert stray.poll() is None and tag in netns.stale_tags()
     assert main(["hosts", "clean", "netns"]) == 0
     assert f"  storeharness-{tag}-h1\n" in capsys.readouterr().out

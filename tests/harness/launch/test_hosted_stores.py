@@ -18,7 +18,7 @@ from storeharness.harness.hosts.inventory import Host, netns_hosts
 from storeharness.harness.launch.session import HostSession
 from storeharness.harness.run import run_case
 
-from ..hosts.test_agent import _exits_within
+from ..procs import exits_within
 from . import remote_ranks
 
 pytest.importorskip("execnet")
@@ -101,7 +101,7 @@ def _owned(hosts: HostSession, store: str, workdir: Path) -> None:
             capture_output=True, text=True,
         ).stdout  # fmt: skip
         assert f"{h0.address}:{port}" in listening  # on the host's data address, not loopback
-    assert _exits_within(pid, 10)
+    assert exits_within(pid, 10)
     assert _ns_pids(h0) == before
     assert pid not in agent.request("procs", "list")
     assert not any(d.exists() for d in etcd_dirs)
@@ -161,7 +161,7 @@ def test_the_lease_ends_hosted_servers_and_removes_their_data(tmp_path: Path) ->
             assert list(workdir.glob("etcd-*"))
             agent.pause_heartbeat()
             for pid in (agent.info["pid"], *pids):
-                assert _exits_within(pid, agent.lease + 10), f"pid {pid} outlived the lease"
+                assert exits_within(pid, agent.lease + 10), f"pid {pid} outlived the lease"
             assert _ns_pids(host) == set()
             assert not workdir.exists()
         finally:

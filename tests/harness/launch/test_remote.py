@@ -25,9 +25,8 @@ from storeharness.harness.hosts.inventory import netns_hosts
 from storeharness.harness.world import WorldResult, run_world
 from storeharness.stores import FileStore
 
-from ..hosts.test_agent import _exits_within
 from ..hosts.test_netns import _first_line
-from ..procs import TAG, tagged
+from ..procs import TAG, exits_within, tagged
 from . import remote_ranks as rr
 
 ROOT = str(Path(__file__).parents[3])
@@ -188,7 +187,7 @@ def test_a_killed_or_silent_controller_leaves_nothing_after_the_lease(
         assert _our_rules(net3) == {"tables": 2, "qdiscs": 2}  # nft on h1, h2; tc on h1, h2
         os.kill(ctl.pid, how)
         for pid in hosted:
-            assert _exits_within(pid, lease + 10), f"pid {pid} outlived the lease"
+            assert exits_within(pid, lease + 10), f"pid {pid} outlived the lease"
         assert set(tagged(run_tag)) <= {ctl.pid}
         assert all(_ns_pids(ns) == [] for ns in net3.namespaces())
         assert glob.glob(f"/tmp/storeharness-{token}-*") == []
@@ -200,7 +199,7 @@ def test_a_killed_or_silent_controller_leaves_nothing_after_the_lease(
         ctl.kill()
         ctl.wait(10)
         for agent in agent_pids:  # on a failure: let the agents clean up before netns teardown
-            _exits_within(int(agent), 10)
+            exits_within(int(agent), 10)
 
 
 def _ranks_announced(reader: int, n: int, timeout: float) -> list[int]:
