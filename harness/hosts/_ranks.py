@@ -41,12 +41,11 @@ from .. import _inspect as I
 from .._messages import PipeFd
 from ..context import process_main
 from ..launch._base import Signalled
-from ..launch.local import BLOCKED_POLL, process_stacks, serve_armed
+from ..launch.local import BLOCKED_POLL, process_stacks, reap_process, serve_armed
 
 __all__ = ["RankHost", "install_module"]
 
-_REAP_TIMEOUT = 2.0
-_KILL_TIMEOUT = 5.0
+_KILL_TIMEOUT = 5.0  # how long the relay thread gets to end
 #: The most of a rank's log sent back to the controller.
 LOG_LIMIT = 1 << 20
 
@@ -180,10 +179,7 @@ class RankHost:
             if rank in self.ranks:
                 I.kill(self.ranks[rank].pid, signal.SIGKILL)
         for entry in self.ranks.values():
-            entry.proc.join(_REAP_TIMEOUT)
-            if entry.proc.is_alive():
-                entry.proc.kill()
-                entry.proc.join(_KILL_TIMEOUT)
+            reap_process(entry.proc)
         self.closing = True
         self._wake()
         self.thread.join(_KILL_TIMEOUT)

@@ -23,7 +23,22 @@ from typing import Any, Protocol, TypeAlias
 from .._messages import RankMessage, RunnerMessage
 from .._results import HostClock
 
-__all__ = ["Arrival", "Delivery", "Handle", "Launcher", "RankSpec", "Reader", "Signalled"]
+__all__ = [
+    "KILL_TIMEOUT",
+    "REAP_TIMEOUT",
+    "Arrival",
+    "Delivery",
+    "Handle",
+    "Launcher",
+    "RankSpec",
+    "Reader",
+    "Signalled",
+]
+
+#: Seconds each rank process gets to exit at teardown before SIGKILL (on every launcher).
+REAP_TIMEOUT = 2.0
+#: Seconds a SIGKILLed rank process gets to be gone.
+KILL_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)

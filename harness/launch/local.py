@@ -24,14 +24,19 @@ from .. import _inspect as I
 from .._messages import PipeFd, RunnerMessage
 from .._results import HostClock
 from ..context import DUMP_SIGNAL, process_main, rank_logger, release_logger, run_rank
-from ._base import Delivery, Handle, RankSpec, Reader, Signalled
+from ._base import KILL_TIMEOUT, REAP_TIMEOUT, Delivery, Handle, RankSpec, Reader, Signalled
 
-__all__ = ["BLOCKED_POLL", "LocalHandle", "LocalLauncher", "process_stacks", "serve_armed"]
+__all__ = [
+    "BLOCKED_POLL",
+    "LocalHandle",
+    "LocalLauncher",
+    "process_stacks",
+    "reap_process",
+    "serve_armed",
+]
 
 #: Seconds between ``/proc`` looks while a signal waits for its rank to block in a system call.
 BLOCKED_POLL = 0.002
-_REAP_TIMEOUT = 2.0  # seconds each process gets to exit at teardown before SIGKILL
-_KILL_TIMEOUT = 5.0
 
 
 class LocalHandle:
@@ -151,6 +156,17 @@ def process_stacks(ranks: list[tuple[int, int, str]], timeout: float) -> dict[in
     return {rank: I.where(I.read_from(log, sizes[rank])) for rank, _, log in ranks}
 
 
+def reap_process(proc: Any) -> None:
+    """Wait (bounded) for a rank process to exit; SIGKILL it if it has not, and wait again.
+
+    Shared with the host agent, which reaps the ranks of its host the same way.
+    """
+    proc.join(REAP_TIMEOUT)
+    if proc.is_alive():
+        proc.kill()
+        proc.join(KILL_TIMEOUT)
+
+
 class LocalLauncher:
     """Ranks as processes of ``mp`` (a ``multiprocess`` context), or threads when ``mp`` is None.
 
@@ -237,17 +253,14 @@ class LocalLauncher:
             if h.pid is not None:
                 I.kill(h.pid, signal.SIGKILL)
         ours = [h for h in self.handles if h in handles]
-        joins_deadline = time.monotonic() + _REAP_TIMEOUT  # one bound for all threads, however many
+        joins_deadline = time.monotonic() + REAP_TIMEOUT  # one bound for all threads, however many
         for h in ours:
             # Past its pipe's end a thread only releases its logger; one still blocked after its
             # stop had its chance (it ends once its endpoint closes, after the world).
             if h.thread is not None and not h.abandoned:
                 h.thread.join(max(0.0, joins_deadline - time.monotonic()))
             if h.proc is not None:
-                h.proc.join(_REAP_TIMEOUT)
-                if h.proc.is_alive():
-                    h.proc.kill()
-                    h.proc.join(_KILL_TIMEOUT)
+                reap_process(h.proc)
             h.close()
 
     def clocks(self) -> tuple[HostClock, ...]:
