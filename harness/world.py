@@ -50,6 +50,7 @@ from .history import load as load_history
 from .hosts.control import HostError
 from .hosts.inventory import Host
 from .launch import Arrival, Handle, Launcher, LocalLauncher, RankSpec, Reader, Signalled
+from .launch._base import history_path
 from .launch._placement import Placement, place
 from .launch.remote import remote_launcher
 
@@ -578,7 +579,7 @@ def _history_file(slot: _Slot) -> str:
     """Where a rank's recorded operations are, here (fetched from its host if need be)."""
     if slot.handle is not None:
         return slot.handle.history_file()
-    return slot.log_path.removesuffix(".log") + ".history"
+    return history_path(slot.log_path)
 
 
 def _alive(slot: _Slot) -> bool:

@@ -40,7 +40,7 @@ from multiprocess.reduction import ForkingPickler
 from .. import _inspect as I
 from .._messages import PipeFd
 from ..context import process_main
-from ..launch._base import Signalled
+from ..launch._base import Signalled, history_path
 from ..launch.local import BLOCKED_POLL, process_stacks, reap_process, serve_armed
 
 __all__ = ["RankHost", "install_module"]
@@ -128,10 +128,10 @@ class RankHost:
         ours, theirs = self.mp.Pipe(duplex=True)
         keep = {0, 1, 2, theirs.fileno()}
         inherited = [int(fd) for fd in os.listdir("/proc/self/fd") if int(fd) not in keep]
-        history_path = log_path.removesuffix(".log") + ".history" if history else None
+        history_file = history_path(log_path) if history else None
         args = (
             theirs, fn, open_store, rank, world_size, log_path, self.token, seed, op_timeout,
-            inherited, os.getpid(), tags, history_path, tuple(where),
+            inherited, os.getpid(), tags, history_file, tuple(where),
         )  # fmt: skip
         proc = self.mp.Process(target=process_main, args=args, name=f"rank-{rank}")
         gc.freeze()  # the child must not collect objects whose threads did not survive the fork
@@ -168,7 +168,7 @@ class RankHost:
         log = self.ranks[rank].log_path
         text = I.read_from(log, max(0, I.size(log) - LOG_LIMIT)).encode()
         try:
-            with open(log.removesuffix(".log") + ".history", "rb") as f:
+            with open(history_path(log), "rb") as f:
                 return text, f.read()
         except FileNotFoundError:
             return text, None

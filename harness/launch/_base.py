@@ -33,12 +33,18 @@ __all__ = [
     "RankSpec",
     "Reader",
     "Signalled",
+    "history_path",
 ]
 
 #: Seconds each rank process gets to exit at teardown before SIGKILL (on every launcher).
 REAP_TIMEOUT = 2.0
 #: Seconds a SIGKILLed rank process gets to be gone.
 KILL_TIMEOUT = 5.0
+
+
+def history_path(log_path: str) -> str:
+    """Where a rank records its operations: beside its log (on every launcher and host)."""
+    return log_path.removesuffix(".log") + ".history"
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,7 @@ class RankSpec:
     @property
     def history_path(self) -> str:
         """Where the rank records its operations: beside its log."""
-        return self.log_path.removesuffix(".log") + ".history"
+        return history_path(self.log_path)
 
 
 @dataclass(frozen=True, slots=True)
