@@ -148,11 +148,7 @@ class RankHost:
         return entry.pid
 
     def signal(self, rank: int, signum: int) -> bool:
-        try:
-            os.kill(self.ranks[rank].pid, signum)
-        except ProcessLookupError:
-            return False
-        return True
+        return I.kill(self.ranks[rank].pid, signum)
 
     def stacks(self, ranks: list[int], timeout: float) -> dict[int, str]:
         procs = [(r, self.ranks[r].pid, self.ranks[r].log_path) for r in ranks if r in self.ranks]

@@ -82,13 +82,7 @@ class LocalHandle:
             self.conn.send(msg)
 
     def signal(self, sig: Signals) -> bool:
-        if self.proc is None:
-            return False
-        try:
-            os.kill(self.proc.pid, sig)
-        except ProcessLookupError:
-            return False
-        return True
+        return self.proc is not None and I.kill(self.proc.pid, sig)
 
     def arm(self, sig: Signals) -> None:
         self.armed.append(sig)
