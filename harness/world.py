@@ -506,7 +506,9 @@ class _World:
     def _send_signal(self, sig: signal.Signals, slots: list[_Slot]) -> list[_Slot]:
         """Signal the process ranks among ``slots`` (threads cannot be signalled); return them."""
         procs = [s for s in slots if s.handle is not None and s.handle.signalable]
-        self.launcher.signal_all([s.handle for s in procs if s.handle], sig)
+        for slot in procs:
+            if slot.handle is not None:
+                slot.handle.signal(sig)  # gone already: its end arrives through its pipe
         if procs:
             text = f"{sig.name} sent to rank(s) {', '.join(str(s.rank) for s in procs)}"
             self._event(EventKind.ESCALATED, text, procs[0] if len(procs) == 1 else None)

@@ -153,9 +153,6 @@ class Launcher(Protocol):
     def stacks(self, handles: list[Handle], timeout: float) -> dict[int, str]:
         """Dump each rank's stack into its log; where each is stuck (``file:line → ...``)."""
 
-    def signal_all(self, handles: list[Handle], sig: Signals) -> None:
-        """Send ``sig`` to every signalable handle (the stop ladder's SIGTERM and SIGKILL)."""
-
     def teardown(self, handles: list[Handle], running: list[Handle]) -> None:
         """The runner is done: kill ``running`` (it was interrupted), reap ``handles``."""
 

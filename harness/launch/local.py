@@ -237,11 +237,6 @@ class LocalLauncher:
                 found[h.rank] = I.thread_stack(h.thread, h.rank, h.spec.log_path)
         return found
 
-    def signal_all(self, handles: list[Handle], sig: Signals) -> None:
-        for h in handles:
-            if h.pid is not None:
-                I.kill(h.pid, sig)
-
     def teardown(self, handles: list[Handle], running: list[Handle]) -> None:
         for h in running:
             if h.pid is not None:

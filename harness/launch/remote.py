@@ -226,10 +226,6 @@ class RemoteLauncher:
                 )
         return found
 
-    def signal_all(self, handles: list[Handle], sig: Signals) -> None:
-        for handle in handles:
-            handle.signal(sig)
-
     def teardown(self, handles: list[Handle], running: list[Handle]) -> None:
         """Kill ``running``, reap every rank, measure the clocks again, fetch logs and
         histories onto the controller's clock, and close the world on each host."""
