@@ -82,9 +82,9 @@ class HostedServerEndpoint(_HostedEndpoint):
     target: ServerTarget
 
     def _start(self) -> None:
-        server = self.target.hosted or "auto"
+        # only built by ServerTarget.start_on, for a target that names its hosted server
         self.server_id, self.port, self.pid = self.agent.request(
-            "server-start", self.address, server, timeout=_START_TIMEOUT
+            "server-start", self.address, self.target.hosted, timeout=_START_TIMEOUT
         )
 
     def _raw(self, address: tuple[str, int] | None, timeout: float) -> Callable[[], Store]:
