@@ -139,11 +139,12 @@ class EtcdTarget(Target):
 class EtcdEndpoint(Endpoint):
     """A run's prefix on the shared etcd; closing deletes the run's keys."""
 
+    target: EtcdTarget
     cluster: EtcdCluster | None = None
     root: str = ""
 
     def _start(self) -> None:
-        self.cluster = shared_cluster(enable_v2=self.target.spec.name == "torch-etcd")
+        self.cluster = shared_cluster(enable_v2=self.target.v2)
         self.root = f"storeharness-run/{uuid.uuid4().hex}"
 
     def _raw(self, address: tuple[str, int] | None, timeout: float) -> Callable[[], Store]:
@@ -151,7 +152,7 @@ class EtcdEndpoint(Endpoint):
         return functools.partial(_etcd_store, self.cluster.endpoints, self.root, timeout)
 
     def _mark(self) -> None:
-        if self.target.spec.name != "etcd" or self.prefix is not None:
+        if self.target.v2 or self.prefix is not None:
             super()._mark()  # torch's v2 store speaks HTTP already; a prefix wraps the store
             return
         assert self.cluster is not None, "the endpoint is closed"
@@ -162,7 +163,7 @@ class EtcdEndpoint(Endpoint):
         if cluster is None:
             return
         with contextlib.suppress(Exception):  # the cluster is gone: nothing left to delete
-            if self.target.spec.name == "etcd":
+            if not self.target.v2:
                 from ...stores.etcd._layout import Layout, range_end
 
                 root = Layout(self.root).root
