@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import sys
@@ -35,9 +34,13 @@ _SYSCALLS = {
 }  # fmt: skip
 
 
-def kill(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
+def kill(pid: int, sig: int) -> bool:
+    """Send ``sig`` to ``pid``; whether it went (``False``: no such process)."""
+    try:
         os.kill(pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def blocked_in(pid: int, control_fd: int) -> str | None:

@@ -50,6 +50,7 @@ from .history import load as load_history
 from .hosts.control import HostError
 from .hosts.inventory import Host
 from .launch import Arrival, Handle, Launcher, LocalLauncher, RankSpec, Reader, Signalled
+from .launch._base import history_path
 from .launch._placement import Placement, place
 from .launch.remote import remote_launcher
 
@@ -505,7 +506,9 @@ class _World:
     def _send_signal(self, sig: signal.Signals, slots: list[_Slot]) -> list[_Slot]:
         """Signal the process ranks among ``slots`` (threads cannot be signalled); return them."""
         procs = [s for s in slots if s.handle is not None and s.handle.signalable]
-        self.launcher.signal_all([s.handle for s in procs if s.handle], sig)
+        for slot in procs:
+            if slot.handle is not None:
+                slot.handle.signal(sig)  # gone already: its end arrives through its pipe
         if procs:
             text = f"{sig.name} sent to rank(s) {', '.join(str(s.rank) for s in procs)}"
             self._event(EventKind.ESCALATED, text, procs[0] if len(procs) == 1 else None)
@@ -578,7 +581,7 @@ def _history_file(slot: _Slot) -> str:
     """Where a rank's recorded operations are, here (fetched from its host if need be)."""
     if slot.handle is not None:
         return slot.handle.history_file()
-    return slot.log_path.removesuffix(".log") + ".history"
+    return history_path(slot.log_path)
 
 
 def _alive(slot: _Slot) -> bool:

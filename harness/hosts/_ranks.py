@@ -40,13 +40,12 @@ from multiprocess.reduction import ForkingPickler
 from .. import _inspect as I
 from .._messages import PipeFd
 from ..context import process_main
-from ..launch._base import Signalled
-from ..launch.local import BLOCKED_POLL, process_stacks, serve_armed
+from ..launch._base import Signalled, history_path
+from ..launch.local import BLOCKED_POLL, process_stacks, reap_process, serve_armed
 
 __all__ = ["RankHost", "install_module"]
 
-_REAP_TIMEOUT = 2.0
-_KILL_TIMEOUT = 5.0
+_KILL_TIMEOUT = 5.0  # how long the relay thread gets to end
 #: The most of a rank's log sent back to the controller.
 LOG_LIMIT = 1 << 20
 
@@ -129,10 +128,10 @@ class RankHost:
         ours, theirs = self.mp.Pipe(duplex=True)
         keep = {0, 1, 2, theirs.fileno()}
         inherited = [int(fd) for fd in os.listdir("/proc/self/fd") if int(fd) not in keep]
-        history_path = log_path.removesuffix(".log") + ".history" if history else None
+        history_file = history_path(log_path) if history else None
         args = (
             theirs, fn, open_store, rank, world_size, log_path, self.token, seed, op_timeout,
-            inherited, os.getpid(), tags, history_path, tuple(where),
+            inherited, os.getpid(), tags, history_file, tuple(where),
         )  # fmt: skip
         proc = self.mp.Process(target=process_main, args=args, name=f"rank-{rank}")
         gc.freeze()  # the child must not collect objects whose threads did not survive the fork
@@ -149,11 +148,7 @@ class RankHost:
         return entry.pid
 
     def signal(self, rank: int, signum: int) -> bool:
-        try:
-            os.kill(self.ranks[rank].pid, signum)
-        except ProcessLookupError:
-            return False
-        return True
+        return I.kill(self.ranks[rank].pid, signum)
 
     def stacks(self, ranks: list[int], timeout: float) -> dict[int, str]:
         procs = [(r, self.ranks[r].pid, self.ranks[r].log_path) for r in ranks if r in self.ranks]
@@ -169,7 +164,7 @@ class RankHost:
         log = self.ranks[rank].log_path
         text = I.read_from(log, max(0, I.size(log) - LOG_LIMIT)).encode()
         try:
-            with open(log.removesuffix(".log") + ".history", "rb") as f:
+            with open(history_path(log), "rb") as f:
                 return text, f.read()
         except FileNotFoundError:
             return text, None
@@ -180,10 +175,7 @@ class RankHost:
             if rank in self.ranks:
                 I.kill(self.ranks[rank].pid, signal.SIGKILL)
         for entry in self.ranks.values():
-            entry.proc.join(_REAP_TIMEOUT)
-            if entry.proc.is_alive():
-                entry.proc.kill()
-                entry.proc.join(_KILL_TIMEOUT)
+            reap_process(entry.proc)
         self.closing = True
         self._wake()
         self.thread.join(_KILL_TIMEOUT)

@@ -198,11 +198,9 @@ class ServerHost:
             with torch_etcd_store(endpoint, root, timeout) as store:
                 store.set(key, value)
             return True
-        from ...stores.etcd._layout import Layout
-        from ..targets.etcd import gateway
+        from ..targets.etcd import put_under
 
-        full = Layout(root).key(key).decode("utf-8", "surrogateescape")
-        gateway(endpoint, "/v3/kv/put", {"key": full, "value": value})
+        put_under(endpoint, root, key, value)
         return True
 
     # ------------------------------------------------------------------ teardown

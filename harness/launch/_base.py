@@ -23,7 +23,28 @@ from typing import Any, Protocol, TypeAlias
 from .._messages import RankMessage, RunnerMessage
 from .._results import HostClock
 
-__all__ = ["Arrival", "Delivery", "Handle", "Launcher", "RankSpec", "Reader", "Signalled"]
+__all__ = [
+    "KILL_TIMEOUT",
+    "REAP_TIMEOUT",
+    "Arrival",
+    "Delivery",
+    "Handle",
+    "Launcher",
+    "RankSpec",
+    "Reader",
+    "Signalled",
+    "history_path",
+]
+
+#: Seconds each rank process gets to exit at teardown before SIGKILL (on every launcher).
+REAP_TIMEOUT = 2.0
+#: Seconds a SIGKILLed rank process gets to be gone.
+KILL_TIMEOUT = 5.0
+
+
+def history_path(log_path: str) -> str:
+    """Where a rank records its operations: beside its log (on every launcher and host)."""
+    return log_path.removesuffix(".log") + ".history"
 
 
 @dataclass(frozen=True)
@@ -47,7 +68,7 @@ class RankSpec:
     @property
     def history_path(self) -> str:
         """Where the rank records its operations: beside its log."""
-        return self.log_path.removesuffix(".log") + ".history"
+        return history_path(self.log_path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,9 +152,6 @@ class Launcher(Protocol):
 
     def stacks(self, handles: list[Handle], timeout: float) -> dict[int, str]:
         """Dump each rank's stack into its log; where each is stuck (``file:line → ...``)."""
-
-    def signal_all(self, handles: list[Handle], sig: Signals) -> None:
-        """Send ``sig`` to every signalable handle (the stop ladder's SIGTERM and SIGKILL)."""
 
     def teardown(self, handles: list[Handle], running: list[Handle]) -> None:
         """The runner is done: kill ``running`` (it was interrupted), reap ``handles``."""

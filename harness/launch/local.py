@@ -24,14 +24,19 @@ from .. import _inspect as I
 from .._messages import PipeFd, RunnerMessage
 from .._results import HostClock
 from ..context import DUMP_SIGNAL, process_main, rank_logger, release_logger, run_rank
-from ._base import Delivery, Handle, RankSpec, Reader, Signalled
+from ._base import KILL_TIMEOUT, REAP_TIMEOUT, Delivery, Handle, RankSpec, Reader, Signalled
 
-__all__ = ["BLOCKED_POLL", "LocalHandle", "LocalLauncher", "process_stacks", "serve_armed"]
+__all__ = [
+    "BLOCKED_POLL",
+    "LocalHandle",
+    "LocalLauncher",
+    "process_stacks",
+    "reap_process",
+    "serve_armed",
+]
 
 #: Seconds between ``/proc`` looks while a signal waits for its rank to block in a system call.
 BLOCKED_POLL = 0.002
-_REAP_TIMEOUT = 2.0  # seconds each process gets to exit at teardown before SIGKILL
-_KILL_TIMEOUT = 5.0
 
 
 class LocalHandle:
@@ -77,13 +82,7 @@ class LocalHandle:
             self.conn.send(msg)
 
     def signal(self, sig: Signals) -> bool:
-        if self.proc is None:
-            return False
-        try:
-            os.kill(self.proc.pid, sig)
-        except ProcessLookupError:
-            return False
-        return True
+        return self.proc is not None and I.kill(self.proc.pid, sig)
 
     def arm(self, sig: Signals) -> None:
         self.armed.append(sig)
@@ -149,6 +148,17 @@ def process_stacks(ranks: list[tuple[int, int, str]], timeout: float) -> dict[in
         I.kill(pid, DUMP_SIGNAL)
     I.wait_for_dumps({log: sizes[rank] for rank, _, log in ranks}, timeout)
     return {rank: I.where(I.read_from(log, sizes[rank])) for rank, _, log in ranks}
+
+
+def reap_process(proc: Any) -> None:
+    """Wait (bounded) for a rank process to exit; SIGKILL it if it has not, and wait again.
+
+    Shared with the host agent, which reaps the ranks of its host the same way.
+    """
+    proc.join(REAP_TIMEOUT)
+    if proc.is_alive():
+        proc.kill()
+        proc.join(KILL_TIMEOUT)
 
 
 class LocalLauncher:
@@ -227,27 +237,19 @@ class LocalLauncher:
                 found[h.rank] = I.thread_stack(h.thread, h.rank, h.spec.log_path)
         return found
 
-    def signal_all(self, handles: list[Handle], sig: Signals) -> None:
-        for h in handles:
-            if h.pid is not None:
-                I.kill(h.pid, sig)
-
     def teardown(self, handles: list[Handle], running: list[Handle]) -> None:
         for h in running:
             if h.pid is not None:
                 I.kill(h.pid, signal.SIGKILL)
         ours = [h for h in self.handles if h in handles]
-        joins_deadline = time.monotonic() + _REAP_TIMEOUT  # one bound for all threads, however many
+        joins_deadline = time.monotonic() + REAP_TIMEOUT  # one bound for all threads, however many
         for h in ours:
             # Past its pipe's end a thread only releases its logger; one still blocked after its
             # stop had its chance (it ends once its endpoint closes, after the world).
             if h.thread is not None and not h.abandoned:
                 h.thread.join(max(0.0, joins_deadline - time.monotonic()))
             if h.proc is not None:
-                h.proc.join(_REAP_TIMEOUT)
-                if h.proc.is_alive():
-                    h.proc.kill()
-                    h.proc.join(_KILL_TIMEOUT)
+                reap_process(h.proc)
             h.close()
 
     def clocks(self) -> tuple[HostClock, ...]:

@@ -35,13 +35,11 @@ from .._results import HostClock
 from ..history._record import rebase
 from ..hosts.control import Agent, HostError
 from ..hosts.inventory import Host
-from ._base import Delivery, Handle, RankSpec, Reader, Signalled
+from ._base import KILL_TIMEOUT, REAP_TIMEOUT, Delivery, Handle, RankSpec, Reader, Signalled
 
 __all__ = ["RemoteHandle", "RemoteLauncher", "remote_launcher", "shipped_modules"]
 
 _GONE = ("gone",)  # a world channel's end marker: its host's link closed
-_REAP_TIMEOUT = 2.0
-_KILL_TIMEOUT = 5.0
 
 
 def remote_launcher(
@@ -228,10 +226,6 @@ class RemoteLauncher:
                 )
         return found
 
-    def signal_all(self, handles: list[Handle], sig: Signals) -> None:
-        for handle in handles:
-            handle.signal(sig)
-
     def teardown(self, handles: list[Handle], running: list[Handle]) -> None:
         """Kill ``running``, reap every rank, measure the clocks again, fetch logs and
         histories onto the controller's clock, and close the world on each host."""
@@ -241,10 +235,10 @@ class RemoteLauncher:
         ours = [h for h in self.handles if h in handles]
         for handle in ours:
             if handle.exitcode() is None:
-                handle.reap(_REAP_TIMEOUT)
+                handle.reap(REAP_TIMEOUT)
             if handle.exitcode() is None:
                 handle.signal(signal.SIGKILL)
-                handle.reap(_KILL_TIMEOUT)
+                handle.reap(KILL_TIMEOUT)
         self._clocks = tuple(self._measure_end())
         clocks = {c.host: c for c in self._clocks}
         for handle in ours:

@@ -34,7 +34,7 @@ from ._base import MARK, SETUP_TIMEOUT, Endpoint, Target, TargetSpec
 from ._etcd_server import EtcdCluster, etcd_missing, shared_cluster
 from .torch import torch_missing
 
-__all__ = ["EtcdTarget", "TorchEtcdTarget", "etcd_targets", "gateway", "torch_etcd_store"]
+__all__ = ["EtcdTarget", "TorchEtcdTarget", "etcd_targets", "put_under", "torch_etcd_store"]
 
 #: How long a run's own handles take to give up on an unavailable cluster in setup/teardown.
 _SETUP = 60.0
@@ -52,7 +52,7 @@ def _destroy(endpoints: str, prefix: str) -> None:
     EtcdStore(endpoints, prefix=prefix, timeout=_SETUP).destroy()
 
 
-def gateway(endpoints: str, path: str, body: dict[str, str]) -> None:
+def _gateway(endpoints: str, path: str, body: dict[str, str]) -> None:
     """One request to etcd's JSON gateway (``/v3/kv/...``), bytes fields in base64.
 
     The controller writes and deletes a run's keys this way, not through gRPC: a process that
@@ -68,6 +68,15 @@ def gateway(endpoints: str, path: str, body: dict[str, str]) -> None:
     )  # fmt: skip
     with urllib.request.urlopen(request, timeout=SETUP_TIMEOUT) as reply:
         reply.read()
+
+
+def put_under(endpoints: str, root: str, key: str, value: str) -> None:
+    """Set ``key`` as our EtcdStore under ``root`` sees it, through the JSON gateway (no gRPC
+    here): how the controller, or a host's agent, writes a run's mark."""
+    from ...stores.etcd._layout import Layout  # pure Python: no gRPC in this process
+
+    full = Layout(root).key(key).decode("utf-8", "surrogateescape")
+    _gateway(endpoints, "/v3/kv/put", {"key": full, "value": value})
 
 
 class EtcdTarget(Target):
@@ -130,11 +139,12 @@ class EtcdTarget(Target):
 class EtcdEndpoint(Endpoint):
     """A run's prefix on the shared etcd; closing deletes the run's keys."""
 
+    target: EtcdTarget
     cluster: EtcdCluster | None = None
     root: str = ""
 
     def _start(self) -> None:
-        self.cluster = shared_cluster(enable_v2=self.target.spec.name == "torch-etcd")
+        self.cluster = shared_cluster(enable_v2=self.target.v2)
         self.root = f"storeharness-run/{uuid.uuid4().hex}"
 
     def _raw(self, address: tuple[str, int] | None, timeout: float) -> Callable[[], Store]:
@@ -142,25 +152,22 @@ class EtcdEndpoint(Endpoint):
         return functools.partial(_etcd_store, self.cluster.endpoints, self.root, timeout)
 
     def _mark(self) -> None:
-        if self.target.spec.name != "etcd" or self.prefix is not None:
+        if self.target.v2 or self.prefix is not None:
             super()._mark()  # torch's v2 store speaks HTTP already; a prefix wraps the store
             return
         assert self.cluster is not None, "the endpoint is closed"
-        from ...stores.etcd._layout import Layout  # pure Python: no gRPC in this process
-
-        key = Layout(self.root).key(f"{self.namespace}/{MARK}").decode("utf-8", "surrogateescape")
-        gateway(self.cluster.endpoints, "/v3/kv/put", {"key": key, "value": self.token})
+        put_under(self.cluster.endpoints, self.root, f"{self.namespace}/{MARK}", self.token)
 
     def _stop(self) -> None:
         cluster, self.cluster = self.cluster, None
         if cluster is None:
             return
         with contextlib.suppress(Exception):  # the cluster is gone: nothing left to delete
-            if self.target.spec.name == "etcd":
+            if not self.target.v2:
                 from ...stores.etcd._layout import Layout, range_end
 
                 root = Layout(self.root).root
-                gateway(cluster.endpoints, "/v3/kv/deleterange",
+                _gateway(cluster.endpoints, "/v3/kv/deleterange",
                          {"key": root.decode(), "range_end": range_end(root).decode()})  # fmt: skip
             else:  # torch's v2 keys: v2's own HTTP API, recursively
                 host = cluster.endpoints.split(",")[0]

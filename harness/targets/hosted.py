@@ -35,14 +35,13 @@ __all__ = ["HostedEtcdEndpoint", "HostedServerEndpoint"]
 _START_TIMEOUT = SETUP_TIMEOUT + 10
 
 
-class HostedServerEndpoint(Endpoint):
-    """A server of ``target`` (ours) on ``agent``'s host, at that host's data address."""
-
-    target: ServerTarget
+class _HostedEndpoint(Endpoint):
+    """What both hosted endpoints share: a server the agent started (``server_id``) at the
+    agent's host's data address, its mark written there, and its stop."""
 
     def __init__(
         self,
-        target: ServerTarget,
+        target: Any,
         agent: Any,
         workdir: Path,
         *,
@@ -58,14 +57,34 @@ class HostedServerEndpoint(Endpoint):
 
     def __repr__(self) -> str:
         return (
-            f"HostedServerEndpoint({self.spec.name!r}, {self.address}:{self.port} on host "
+            f"{type(self).__name__}({self.spec.name!r}, {self.address}:{self.port} on host "
             f"{self.agent.host.name})"
         )
 
+    def _mark_key(self) -> tuple[str, float]:
+        """The run's mark key (under the endpoint's prefix) and how long writing it may take."""
+        key = f"{self.namespace}/{MARK}"
+        if self.prefix is not None:
+            key = f"{self.prefix}/{key}"
+        return key, max(self.timeout, SETUP_TIMEOUT)
+
+    def _stop(self) -> None:
+        if self.server_id is not None:
+            server, self.server_id = self.server_id, None
+            # the host may be gone: then its agent's lease ends the server
+            with contextlib.suppress(Exception):
+                self.agent.request("server-stop", server)
+
+
+class HostedServerEndpoint(_HostedEndpoint):
+    """A server of ``target`` (ours) on ``agent``'s host, at that host's data address."""
+
+    target: ServerTarget
+
     def _start(self) -> None:
-        server = self.target.hosted or "auto"
+        # only built by ServerTarget.start_on, for a target that names its hosted server
         self.server_id, self.port, self.pid = self.agent.request(
-            "server-start", self.address, server, timeout=_START_TIMEOUT
+            "server-start", self.address, self.target.hosted, timeout=_START_TIMEOUT
         )
 
     def _raw(self, address: tuple[str, int] | None, timeout: float) -> Callable[[], Store]:
@@ -73,10 +92,7 @@ class HostedServerEndpoint(Endpoint):
         return functools.partial(self.target.client, host, port, timeout)
 
     def _mark(self) -> None:
-        key = f"{self.namespace}/{MARK}"
-        if self.prefix is not None:
-            key = f"{self.prefix}/{key}"
-        timeout = max(self.timeout, SETUP_TIMEOUT)
+        key, timeout = self._mark_key()
         self.agent.request("server-mark", self.address, self.port, key, self.token, timeout,
                            timeout=timeout + 5)  # fmt: skip
 
@@ -95,17 +111,11 @@ class HostedServerEndpoint(Endpoint):
             f"port {self.port}"
         )
 
-    def _stop(self) -> None:
-        if self.server_id is not None:
-            server, self.server_id = self.server_id, None
-            # the host may be gone: then its agent's lease ends the server
-            with contextlib.suppress(Exception):
-                self.agent.request("server-stop", server)
 
-
-class HostedEtcdEndpoint(Endpoint):
+class HostedEtcdEndpoint(_HostedEndpoint):
     """An etcd member of this run's own on ``agent``'s host, at that host's data address; the
-    run's keys live under a root of its own (as on one machine), and go with the member."""
+    run's keys live under a root of its own (as on one machine), and go with the member.
+    ``port`` is etcd's client port: what host-level network faults match."""
 
     target: EtcdTarget
 
@@ -118,19 +128,8 @@ class HostedEtcdEndpoint(Endpoint):
         timeout: float,
         prefix: str | None = None,
     ) -> None:
-        self.agent = agent
-        self.address: str = agent.host.address
-        self.server_id: int | None = None
-        self.port = 0  # etcd's client port: what host-level network faults match
-        self.pid = 0
         self.root = f"storeharness-run/{uuid.uuid4().hex}"
-        super().__init__(target, workdir, timeout=timeout, proxy=False, prefix=prefix)
-
-    def __repr__(self) -> str:
-        return (
-            f"HostedEtcdEndpoint({self.spec.name!r}, {self.address}:{self.port} on host "
-            f"{self.agent.host.name})"
-        )
+        super().__init__(target, agent, workdir, timeout=timeout, prefix=prefix)
 
     def _start(self) -> None:
         self.server_id, self.port, self.pid = self.agent.request(
@@ -142,16 +141,6 @@ class HostedEtcdEndpoint(Endpoint):
         return self.target.client(f"{host}:{port}", self.root, timeout)
 
     def _mark(self) -> None:
-        key = f"{self.namespace}/{MARK}"
-        if self.prefix is not None:
-            key = f"{self.prefix}/{key}"
-        timeout = max(self.timeout, SETUP_TIMEOUT)
+        key, timeout = self._mark_key()
         self.agent.request("server-etcd-mark", self.server_id, self.root, key, self.token,
                            self.target.v2, timeout, timeout=timeout + 5)  # fmt: skip
-
-    def _stop(self) -> None:
-        if self.server_id is not None:
-            server, self.server_id = self.server_id, None
-            # the host may be gone: then its agent's lease ends the member
-            with contextlib.suppress(Exception):
-                self.agent.request("server-stop", server)

@@ -7,9 +7,13 @@ import os
 import signal
 import socket
 import time
+from typing import TYPE_CHECKING
 
 from storeharness.harness import RankContext
 from storeharness.harness.faults import sent
+
+if TYPE_CHECKING:  # not imported on the hosts this module travels to
+    from storeharness.harness.run import CaseResult
 
 
 def exchange(ctx: RankContext) -> tuple[int, str, list[bytes]]:
@@ -83,3 +87,16 @@ def where_am_i(ctx: RankContext) -> tuple[str, str, str, str]:
     ctx.store.wait(keys)
     seen = ",".join(v.decode() for v in ctx.store.multi_get(keys))
     return ctx.host, ctx.address, seen, repr(ctx.store)
+
+
+def met_everywhere(result: CaseResult) -> list[tuple[str, str, str, str]]:
+    """``where_am_i``'s six ranks ran round-robin on h0..h2, each at its host's data address,
+    and every rank saw every rank's key; their values, for what a test checks further."""
+    assert result.passed, result.report()
+    assert result.world is not None
+    values = result.world.values()
+    expected = [(f"h{r % 3}", f"198.18.0.{r % 3 + 1}") for r in range(6)]
+    assert [v[:2] for v in values] == expected
+    seen = ",".join(f"{h} {a}" for h, a in expected)
+    assert all(v[2] == seen for v in values)  # everyone saw every rank's key
+    return values

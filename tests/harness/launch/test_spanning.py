@@ -40,13 +40,8 @@ def test_six_ranks_spread_over_three_hosts_meet_on_the_store_hosts_server(
     hosts: HostSession,
 ) -> None:
     result = run_case(_everywhere.cases(["tcp"], spanning=True)[0], hosts=hosts)
-    assert result.passed, result.report()
+    values = remote_ranks.met_everywhere(result)
     assert result.world is not None
-    values = result.world.values()
-    expected = [(f"h{r % 3}", f"198.18.0.{r % 3 + 1}") for r in range(6)]
-    assert [v[:2] for v in values] == expected
-    seen = ",".join(f"{h} {a}" for h, a in expected)
-    assert all(v[2] == seen for v in values)  # everyone saw every rank's key
     # the server runs on h0 (the store role) at its data address: every rank reached it there
     assert all("198.18.0.1:" in v[3] for v in values)
     assert [c.host for c in result.world.clocks] == ["h0", "h1", "h2"]
